@@ -1,0 +1,511 @@
+//! The CA server's configuration: TOML, validated at start, overridable per key from the
+//! environment (`LANYARD_<SECTION>_<KEY>`).
+//!
+//! Loading is strict: an unknown key, a wrong type or an out-of-range value is a
+//! [`ConfigError`] that names the key, so `main` can exit 2 with a useful line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// A configuration problem, always naming the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key is unknown, missing, of the wrong type or has a bad value.
+    #[error("config key `{key}`: {message}")]
+    Key {
+        /// Dotted key path (`issuance.max_ttl`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// A problem with one named key.
+    pub fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A duration written as `"90s"`, `"15m"`, `"24h"` or `"30d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(ConfigDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `"90s"`, `"15m"`, `"24h"`, `"30d"` (and combinations such as `"1h30m"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("`{s}` is not a duration like \"90s\", \"15m\", \"24h\" or \"30d\" ({e})")
+    })
+}
+
+/// The whole server configuration (`ca-config/lanyard.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The SPIFFE trust domain, e.g. `lanyard.internal`.
+    pub trust_domain: String,
+    /// Where the store, the KEK file (dev) and the operator credential live.
+    pub state_dir: PathBuf,
+    /// Initialize an empty state on `serve` (dev).
+    #[serde(default)]
+    pub auto_init: bool,
+    /// Where the API listens.
+    pub listen: ListenConfig,
+    /// Key-encryption key source.
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// CA key algorithm and lifetimes.
+    #[serde(default)]
+    pub authority: AuthorityConfig,
+    /// Leaf certificate lifetimes.
+    #[serde(default)]
+    pub issuance: IssuanceConfig,
+    /// Root rotation.
+    #[serde(default)]
+    pub rotation: RotationConfig,
+    /// Storage backend.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Client defaults for the CLI (`token`, `authority`, `cert`, `bundle`, `revoke`).
+    #[serde(default)]
+    pub client: ClientConfig,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Socket address of the HTTPS API.
+    pub address: SocketAddr,
+    /// Extra DNS names for the server certificate (beside `localhost` and `127.0.0.1`).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// `[keys]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// File holding the base64 KEK; `LANYARD_KEK` wins over it.
+    pub kek_file: Option<PathBuf>,
+}
+
+/// `[authority]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    /// Only `ecdsa-p256` today.
+    pub algorithm: String,
+    /// Lifetime of a root.
+    pub root_ttl: ConfigDuration,
+    /// Lifetime of an intermediate.
+    pub intermediate_ttl: ConfigDuration,
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        AuthorityConfig {
+            algorithm: "ecdsa-p256".into(),
+            root_ttl: ConfigDuration(Duration::from_secs(365 * 86400)),
+            intermediate_ttl: ConfigDuration(Duration::from_secs(30 * 86400)),
+        }
+    }
+}
+
+/// `[issuance]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceConfig {
+    /// TTL when a request names none.
+    pub default_ttl: ConfigDuration,
+    /// Shortest TTL a request may ask for.
+    pub min_ttl: ConfigDuration,
+    /// Longest TTL a request may ask for.
+    pub max_ttl: ConfigDuration,
+    /// How far notBefore is set in the past, for clock skew.
+    pub backdate: ConfigDuration,
+}
+
+impl Default for IssuanceConfig {
+    fn default() -> Self {
+        IssuanceConfig {
+            default_ttl: ConfigDuration(Duration::from_secs(86400)),
+            min_ttl: ConfigDuration(Duration::from_secs(60)),
+            max_ttl: ConfigDuration(Duration::from_secs(7 * 86400)),
+            backdate: ConfigDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// `[rotation]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotationConfig {
+    /// Prepare, activate and retire on schedule.
+    pub automatic: bool,
+    /// How long a prepared root must be published before it may sign.
+    pub propagation_delay: ConfigDuration,
+    /// How often the scheduler looks (default 10s).
+    #[serde(default = "default_check_interval")]
+    pub check_interval: ConfigDuration,
+}
+
+fn default_check_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            automatic: false,
+            propagation_delay: ConfigDuration(Duration::from_secs(600)),
+            check_interval: default_check_interval(),
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sled` (embedded, default) or `postgres`.
+    pub backend: String,
+    /// PostgreSQL URL for `backend = "postgres"`.
+    pub url: Option<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: "sled".into(),
+            url: None,
+        }
+    }
+}
+
+/// `[client]`: what the CLI's client commands use when `--server`/`--credential` are not given.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Base URL of the CA, default `https://<listen.address>`.
+    pub server: Option<String>,
+    /// Credential directory, default `<state_dir>/credentials/operator`.
+    pub credential: Option<PathBuf>,
+}
+
+/// Every key of [`Config`] that an environment variable may override, as (section, key).
+const SERVER_KEYS: &[(&str, &str)] = &[
+    ("", "trust_domain"),
+    ("", "state_dir"),
+    ("", "auto_init"),
+    ("listen", "address"),
+    ("listen", "server_names"),
+    ("keys", "kek_file"),
+    ("authority", "algorithm"),
+    ("authority", "root_ttl"),
+    ("authority", "intermediate_ttl"),
+    ("issuance", "default_ttl"),
+    ("issuance", "min_ttl"),
+    ("issuance", "max_ttl"),
+    ("issuance", "backdate"),
+    ("rotation", "automatic"),
+    ("rotation", "propagation_delay"),
+    ("rotation", "check_interval"),
+    ("storage", "backend"),
+    ("storage", "url"),
+    ("client", "server"),
+    ("client", "credential"),
+];
+
+impl Config {
+    /// Reads, overrides from the environment, parses and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = load_toml(path, SERVER_KEYS)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let td = &self.trust_domain;
+        if td.is_empty()
+            || td.len() > 255
+            || !td
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+            || td.starts_with(['.', '-'])
+            || td.ends_with(['.', '-'])
+        {
+            return Err(ConfigError::key(
+                "trust_domain",
+                "must be a lowercase DNS name such as `lanyard.internal`",
+            ));
+        }
+        if self.authority.algorithm != "ecdsa-p256" {
+            return Err(ConfigError::key(
+                "authority.algorithm",
+                format!(
+                    "`{}` is not supported (use \"ecdsa-p256\")",
+                    self.authority.algorithm
+                ),
+            ));
+        }
+        let a = &self.authority;
+        if a.root_ttl.0 < Duration::from_secs(120) {
+            return Err(ConfigError::key(
+                "authority.root_ttl",
+                "must be at least 2m",
+            ));
+        }
+        if a.intermediate_ttl.0 > a.root_ttl.0 || a.intermediate_ttl.0 < Duration::from_secs(60) {
+            return Err(ConfigError::key(
+                "authority.intermediate_ttl",
+                "must be at least 60s and not longer than authority.root_ttl",
+            ));
+        }
+        let i = &self.issuance;
+        if i.min_ttl.0 < Duration::from_secs(1) {
+            return Err(ConfigError::key("issuance.min_ttl", "must be at least 1s"));
+        }
+        if i.max_ttl < i.min_ttl {
+            return Err(ConfigError::key(
+                "issuance.max_ttl",
+                "must not be below issuance.min_ttl",
+            ));
+        }
+        if i.default_ttl < i.min_ttl || i.default_ttl > i.max_ttl {
+            return Err(ConfigError::key(
+                "issuance.default_ttl",
+                "must lie between issuance.min_ttl and issuance.max_ttl",
+            ));
+        }
+        if i.max_ttl.0 > a.intermediate_ttl.0 {
+            return Err(ConfigError::key(
+                "issuance.max_ttl",
+                "must not be longer than authority.intermediate_ttl",
+            ));
+        }
+        if i.backdate.0 > Duration::from_secs(3600) {
+            return Err(ConfigError::key("issuance.backdate", "must be at most 1h"));
+        }
+        if self.rotation.check_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError::key(
+                "rotation.check_interval",
+                "must be at least 100ms",
+            ));
+        }
+        match self.storage.backend.as_str() {
+            "sled" => {}
+            "postgres" => {
+                return Err(ConfigError::key(
+                    "storage.backend",
+                    "\"postgres\" is not available in this build yet; use \"sled\"",
+                ))
+            }
+            other => {
+                return Err(ConfigError::key(
+                    "storage.backend",
+                    format!("`{other}` is not a backend (use \"sled\" or \"postgres\")"),
+                ))
+            }
+        }
+        for n in &self.listen.server_names {
+            if n.parse::<crate::ids::Name>().is_err() && n.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::key(
+                    "listen.server_names",
+                    format!("`{n}` is not a DNS name or IP address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The KEK file: the configured one, or none.
+    pub fn kek_file(&self) -> Option<&Path> {
+        self.keys.kek_file.as_deref()
+    }
+
+    /// Directory of the local operator credential written by `init`.
+    pub fn operator_credential_dir(&self) -> PathBuf {
+        self.state_dir.join("credentials").join("operator")
+    }
+
+    /// The URL clients use by default.
+    pub fn client_server_url(&self) -> String {
+        if let Some(s) = &self.client.server {
+            return s.clone();
+        }
+        let addr = self.listen.address;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        format!("https://{host}:{}", addr.port())
+    }
+
+    /// The credential directory clients use by default.
+    pub fn client_credential_dir(&self) -> PathBuf {
+        self.client
+            .credential
+            .clone()
+            .unwrap_or_else(|| self.operator_credential_dir())
+    }
+}
+
+/// Reads a TOML file, applies `LANYARD_<SECTION>_<KEY>` overrides for `keys`, and
+/// deserializes it strictly, naming the key path of any error.
+pub fn load_toml<T: DeserializeOwned>(
+    path: &Path,
+    keys: &[(&str, &str)],
+) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut value: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: path.to_path_buf(),
+                message: e.message().to_string(),
+            })?;
+    apply_env_overrides(&mut value, keys)?;
+    let de = toml::Value::Table(value);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.inner().message().to_string();
+        ConfigError::Key {
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message,
+        }
+    })
+}
+
+fn apply_env_overrides(table: &mut toml::Table, keys: &[(&str, &str)]) -> Result<(), ConfigError> {
+    for (section, key) in keys {
+        let var = if section.is_empty() {
+            format!("LANYARD_{}", key.to_ascii_uppercase())
+        } else {
+            format!(
+                "LANYARD_{}_{}",
+                section.to_ascii_uppercase(),
+                key.to_ascii_uppercase()
+            )
+        };
+        let Ok(raw) = std::env::var(&var) else {
+            continue;
+        };
+        // A value that parses as TOML (true, 3, ["a"]) is taken as such; anything else is a
+        // string, so `LANYARD_LISTEN_ADDRESS=127.0.0.1:9000` needs no quotes.
+        let parsed = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw.clone()));
+        let target = if section.is_empty() {
+            &mut *table
+        } else {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => t,
+                _ => return Err(ConfigError::key(*section, "must be a table")),
+            }
+        };
+        target.insert(key.to_string(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    const DEV: &str = include_str!("../ca-config/lanyard.toml");
+
+    #[test]
+    fn the_dev_config_loads() {
+        let f = write(DEV);
+        let c = Config::load(f.path()).unwrap();
+        assert_eq!(c.trust_domain, "lanyard.internal");
+        assert_eq!(c.issuance.default_ttl.0, Duration::from_secs(86400));
+        assert_eq!(c.authority.root_ttl.0, Duration::from_secs(365 * 86400));
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let f = write(&DEV.replace("[issuance]", "[issuance]\nbogus = 1"));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_is_an_error_naming_the_key() {
+        let f = write(&DEV.replace("default_ttl = \"24h\"", "default_ttl = \"soon\""));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("issuance.default_ttl"), "{e}");
+    }
+
+    #[test]
+    fn a_default_ttl_outside_the_limits_is_refused() {
+        let f = write(&DEV.replace("default_ttl = \"24h\"", "default_ttl = \"30d\""));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("issuance.default_ttl"), "{e}");
+    }
+
+    #[test]
+    fn durations_accept_the_documented_forms() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
+        assert!(parse_duration("12").is_err());
+    }
+}

@@ -1,0 +1,576 @@
+//! Route handlers. Each one checks the caller's role first, then parses the body, then hands
+//! the work to [`crate::ca::Ca`] on a blocking thread (signing and fsync block).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use der::Decode;
+
+use super::problem::{problem_of, ApiError, ApiJson, OptionalJson};
+use super::tls::{Caller, PeerIdentity, ServerCert};
+use crate::api;
+use crate::authority::TrustBundle;
+use crate::ca::{issued_view, Ca, CaError};
+use crate::ids::{AuthorityId, Role, Serial};
+use crate::store::CertificateQuery;
+
+/// Shared state of the API.
+pub struct AppState {
+    /// The CA.
+    pub ca: Arc<Ca>,
+    /// The server's own certificate.
+    pub server_cert: Arc<ServerCert>,
+    /// Failed join attempts per client address.
+    pub join_failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl AppState {
+    /// New state around a CA and its server certificate.
+    pub fn new(ca: Arc<Ca>, server_cert: Arc<ServerCert>) -> Self {
+        AppState {
+            ca,
+            server_cert,
+            join_failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+type S = Arc<AppState>;
+
+/// The API router; `main` and the tests use the same one.
+pub fn router(state: S) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/trust-bundle", get(trust_bundle))
+        .route("/v1/instance-certificates", post(instance_certificate))
+        .route("/v1/instance-certificates/batch", post(instance_batch))
+        .route("/v1/component-certificates", post(component_certificate))
+        .route("/v1/join-tokens", post(join_token))
+        .route("/v1/join", post(join))
+        .route("/v1/cell-credentials", post(own_credential))
+        .route("/v1/operator-credentials", post(own_credential))
+        .route("/v1/authorities", get(authorities))
+        .route("/v1/authorities/prepare", post(prepare))
+        .route("/v1/authorities/{id}/activate", post(activate))
+        .route("/v1/authorities/{id}/retire", post(retire))
+        .route("/v1/certificates", get(certificates))
+        .route("/v1/certificates/{serial}/revoke", post(revoke))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    CaError::NotFound("no such endpoint".into()).into()
+}
+
+async fn method_not_allowed() -> Response {
+    let mut p = problem_of(&CaError::BadRequest(
+        "method not allowed on this endpoint".into(),
+    ));
+    p.status = 405;
+    p.title = "Method not allowed".into();
+    p.type_ = "https://lanyard.dev/problems/method-not-allowed".into();
+    super::problem::problem_response(&p)
+}
+
+/// The verified role of the caller, or 401.
+pub struct Authenticated(pub Role);
+
+impl<St: Send + Sync> FromRequestParts<St> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Caller>().map(|c| &c.identity) {
+            Some(PeerIdentity::Verified { role, .. }) => Ok(Authenticated(role.clone())),
+            Some(PeerIdentity::Untrusted(why)) => Err(CaError::Unauthenticated(why.clone()).into()),
+            _ => Err(CaError::Unauthenticated(
+                "this endpoint requires a client certificate issued by this CA".into(),
+            )
+            .into()),
+        }
+    }
+}
+
+macro_rules! role_extractor {
+    ($name:ident, $variant:ident, $what:literal) => {
+        #[doc = concat!("A caller with the ", $what, " role, or 401/403.")]
+        pub struct $name(pub Role);
+
+        impl<St: Send + Sync> FromRequestParts<St> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                st: &St,
+            ) -> Result<Self, Self::Rejection> {
+                let Authenticated(role) = Authenticated::from_request_parts(parts, st).await?;
+                match role {
+                    Role::$variant(_) => Ok($name(role)),
+                    other => Err(CaError::Forbidden(format!(
+                        "this endpoint requires the {} role; the caller is a {}",
+                        $what,
+                        other.kind()
+                    ))
+                    .into()),
+                }
+            }
+        }
+    };
+}
+
+role_extractor!(CellCaller, Cell, "cell");
+role_extractor!(OperatorCaller, Operator, "operator");
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CaError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CaError::Internal(format!("worker failed: {e}")))?
+        .map_err(ApiError)
+}
+
+fn created(i: &crate::authority::Issued) -> Response {
+    (StatusCode::CREATED, Json(issued_view(i))).into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(st): State<S>) -> Result<Json<serde_json::Value>, ApiError> {
+    match st.ca.authority.active() {
+        Some((id, _)) => Ok(Json(
+            serde_json::json!({"status": "ready", "active_authority": id.to_string()}),
+        )),
+        None => Err(CaError::NotReady("no active authority generation".into()).into()),
+    }
+}
+
+async fn instance_certificate(
+    State(st): State<S>,
+    CellCaller(role): CellCaller,
+    ApiJson(req): ApiJson<api::InstanceCertificateRequest>,
+) -> Result<Response, ApiError> {
+    let ca = st.ca.clone();
+    let issued = blocking(move || ca.issue_instance(&role, &req)).await?;
+    Ok(created(&issued))
+}
+
+/// Most requests one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
+async fn instance_batch(
+    State(st): State<S>,
+    CellCaller(role): CellCaller,
+    ApiJson(req): ApiJson<api::BatchRequest<serde_json::Value>>,
+) -> Result<Json<api::BatchResponse>, ApiError> {
+    if req.requests.len() > MAX_BATCH {
+        return Err(CaError::TooLarge(format!(
+            "{} requests in one batch; the limit is {MAX_BATCH}",
+            req.requests.len()
+        ))
+        .into());
+    }
+    let items: Vec<Result<api::InstanceCertificateRequest, CaError>> = req
+        .requests
+        .into_iter()
+        .map(|v| {
+            serde_json::from_value(v).map_err(|e| {
+                CaError::BadRequest(format!("the request does not fit the schema: {e}"))
+            })
+        })
+        .collect();
+    let ca = st.ca.clone();
+    let results = blocking(move || ca.issue_instance_batch(&role, items)).await?;
+    Ok(Json(api::BatchResponse {
+        results: results
+            .into_iter()
+            .map(|r| match r {
+                Ok(i) => api::BatchResult {
+                    status: 201,
+                    certificate: Some(issued_view(&i)),
+                    problem: None,
+                },
+                Err(e) => {
+                    let p = problem_of(&e);
+                    api::BatchResult {
+                        status: p.status,
+                        certificate: None,
+                        problem: Some(p),
+                    }
+                }
+            })
+            .collect(),
+    }))
+}
+
+async fn component_certificate(
+    State(st): State<S>,
+    OperatorCaller(role): OperatorCaller,
+    ApiJson(req): ApiJson<api::ComponentCertificateRequest>,
+) -> Result<Response, ApiError> {
+    let ca = st.ca.clone();
+    let issued = blocking(move || ca.issue_component(&role, &req)).await?;
+    Ok(created(&issued))
+}
+
+async fn join_token(
+    State(st): State<S>,
+    OperatorCaller(role): OperatorCaller,
+    ApiJson(req): ApiJson<api::JoinTokenRequest>,
+) -> Result<Response, ApiError> {
+    let ca = st.ca.clone();
+    let t = blocking(move || ca.create_join_token(&role, &req)).await?;
+    Ok((StatusCode::CREATED, Json(t)).into_response())
+}
+
+/// Failed join attempts one address may make per minute before getting 429.
+const JOIN_FAILURES_PER_MINUTE: u32 = 20;
+
+fn join_allowed(st: &AppState, ip: IpAddr) -> bool {
+    let mut m = st.join_failures.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    m.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+    m.get(&ip)
+        .is_none_or(|(_, n)| *n < JOIN_FAILURES_PER_MINUTE)
+}
+
+fn join_failed(st: &AppState, ip: IpAddr) {
+    let mut m = st.join_failures.lock().unwrap_or_else(|p| p.into_inner());
+    let e = m.entry(ip).or_insert((Instant::now(), 0));
+    e.1 += 1;
+}
+
+async fn join(
+    State(st): State<S>,
+    caller: Option<axum::Extension<Caller>>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<api::CsrRequest>,
+) -> Result<Response, ApiError> {
+    let ip = caller
+        .map(|c| c.addr.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    if !join_allowed(&st, ip) {
+        return Err(CaError::RateLimited(
+            "too many failed join attempts from this address; wait a minute".into(),
+        )
+        .into());
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let Some(token) = token else {
+        join_failed(&st, ip);
+        return Err(CaError::Unauthenticated(
+            "a join token is required: `Authorization: Bearer <token>`".into(),
+        )
+        .into());
+    };
+    let ca = st.ca.clone();
+    match blocking(move || ca.join(&token, &req)).await {
+        Ok(i) => Ok(created(&i)),
+        Err(e) => {
+            if matches!(e.0, CaError::Unauthenticated(_)) {
+                join_failed(&st, ip);
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn own_credential(
+    State(st): State<S>,
+    Authenticated(role): Authenticated,
+    uri: axum::http::Uri,
+    ApiJson(req): ApiJson<api::CsrRequest>,
+) -> Result<Response, ApiError> {
+    let wanted = if uri.path().ends_with("cell-credentials") {
+        "cell"
+    } else {
+        "operator"
+    };
+    if role.kind() != wanted {
+        return Err(CaError::Forbidden(format!(
+            "this endpoint requires the {wanted} role; the caller is a {}",
+            role.kind()
+        ))
+        .into());
+    }
+    let ca = st.ca.clone();
+    let issued = blocking(move || ca.renew_own_credential(&role, &req)).await?;
+    Ok(created(&issued))
+}
+
+async fn authorities(
+    State(st): State<S>,
+    _op: OperatorCaller,
+) -> Result<Json<api::AuthoritiesResponse>, ApiError> {
+    let ca = st.ca.clone();
+    Ok(Json(blocking(move || ca.authorities_view()).await?))
+}
+
+async fn prepare(State(st): State<S>, _op: OperatorCaller) -> Result<Response, ApiError> {
+    let ca = st.ca.clone();
+    let view = blocking(move || {
+        let rec = ca.authority.prepare()?;
+        tracing::info!(authority = %rec.id, "authority prepared by operator");
+        ca.authority_view_of(rec.id)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+fn parse_authority(id: &str) -> Result<AuthorityId, CaError> {
+    id.parse()
+        .map_err(|_| CaError::NotFound(format!("authority {id} does not exist")))
+}
+
+async fn activate(
+    State(st): State<S>,
+    _op: OperatorCaller,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<api::ForceRequest>,
+) -> Result<Json<api::AuthorityView>, ApiError> {
+    let id = parse_authority(&id)?;
+    let ca = st.ca.clone();
+    let view = blocking(move || {
+        ca.authority.activate(id, body.force)?;
+        tracing::info!(authority = %id, force = body.force, "authority activated by operator");
+        ca.authority_view_of(id)
+    })
+    .await?;
+    super::server::refresh_local_credentials(&st).await;
+    Ok(Json(view))
+}
+
+async fn retire(
+    State(st): State<S>,
+    _op: OperatorCaller,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<api::ForceRequest>,
+) -> Result<Json<api::AuthorityView>, ApiError> {
+    let id = parse_authority(&id)?;
+    let ca = st.ca.clone();
+    let view = blocking(move || {
+        ca.authority.retire(id, body.force)?;
+        tracing::info!(authority = %id, force = body.force, "authority retired by operator");
+        ca.authority_view_of(id)
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+fn query_map(q: Option<&str>) -> Result<HashMap<String, String>, CaError> {
+    let mut m = HashMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).ok_or_else(|| {
+            CaError::BadRequest(format!(
+                "query parameter `{k}` is not valid percent-encoding"
+            ))
+        })?;
+        m.insert(k.to_string(), v);
+    }
+    Ok(m)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn certificates(
+    State(st): State<S>,
+    _op: OperatorCaller,
+    RawQuery(q): RawQuery,
+) -> Result<Json<api::CertificatesResponse>, ApiError> {
+    let m = query_map(q.as_deref())?;
+    for k in m.keys() {
+        if !["instance_guid", "app_guid", "limit"].contains(&k.as_str()) {
+            return Err(CaError::BadRequest(format!("unknown query parameter `{k}`")).into());
+        }
+    }
+    let guid = |k: &str| -> Result<Option<crate::ids::Guid>, CaError> {
+        m.get(k)
+            .map(|v| v.parse().map_err(|e| CaError::invalid(k, e)))
+            .transpose()
+    };
+    let limit = match m.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                CaError::invalid("limit", format!("`{v}` is not a number from 1 to 1000"))
+            })?,
+    };
+    let query = CertificateQuery {
+        instance_guid: guid("instance_guid")?,
+        app_guid: guid("app_guid")?,
+        limit,
+    };
+    let ca = st.ca.clone();
+    let certificates = blocking(move || ca.list_certificates(&query)).await?;
+    Ok(Json(api::CertificatesResponse { certificates }))
+}
+
+async fn revoke(
+    State(st): State<S>,
+    _op: OperatorCaller,
+    Path(serial): Path<String>,
+    OptionalJson(body): OptionalJson<api::RevokeRequest>,
+) -> Result<Json<crate::store::CertificateRecord>, ApiError> {
+    let serial: Serial = serial.parse().map_err(|e| CaError::invalid("serial", e))?;
+    let ca = st.ca.clone();
+    let rec = blocking(move || ca.revoke(&serial, body.reason)).await?;
+    tracing::info!(serial = %rec.serial, "certificate revoked");
+    Ok(Json(rec))
+}
+
+/// Longest a bundle long poll is held.
+pub const MAX_WAIT: u64 = 300;
+
+async fn trust_bundle(
+    State(st): State<S>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let m = query_map(q.as_deref())?;
+    let wait = match m.get("wait") {
+        None => 0,
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| {
+                CaError::invalid("wait", format!("`{v}` is not a whole number of seconds"))
+            })?
+            .min(MAX_WAIT),
+    };
+    let known = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+        });
+    let json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let mut rx = st.ca.authority.subscribe();
+    let mut bundle = rx.borrow_and_update().clone();
+    if let Some(n) = known {
+        if bundle.sequence <= n {
+            if wait == 0 {
+                return Ok(not_modified(bundle.sequence));
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+            loop {
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => {
+                        bundle = rx.borrow_and_update().clone();
+                        if bundle.sequence > n {
+                            break;
+                        }
+                    }
+                    _ => return Ok(not_modified(bundle.sequence)),
+                }
+            }
+        }
+    }
+    let refresh = (st.ca.config.rotation.propagation_delay.0.as_secs() / 3).clamp(1, 300);
+    let mut resp = if json {
+        Json(spiffe_bundle(&bundle, refresh)?).into_response()
+    } else {
+        let mut r = bundle.pem().into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-pem-file"),
+        );
+        r
+    };
+    set_etag(resp.headers_mut(), bundle.sequence);
+    Ok(resp)
+}
+
+fn set_etag(h: &mut HeaderMap, seq: u64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{seq}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+fn not_modified(seq: u64) -> Response {
+    let mut r = StatusCode::NOT_MODIFIED.into_response();
+    set_etag(r.headers_mut(), seq);
+    r
+}
+
+fn spiffe_bundle(b: &TrustBundle, refresh: u64) -> Result<api::SpiffeBundle, CaError> {
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut keys = Vec::with_capacity(b.roots.len());
+    for root in &b.roots {
+        let cert = x509_cert::Certificate::from_der(root)
+            .map_err(|e| CaError::Internal(format!("root does not parse: {e}")))?;
+        let point = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes();
+        if point.len() != 65 || point[0] != 4 {
+            return Err(CaError::Internal(
+                "root key is not an uncompressed P-256 point".into(),
+            ));
+        }
+        keys.push(api::SpiffeKey {
+            use_: "x509-svid".into(),
+            kty: "EC".into(),
+            crv: "P-256".into(),
+            x: b64url.encode(&point[1..33]),
+            y: b64url.encode(&point[33..65]),
+            x5c: vec![b64.encode(root)],
+        });
+    }
+    Ok(api::SpiffeBundle {
+        keys,
+        spiffe_sequence: b.sequence,
+        spiffe_refresh_hint: refresh,
+    })
+}

@@ -1,0 +1,175 @@
+//! The one mapping from errors to HTTP statuses, and the JSON body extractor that turns bad
+//! input into problem+json instead of axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use crate::api::Problem;
+use crate::ca::CaError;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// An error on its way to becoming a problem+json response.
+#[derive(Debug)]
+pub struct ApiError(pub CaError);
+
+impl From<CaError> for ApiError {
+    fn from(e: CaError) -> Self {
+        ApiError(e)
+    }
+}
+
+/// Status, type slug and title for each error.
+pub fn classify(e: &CaError) -> (StatusCode, &'static str, &'static str) {
+    match e {
+        CaError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Malformed request"),
+        CaError::Unauthenticated(_) => (
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication required",
+        ),
+        CaError::Forbidden(_) => (
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Not allowed for this role",
+        ),
+        CaError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+        CaError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "State conflict"),
+        CaError::TooLarge(_) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Request too large",
+        ),
+        CaError::Invalid { .. } => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-value",
+            "Invalid value",
+        ),
+        CaError::RateLimited(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            "Too many requests",
+        ),
+        CaError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready"),
+        CaError::Internal(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        ),
+    }
+}
+
+/// The problem document for an error. Internal details are logged, never returned.
+pub fn problem_of(e: &CaError) -> Problem {
+    let (status, slug, title) = classify(e);
+    let detail = match e {
+        CaError::Internal(msg) => {
+            tracing::error!(error = %msg, "internal error");
+            "the server failed; the details are in its log".to_string()
+        }
+        other => other.to_string(),
+    };
+    Problem {
+        type_: format!("https://lanyard.dev/problems/{slug}"),
+        title: title.to_string(),
+        status: status.as_u16(),
+        detail,
+    }
+}
+
+/// A problem+json response.
+pub fn problem_response(p: &Problem) -> Response {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(p).unwrap_or_default();
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        problem_response(&problem_of(&self.0))
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY`] bytes (413 beyond).
+pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > MAX_BODY as u64 {
+            return Err(CaError::TooLarge(format!(
+                "the body is {len} bytes; the limit is {MAX_BODY}"
+            ))
+            .into());
+        }
+    }
+    axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                ApiError(CaError::TooLarge(format!(
+                    "the body is over the limit of {MAX_BODY} bytes"
+                )))
+            } else {
+                ApiError(CaError::BadRequest(format!("could not read the body: {e}")))
+            }
+        })
+}
+
+/// Parses JSON into `T`, every failure a 400 that says what did not fit.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CaError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(CaError::BadRequest(
+            "the body is empty; a JSON object is required".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() {
+            "the body is not valid JSON"
+        } else {
+            "the body does not fit the schema"
+        };
+        CaError::BadRequest(format!("{what}: {e}"))
+    })
+}
+
+/// A JSON body extractor whose rejections are problem+json (400 or 413).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req).await?;
+        Ok(ApiJson(parse_json(&bytes)?))
+    }
+}
+
+/// A JSON body that may be absent (activate/retire accept an empty body).
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        Ok(OptionalJson(parse_json(&bytes)?))
+    }
+}

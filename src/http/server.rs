@@ -1,0 +1,224 @@
+//! The accept loop and the server's background duties: keeping its own certificate and the
+//! local operator credential fresh, and running the automatic rotation schedule.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use super::handlers::{router, AppState};
+use super::tls::{identify, server_config, Caller, ServerCert};
+use crate::ca::Ca;
+use crate::rotation::Step;
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    ca: Arc<Ca>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), String> {
+    let cred = {
+        let ca = ca.clone();
+        tokio::task::spawn_blocking(move || ca.load_or_issue_server_certificate())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("server certificate: {e}"))?
+    };
+    let server_cert = Arc::new(ServerCert::new(&cred)?);
+    let tls = server_config(server_cert.clone()).map_err(|e| e.to_string())?;
+    let acceptor = TlsAcceptor::from(tls);
+    let state = Arc::new(AppState::new(ca.clone(), server_cert));
+    let app = router(state.clone());
+    refresh_local_credentials(&state).await;
+
+    let maintenance = tokio::spawn(maintenance_loop(state.clone()));
+    let scheduler = ca
+        .config
+        .rotation
+        .automatic
+        .then(|| tokio::spawn(rotation_loop(state.clone())));
+
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let ca = ca.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = {
+                let certs = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
+                let ca = ca.clone();
+                match tokio::task::spawn_blocking(move || identify(&ca, certs.as_deref())).await {
+                    Ok(i) => i,
+                    Err(_) => return,
+                }
+            };
+            let caller = Caller { addr, identity };
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(caller.clone());
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+                tracing::debug!(%addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    maintenance.abort();
+    if let Some(s) = scheduler {
+        s.abort();
+    }
+    Ok(())
+}
+
+/// Re-issues the server certificate and the local operator credential when they are past
+/// two thirds of their life or signed by a generation that is no longer active, and keeps
+/// the operator's `trust-bundle.pem` equal to the published bundle.
+pub async fn refresh_local_credentials(st: &Arc<AppState>) {
+    let st2 = st.clone();
+    let res = tokio::task::spawn_blocking(move || refresh_blocking(&st2)).await;
+    match res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "refreshing local credentials failed; will retry"),
+        Err(e) => tracing::warn!(error = %e, "refresh task failed"),
+    }
+}
+
+fn refresh_blocking(st: &AppState) -> Result<(), String> {
+    let ca = &st.ca;
+    if !ca.credential_is_fresh(&st.server_cert.record()) {
+        let cred = ca.issue_server_certificate().map_err(|e| e.to_string())?;
+        ca.store_server_certificate(&cred)
+            .map_err(|e| e.to_string())?;
+        st.server_cert.replace(&cred)?;
+        tracing::info!(serial = %cred.record.serial, authority = %cred.record.authority_id, "server certificate renewed");
+    }
+    let dir = ca.config.operator_credential_dir();
+    let cert_path = dir.join("cert.pem");
+    let Ok(pem_text) = std::fs::read(&cert_path) else {
+        return Ok(());
+    };
+    let bundle_pem = ca.authority.bundle().pem();
+    let needs_new = match crate::x509::inspect::parse_pem_certs(&pem_text)
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .and_then(|d| crate::x509::inspect::CertInfo::from_der(&d).ok())
+        .and_then(|i| i.serial.parse::<crate::ids::Serial>().ok())
+        .and_then(|s| ca.store.get_certificate(&s).ok().flatten())
+    {
+        Some(rec) => {
+            if ca.credential_is_fresh(&rec) {
+                None
+            } else {
+                rec.name
+            }
+        }
+        None => None,
+    };
+    if let Some(name) = needs_new {
+        let rec = ca
+            .write_operator_credential(&dir, &name, "lanyard server")
+            .map_err(|e| e.to_string())?;
+        tracing::info!(serial = %rec.serial, authority = %rec.authority_id, dir = %dir.display(), "local operator credential renewed");
+    } else if std::fs::read_to_string(dir.join("trust-bundle.pem"))
+        .ok()
+        .as_deref()
+        != Some(bundle_pem.as_str())
+    {
+        crate::fsutil::write_atomic(&dir.join("trust-bundle.pem"), bundle_pem.as_bytes(), 0o644)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+async fn maintenance_loop(st: Arc<AppState>) {
+    let mut rx = st.ca.authority.subscribe();
+    let every = st
+        .ca
+        .config
+        .rotation
+        .check_interval
+        .0
+        .min(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            r = rx.changed() => if r.is_err() { return },
+        }
+        refresh_local_credentials(&st).await;
+    }
+}
+
+async fn rotation_loop(st: Arc<AppState>) {
+    let every = st.ca.config.rotation.check_interval.0;
+    loop {
+        tokio::time::sleep(every).await;
+        let ca = st.ca.clone();
+        let res = tokio::task::spawn_blocking(move || -> Result<Option<Step>, String> {
+            let step = ca.authority.next_scheduled_step().map_err(|e| e.to_string())?;
+            match &step {
+                Some(Step::Prepare(why)) => {
+                    let g = ca.authority.prepare().map_err(|e| e.to_string())?;
+                    tracing::info!(authority = %g.id, reason = %why, "automatic rotation: prepared");
+                }
+                Some(Step::Activate(id, why)) => {
+                    ca.authority.activate(*id, true).map_err(|e| e.to_string())?;
+                    tracing::info!(authority = %id, reason = %why, "automatic rotation: activated");
+                }
+                Some(Step::Retire(id, why)) => {
+                    ca.authority.retire(*id, false).map_err(|e| e.to_string())?;
+                    tracing::info!(authority = %id, reason = %why, "automatic rotation: retired");
+                }
+                Some(Step::RenewIntermediate(id, why)) => {
+                    ca.authority.renew_intermediate().map_err(|e| e.to_string())?;
+                    tracing::info!(authority = %id, reason = %why, "automatic rotation: intermediate renewed");
+                }
+                None => {}
+            }
+            Ok(step)
+        })
+        .await;
+        match res {
+            Ok(Ok(Some(_))) => refresh_local_credentials(&st).await,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "automatic rotation step failed; will retry"),
+            Err(e) => tracing::warn!(error = %e, "rotation task failed"),
+        }
+    }
+}

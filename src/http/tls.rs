@@ -1,0 +1,245 @@
+//! TLS for the API: the server's hot-swappable certificate, and client certificates that are
+//! accepted at the handshake and judged afterwards, so an untrusted one gets a 401 problem
+//! instead of a bare TLS alert.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+
+use crate::ca::{Ca, LocalCredential};
+use crate::ids::{Role, Serial};
+use crate::x509::inspect::{parse_pem_certs, CertInfo};
+
+/// The ring crypto provider, shared by every TLS config in the crate.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds a rustls `CertifiedKey` from a PEM chain and a PKCS#8 PEM key.
+pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = parse_pem_certs(chain_pem.as_bytes())
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key_block = pem::parse(key_pem).map_err(|e| format!("private key is not PEM: {e}"))?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_block.into_contents()));
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("private key does not load: {e}"))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+/// The server certificate in use; replaced in place when renewed or re-issued.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    record: RwLock<crate::store::CertificateRecord>,
+}
+
+impl ServerCert {
+    /// Wraps a freshly issued credential.
+    pub fn new(cred: &LocalCredential) -> Result<Self, String> {
+        Ok(ServerCert {
+            current: RwLock::new(Arc::new(certified_key(&cred.chain_pem, &cred.key_pem)?)),
+            record: RwLock::new(cred.record.clone()),
+        })
+    }
+
+    /// Swaps in a new credential; new handshakes use it at once.
+    pub fn replace(&self, cred: &LocalCredential) -> Result<(), String> {
+        let ck = Arc::new(certified_key(&cred.chain_pem, &cred.key_pem)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
+        *self.record.write().unwrap_or_else(|p| p.into_inner()) = cred.record.clone();
+        Ok(())
+    }
+
+    /// The record of the certificate in use.
+    pub fn record(&self) -> crate::store::CertificateRecord {
+        self.record
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// Asks for a client certificate, checks that the client holds its key (the handshake
+/// signature), and leaves the chain decision to [`identify`]. Client certificates are
+/// optional at the TLS layer and required per endpoint.
+#[derive(Debug)]
+struct DeferredClientVerifier {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for DeferredClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Deliberately deferred: `identify` verifies the chain against the current bundle
+        // for every connection, and nothing is granted without that.
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The API's TLS configuration (TLS 1.2 and 1.3, HTTP/1.1).
+pub fn server_config(cert: Arc<ServerCert>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = provider();
+    let mut cfg = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(Arc::new(DeferredClientVerifier { provider }))
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub enum PeerIdentity {
+    /// No client certificate.
+    Anonymous,
+    /// A client certificate that does not chain to this CA's bundle, is revoked, or names no
+    /// role; the reason is returned in the 401.
+    Untrusted(String),
+    /// A verified client certificate.
+    Verified {
+        /// The role from its SPIFFE ID.
+        role: Role,
+        /// Its serial.
+        serial: Option<Serial>,
+    },
+}
+
+/// The peer of a request: address and identity. Inserted into every request's extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// Verified identity, if any.
+    pub identity: PeerIdentity,
+}
+
+/// Verifies a client chain against the current trust bundle and reads its role.
+pub fn identify(ca: &Ca, certs: Option<&[CertificateDer<'static>]>) -> PeerIdentity {
+    let Some((leaf, intermediates)) = certs.and_then(|c| c.split_first()) else {
+        return PeerIdentity::Anonymous;
+    };
+    let bundle = ca.authority.bundle();
+    let anchors: Vec<_> = bundle
+        .roots
+        .iter()
+        .filter_map(|r| {
+            let der = CertificateDer::from(r.as_slice());
+            webpki::anchor_from_trusted_cert(&der)
+                .ok()
+                .map(|a| a.to_owned())
+        })
+        .collect();
+    let ee = match webpki::EndEntityCert::try_from(leaf) {
+        Ok(ee) => ee,
+        Err(e) => {
+            return PeerIdentity::Untrusted(format!("client certificate does not parse: {e:?}"))
+        }
+    };
+    let algs = provider().signature_verification_algorithms.all;
+    if let Err(e) = ee.verify_for_usage(
+        algs,
+        &anchors,
+        intermediates,
+        UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    ) {
+        return PeerIdentity::Untrusted(format!(
+            "client certificate does not chain to this CA's trust bundle: {e:?}"
+        ));
+    }
+    let info = match CertInfo::from_der(leaf) {
+        Ok(i) => i,
+        Err(e) => return PeerIdentity::Untrusted(e.to_string()),
+    };
+    if info.uris.len() != 1 {
+        return PeerIdentity::Untrusted("client certificate must carry exactly one URI SAN".into());
+    }
+    let Some(role) = Role::from_spiffe_id(&info.uris[0], &ca.config.trust_domain) else {
+        return PeerIdentity::Untrusted(format!(
+            "client certificate's SPIFFE ID {} names no role in {}",
+            info.uris[0], ca.config.trust_domain
+        ));
+    };
+    let serial: Option<Serial> = info.serial.parse().ok();
+    if let Some(s) = &serial {
+        match ca.is_revoked(s) {
+            Ok(false) => {}
+            Ok(true) => {
+                return PeerIdentity::Untrusted(format!("client certificate {s} is revoked"))
+            }
+            Err(_) => return PeerIdentity::Untrusted("revocation status unavailable".into()),
+        }
+    }
+    PeerIdentity::Verified { role, serial }
+}

@@ -1,0 +1,20 @@
+//! Lanyard: an instance-identity certificate authority for container platforms.
+//!
+//! See `ARCHITECTURE.md` for the map of this crate.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod api;
+pub mod authority;
+pub mod ca;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod fsutil;
+pub mod http;
+pub mod ids;
+pub mod keys;
+pub mod rotation;
+pub mod store;
+pub mod timefmt;
+pub mod x509;

@@ -1,0 +1,184 @@
+//! The records the store keeps. They are serialized as JSON so a human can read a dump.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AuthorityId, Guid, Name, Serial};
+
+/// The life cycle of an authority generation (contract section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenerationState {
+    /// Published in the bundle, signs nothing.
+    Prepared,
+    /// Signs every new certificate. Exactly one generation is active.
+    Active,
+    /// Still published, signs nothing, waits for its certificates to expire.
+    Retiring,
+    /// No longer published.
+    Retired,
+}
+
+impl GenerationState {
+    /// Lowercase name as in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenerationState::Prepared => "prepared",
+            GenerationState::Active => "active",
+            GenerationState::Retiring => "retiring",
+            GenerationState::Retired => "retired",
+        }
+    }
+
+    /// Whether the generation's root is in the trust bundle.
+    pub fn is_published(self) -> bool {
+        !matches!(self, GenerationState::Retired)
+    }
+}
+
+/// A CA certificate and its private key sealed under the KEK.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CaKeyRecord {
+    /// DER certificate.
+    #[serde(with = "b64")]
+    pub certificate: Vec<u8>,
+    /// `nonce || AES-256-GCM(PKCS#8)`; see [`crate::keys::Kek::seal`].
+    #[serde(with = "b64")]
+    pub sealed_key: Vec<u8>,
+    /// The certificate's notAfter.
+    #[serde(with = "crate::timefmt::rfc3339_system")]
+    pub not_after: SystemTime,
+}
+
+impl std::fmt::Debug for CaKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaKeyRecord")
+            .field("not_after", &crate::timefmt::rfc3339(self.not_after))
+            .field("sealed_key", &"...")
+            .finish()
+    }
+}
+
+/// One authority generation: a root and the intermediates it signed (newest last).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthorityRecord {
+    /// Generation number.
+    pub id: AuthorityId,
+    /// Current state.
+    pub state: GenerationState,
+    /// When it was created.
+    #[serde(with = "crate::timefmt::rfc3339_system")]
+    pub created_at: SystemTime,
+    /// When its root entered the bundle.
+    #[serde(with = "crate::timefmt::rfc3339_option")]
+    pub published_at: Option<SystemTime>,
+    /// When it became active.
+    #[serde(with = "crate::timefmt::rfc3339_option")]
+    pub activated_at: Option<SystemTime>,
+    /// When it stopped signing.
+    #[serde(with = "crate::timefmt::rfc3339_option")]
+    pub retiring_at: Option<SystemTime>,
+    /// When it left the bundle.
+    #[serde(with = "crate::timefmt::rfc3339_option")]
+    pub retired_at: Option<SystemTime>,
+    /// The root.
+    pub root: CaKeyRecord,
+    /// Intermediates under this root, newest last; the newest signs.
+    pub intermediates: Vec<CaKeyRecord>,
+}
+
+/// What a certificate was issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateKind {
+    /// An app instance.
+    Instance,
+    /// A cell agent's credential.
+    Cell,
+    /// An operator credential.
+    Operator,
+    /// A system component.
+    Component,
+    /// The CA's own API server certificate.
+    Server,
+    /// An intermediate CA certificate.
+    Intermediate,
+}
+
+/// The durable record of one issued certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateRecord {
+    /// Serial.
+    pub serial: Serial,
+    /// Kind.
+    pub kind: CertificateKind,
+    /// Instance GUID (instances).
+    pub instance_guid: Option<Guid>,
+    /// App GUID (instances).
+    pub app_guid: Option<Guid>,
+    /// Space GUID (instances).
+    pub space_guid: Option<Guid>,
+    /// Organization GUID (instances).
+    pub organization_guid: Option<Guid>,
+    /// Name (cells, operators, components, server).
+    pub name: Option<Name>,
+    /// Who asked: the caller's SPIFFE ID, `join-token` or `lanyard`.
+    pub requested_by: String,
+    /// Signing generation.
+    pub authority_id: AuthorityId,
+    /// Start of validity.
+    #[serde(with = "crate::timefmt::rfc3339_system")]
+    pub not_before: SystemTime,
+    /// End of validity.
+    #[serde(with = "crate::timefmt::rfc3339_system")]
+    pub not_after: SystemTime,
+    /// When it was revoked.
+    #[serde(with = "crate::timefmt::rfc3339_option")]
+    pub revoked_at: Option<SystemTime>,
+    /// Why, as given by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<String>,
+}
+
+/// Filter for [`super::Store::query_certificates`].
+#[derive(Debug, Clone, Default)]
+pub struct CertificateQuery {
+    /// Only this instance.
+    pub instance_guid: Option<Guid>,
+    /// Only this app.
+    pub app_guid: Option<Guid>,
+    /// At most this many (newest first).
+    pub limit: usize,
+}
+
+/// A join token as stored: the secret itself is never stored, only its hash is the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    /// The cell name the token admits.
+    pub name: Name,
+    /// The operator who created it.
+    pub created_by: String,
+    /// Creation time.
+    #[serde(with = "crate::timefmt::rfc3339_system")]
+    pub created_at: SystemTime,
+    /// Expiry.
+    #[serde(with = "crate::timefmt::rfc3339_system")]
+    pub expires_at: SystemTime,
+}
+
+mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,221 @@
+//! PKCS#10 requests: parse, check the key type, verify the self-signature.
+//!
+//! Only the public key of a request is ever used; its subject and requested extensions are
+//! ignored on purpose (a CSR asking for `CA:TRUE` gets a leaf all the same).
+
+use const_oid::db::{rfc5912, rfc8410};
+use der::asn1::{ObjectIdentifier, UintRef};
+use der::{Decode, Encode};
+use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use x509_cert::request::CertReq;
+use x509_cert::spki::SubjectPublicKeyInfoOwned;
+
+use super::X509Error;
+
+/// The kinds of subject key Lanyard accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// EC P-256.
+    EcP256,
+    /// EC P-384.
+    EcP384,
+    /// RSA with the modulus size in bits (2048 to 4096).
+    Rsa(usize),
+    /// Ed25519.
+    Ed25519,
+}
+
+impl KeyKind {
+    /// RSA subject keys also get `keyEncipherment`.
+    pub fn is_rsa(self) -> bool {
+        matches!(self, KeyKind::Rsa(_))
+    }
+}
+
+/// A request whose signature verified: what is left of it is its public key.
+#[derive(Debug, Clone)]
+pub struct VerifiedCsr {
+    /// The subject public key, copied as-is into the certificate.
+    pub public_key: SubjectPublicKeyInfoOwned,
+    /// Its kind.
+    pub key_kind: KeyKind,
+}
+
+#[derive(der::Sequence)]
+struct RsaPublicKey<'a> {
+    modulus: UintRef<'a>,
+    public_exponent: UintRef<'a>,
+}
+
+/// Parses a PEM (or DER) CSR, checks its key, verifies its signature.
+pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
+    let der = if input.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let p = pem::parse(input).map_err(|e| X509Error::MalformedCsr(format!("not PEM: {e}")))?;
+        if p.tag() != "CERTIFICATE REQUEST" && p.tag() != "NEW CERTIFICATE REQUEST" {
+            return Err(X509Error::MalformedCsr(format!(
+                "PEM block is `{}`, expected `CERTIFICATE REQUEST`",
+                p.tag()
+            )));
+        }
+        p.into_contents()
+    } else {
+        input.to_vec()
+    };
+    let req = CertReq::from_der(&der)
+        .map_err(|e| X509Error::MalformedCsr(format!("not a PKCS#10 request: {e}")))?;
+    let spki = &req.info.public_key;
+    let key_bytes = spki.subject_public_key.raw_bytes();
+    let key_kind = key_kind(spki)?;
+    let sig_oid = req.algorithm.oid;
+    let alg: &'static dyn VerificationAlgorithm = match (key_kind, sig_oid) {
+        (KeyKind::EcP256, o) if o == rfc5912::ECDSA_WITH_SHA_256 => {
+            &signature::ECDSA_P256_SHA256_ASN1
+        }
+        (KeyKind::EcP256, o) if o == rfc5912::ECDSA_WITH_SHA_384 => {
+            &signature::ECDSA_P256_SHA384_ASN1
+        }
+        (KeyKind::EcP384, o) if o == rfc5912::ECDSA_WITH_SHA_256 => {
+            &signature::ECDSA_P384_SHA256_ASN1
+        }
+        (KeyKind::EcP384, o) if o == rfc5912::ECDSA_WITH_SHA_384 => {
+            &signature::ECDSA_P384_SHA384_ASN1
+        }
+        (KeyKind::Rsa(_), o) if o == rfc5912::SHA_256_WITH_RSA_ENCRYPTION => {
+            &signature::RSA_PKCS1_2048_8192_SHA256
+        }
+        (KeyKind::Rsa(_), o) if o == rfc5912::SHA_384_WITH_RSA_ENCRYPTION => {
+            &signature::RSA_PKCS1_2048_8192_SHA384
+        }
+        (KeyKind::Rsa(_), o) if o == rfc5912::SHA_512_WITH_RSA_ENCRYPTION => {
+            &signature::RSA_PKCS1_2048_8192_SHA512
+        }
+        (KeyKind::Ed25519, o) if o == rfc8410::ID_ED_25519 => &signature::ED25519,
+        (_, o) => {
+            return Err(X509Error::UnsupportedKey(format!(
+                "signature algorithm {o} is not accepted for this key type"
+            )))
+        }
+    };
+    let signed = req
+        .info
+        .to_der()
+        .map_err(|e| X509Error::MalformedCsr(e.to_string()))?;
+    let sig = req
+        .signature
+        .as_bytes()
+        .ok_or_else(|| X509Error::MalformedCsr("signature has unused bits".into()))?;
+    UnparsedPublicKey::new(alg, key_bytes)
+        .verify(&signed, sig)
+        .map_err(|_| X509Error::BadCsrSignature)?;
+    Ok(VerifiedCsr {
+        public_key: spki.clone(),
+        key_kind,
+    })
+}
+
+fn key_kind(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyKind, X509Error> {
+    let oid = spki.algorithm.oid;
+    if oid == rfc5912::ID_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+            .ok_or_else(|| X509Error::UnsupportedKey("EC key without a named curve".into()))?;
+        if curve == rfc5912::SECP_256_R_1 {
+            Ok(KeyKind::EcP256)
+        } else if curve == rfc5912::SECP_384_R_1 {
+            Ok(KeyKind::EcP384)
+        } else {
+            Err(X509Error::UnsupportedKey(format!(
+                "EC curve {curve} is not accepted (use P-256 or P-384)"
+            )))
+        }
+    } else if oid == rfc5912::RSA_ENCRYPTION {
+        let key = RsaPublicKey::from_der(spki.subject_public_key.raw_bytes())
+            .map_err(|_| X509Error::UnsupportedKey("RSA public key is malformed".into()))?;
+        let _ = key.public_exponent;
+        let m = key.modulus.as_bytes();
+        let bits = match m.first() {
+            Some(first) => m.len() * 8 - first.leading_zeros() as usize,
+            None => 0,
+        };
+        if !(2048..=4096).contains(&bits) {
+            return Err(X509Error::UnsupportedKey(format!(
+                "RSA key of {bits} bits is not accepted (2048 to 4096)"
+            )));
+        }
+        Ok(KeyKind::Rsa(bits))
+    } else if oid == rfc8410::ID_ED_25519 {
+        Ok(KeyKind::Ed25519)
+    } else {
+        Err(X509Error::UnsupportedKey(format!(
+            "key algorithm {oid} is not accepted (EC P-256, P-384, RSA 2048-4096, Ed25519)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr_for(alg: &'static rcgen::SignatureAlgorithm) -> String {
+        let kp = rcgen::KeyPair::generate_for(alg).unwrap();
+        rcgen::CertificateParams::new(vec!["x.example".into()])
+            .unwrap()
+            .serialize_request(&kp)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    #[test]
+    fn p256_p384_and_ed25519_requests_verify() {
+        assert_eq!(
+            verify_csr(csr_for(&rcgen::PKCS_ECDSA_P256_SHA256).as_bytes())
+                .unwrap()
+                .key_kind,
+            KeyKind::EcP256
+        );
+        assert_eq!(
+            verify_csr(csr_for(&rcgen::PKCS_ECDSA_P384_SHA384).as_bytes())
+                .unwrap()
+                .key_kind,
+            KeyKind::EcP384
+        );
+        assert_eq!(
+            verify_csr(csr_for(&rcgen::PKCS_ED25519).as_bytes())
+                .unwrap()
+                .key_kind,
+            KeyKind::Ed25519
+        );
+    }
+
+    #[test]
+    fn a_request_with_a_broken_signature_is_refused() {
+        let pem_text = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let mut der = pem::parse(&pem_text).unwrap().into_contents();
+        let n = der.len();
+        der[n - 5] ^= 0x55;
+        let e = verify_csr(&der).unwrap_err();
+        assert!(
+            matches!(e, X509Error::BadCsrSignature | X509Error::MalformedCsr(_)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_malformed_request() {
+        assert!(matches!(
+            verify_csr(b"hello").unwrap_err(),
+            X509Error::MalformedCsr(_)
+        ));
+        assert!(matches!(
+            verify_csr(
+                b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+            )
+            .unwrap_err(),
+            X509Error::MalformedCsr(_)
+        ));
+    }
+}

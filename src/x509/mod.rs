@@ -1,0 +1,32 @@
+//! X.509 work that does not need a CA key: parsing and verifying CSRs, building and signing
+//! certificates (with `x509-cert` and `ring`), and reading identities out of certificates.
+
+pub mod build;
+pub mod csr;
+pub mod inspect;
+
+/// Errors of the X.509 layer. Those caused by a client's input map to 422.
+#[derive(Debug, thiserror::Error)]
+pub enum X509Error {
+    /// The CSR is not PEM, not DER, or not a PKCS#10 request.
+    #[error("csr: {0}")]
+    MalformedCsr(String),
+    /// The CSR's signature does not verify with its own public key.
+    #[error("csr: the signature does not verify with the request's public key")]
+    BadCsrSignature,
+    /// The CSR's key type or size is not accepted.
+    #[error("csr: {0}")]
+    UnsupportedKey(String),
+    /// A certificate could not be parsed.
+    #[error("certificate: {0}")]
+    MalformedCertificate(String),
+    /// Encoding or signing failed on our side.
+    #[error("internal encoding error: {0}")]
+    Encoding(String),
+}
+
+impl From<der::Error> for X509Error {
+    fn from(e: der::Error) -> Self {
+        X509Error::Encoding(e.to_string())
+    }
+}

@@ -1,0 +1,376 @@
+//! Every error row of the contract, over real mutual TLS: status and problem+json.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use lanyard::api;
+use lanyard::client::new_key_and_csr;
+
+fn check_problem(status: u16, ct: &str, body: &[u8], want: u16, detail_has: &str) {
+    assert_eq!(status, want, "body: {}", String::from_utf8_lossy(body));
+    assert_eq!(ct, "application/problem+json");
+    let p: serde_json::Value = serde_json::from_slice(body).unwrap();
+    for k in ["type", "title", "status", "detail"] {
+        assert!(p.get(k).is_some(), "problem lacks {k}: {p}");
+    }
+    assert_eq!(p["status"], want);
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(detail_has),
+        "detail `{detail}` lacks `{detail_has}`"
+    );
+}
+
+fn openssl_csr(dir: &std::path::Path, key_args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-subj", "/CN=x", "-keyout"])
+        .arg(dir.join("k.pem"))
+        .args(key_args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_contract_error_is_a_problem_with_the_right_status() {
+    let ca = TestCa::start();
+    let cell = ca.join_cell("cell-1").await;
+    let cell_id = Some((cell.chain_pem.as_str(), cell.key_pem.as_str()));
+    let op_chain = std::fs::read_to_string(ca.operator_dir().join("cert.pem")).unwrap();
+    let op_key = std::fs::read_to_string(ca.operator_dir().join("key.pem")).unwrap();
+    let op = Some((op_chain.as_str(), op_key.as_str()));
+    let (_k, csr) = new_key_and_csr().unwrap();
+    let good = serde_json::to_value(instance_request(&csr, 1)).unwrap();
+    let post = |id, path: &'static str, body: Vec<u8>| {
+        let ca = &ca;
+        async move { raw(ca, id, "POST", path, Some(body), &[]).await }
+    };
+    let with = |field: &str, v: serde_json::Value| {
+        let mut g = good.clone();
+        g[field] = v;
+        serde_json::to_vec(&g).unwrap()
+    };
+
+    // 400: not JSON, unknown field, missing field, wrong type.
+    let (s, ct, b, _) = post(cell_id, "/v1/instance-certificates", b"{not json".to_vec()).await;
+    check_problem(s, &ct, &b, 400, "not valid JSON");
+    let (s, ct, b, _) = post(
+        cell_id,
+        "/v1/instance-certificates",
+        with("colour", "red".into()),
+    )
+    .await;
+    check_problem(s, &ct, &b, 400, "colour");
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("app_guid");
+    let (s, ct, b, _) = post(
+        cell_id,
+        "/v1/instance-certificates",
+        serde_json::to_vec(&missing).unwrap(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 400, "app_guid");
+    let (s, ct, b, _) = post(
+        cell_id,
+        "/v1/instance-certificates",
+        with("ttl_seconds", "long".into()),
+    )
+    .await;
+    check_problem(s, &ct, &b, 400, "schema");
+
+    // 401: no client certificate, untrusted certificate, bad join token.
+    let (s, ct, b, _) = post(
+        None,
+        "/v1/instance-certificates",
+        serde_json::to_vec(&good).unwrap(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 401, "client certificate");
+    let foreign_key = rcgen::KeyPair::generate().unwrap();
+    let mut fp = rcgen::CertificateParams::new(vec![]).unwrap();
+    fp.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://lanyard.internal/lanyard/cell/cell-1"
+            .try_into()
+            .unwrap(),
+    )];
+    let foreign = fp.self_signed(&foreign_key).unwrap().pem();
+    let fk = foreign_key.serialize_pem();
+    let (s, ct, b, _) = post(
+        Some((&foreign, &fk)),
+        "/v1/instance-certificates",
+        serde_json::to_vec(&good).unwrap(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 401, "does not chain");
+    let (s, ct, b, _) = raw(
+        &ca,
+        None,
+        "POST",
+        "/v1/join",
+        Some(serde_json::to_vec(&api::CsrRequest { csr: csr.clone() }).unwrap()),
+        &[("authorization", "Bearer lyt_nope")],
+    )
+    .await;
+    check_problem(s, &ct, &b, 401, "join token");
+
+    // 403: wrong role both ways.
+    let (s, ct, b, _) = post(
+        op,
+        "/v1/instance-certificates",
+        serde_json::to_vec(&good).unwrap(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 403, "cell role");
+    let (s, ct, b, _) = post(
+        cell_id,
+        "/v1/join-tokens",
+        br#"{"role":"cell","name":"x"}"#.to_vec(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 403, "operator role");
+    let (s, ct, b, _) = post(cell_id, "/v1/authorities/prepare", b"{}".to_vec()).await;
+    check_problem(s, &ct, &b, 403, "operator role");
+
+    // 404: unknown path, unknown authority, unknown serial.
+    let (s, ct, b, _) = raw(&ca, None, "GET", "/v1/nothing", None, &[]).await;
+    check_problem(s, &ct, &b, 404, "no such endpoint");
+    let (s, ct, b, _) = post(op, "/v1/authorities/42/activate", b"{}".to_vec()).await;
+    check_problem(s, &ct, &b, 404, "42");
+    let (s, ct, b, _) = post(
+        op,
+        "/v1/certificates/0123456789abcdef0123456789abcdef/revoke",
+        b"{}".to_vec(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 404, "0123456789abcdef0123456789abcdef");
+
+    // 409: prepare twice; activate before the propagation delay says how long is left.
+    let (s, _, b, _) = post(op, "/v1/authorities/prepare", b"{}".to_vec()).await;
+    assert_eq!(s, 201, "{}", String::from_utf8_lossy(&b));
+    let (s, ct, b, _) = post(op, "/v1/authorities/prepare", b"{}".to_vec()).await;
+    check_problem(s, &ct, &b, 409, "already prepared");
+    let (s, ct, b, _) = post(op, "/v1/authorities/2/activate", b"{}".to_vec()).await;
+    check_problem(s, &ct, &b, 409, "left");
+    let (s, ct, b, _) = post(op, "/v1/authorities/1/retire", b"{}".to_vec()).await;
+    check_problem(s, &ct, &b, 409, "active");
+
+    // 413: body over 1 MiB; batch over 1000.
+    let big = vec![b' '; 1024 * 1024 + 10];
+    let (s, ct, b, _) = post(cell_id, "/v1/instance-certificates", big).await;
+    check_problem(s, &ct, &b, 413, "limit");
+    let many = serde_json::json!({"requests": vec![serde_json::json!({}); 1001]});
+    let (s, ct, b, _) = post(
+        cell_id,
+        "/v1/instance-certificates/batch",
+        serde_json::to_vec(&many).unwrap(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 413, "1000");
+
+    // 422: GUID, IP, route, CSR, CSR signature, key type, TTL.
+    for (field, value, hint) in [
+        (
+            "instance_guid",
+            serde_json::json!("Not-A-Guid"),
+            "instance_guid",
+        ),
+        ("app_guid", serde_json::json!("-abc"), "app_guid"),
+        ("space_guid", serde_json::json!(""), "space_guid"),
+        (
+            "organization_guid",
+            serde_json::json!("a".repeat(64)),
+            "organization_guid",
+        ),
+        (
+            "container_ip",
+            serde_json::json!("10.0.0.300"),
+            "container_ip",
+        ),
+        (
+            "internal_routes",
+            serde_json::json!(["ok.apps.internal", "bad route"]),
+            "internal_routes[1]",
+        ),
+        ("csr", serde_json::json!("hello"), "csr"),
+        ("ttl_seconds", serde_json::json!(10), "ttl_seconds"),
+        ("ttl_seconds", serde_json::json!(30 * 86400), "ttl_seconds"),
+        ("ttl_seconds", serde_json::json!(-5), "ttl_seconds"),
+    ] {
+        let (s, ct, b, _) = post(cell_id, "/v1/instance-certificates", with(field, value)).await;
+        check_problem(s, &ct, &b, 422, hint);
+    }
+    let mut der = pem::parse(&csr).unwrap().into_contents();
+    let n = der.len();
+    der[n - 3] ^= 0x01;
+    let tampered = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
+    let (s, ct, b, _) = post(
+        cell_id,
+        "/v1/instance-certificates",
+        with("csr", tampered.into()),
+    )
+    .await;
+    check_problem(s, &ct, &b, 422, "csr");
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521"][..],
+        &["-newkey", "rsa:1024"][..],
+    ] {
+        let weird = openssl_csr(tmp.path(), args);
+        let (s, ct, b, _) = post(
+            cell_id,
+            "/v1/instance-certificates",
+            with("csr", weird.into()),
+        )
+        .await;
+        check_problem(s, &ct, &b, 422, "csr");
+    }
+    let (s, ct, b, _) = post(
+        op,
+        "/v1/join-tokens",
+        br#"{"role":"operator","name":"x"}"#.to_vec(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 422, "role");
+    let (s, ct, b, _) = post(
+        op,
+        "/v1/join-tokens",
+        br#"{"role":"cell","name":"x","ttl_seconds":0}"#.to_vec(),
+    )
+    .await;
+    check_problem(s, &ct, &b, 422, "ttl_seconds");
+    let (s, ct, b, _) = raw(&ca, op, "GET", "/v1/certificates?app_guid=XYZ", None, &[]).await;
+    check_problem(s, &ct, &b, 422, "app_guid");
+
+    // 429: a burst of bad join tokens from one address.
+    let mut last = 0;
+    for _ in 0..25 {
+        let (s, ct, b, _) = raw(
+            &ca,
+            None,
+            "POST",
+            "/v1/join",
+            Some(serde_json::to_vec(&api::CsrRequest { csr: csr.clone() }).unwrap()),
+            &[("authorization", "Bearer lyt_guess")],
+        )
+        .await;
+        last = s;
+        if s == 429 {
+            check_problem(s, &ct, &b, 429, "join");
+            break;
+        }
+    }
+    assert_eq!(last, 429);
+
+    // The server is still healthy after all of this.
+    let (s, _, _, _) = raw(&ca, None, "GET", "/healthz", None, &[]).await;
+    assert_eq!(s, 200);
+    assert!(!ca.log_text().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_credential_is_refused_and_recorded() {
+    let ca = TestCa::start();
+    let cell = ca.join_cell("cell-2").await;
+    let serial = lanyard::x509::inspect::CertInfo::from_der(
+        pem::parse_many(&cell.chain_pem).unwrap()[0].contents(),
+    )
+    .unwrap()
+    .serial;
+    let (code, out, err) = ca.cli(&["revoke", &serial, "--reason", "cell decommissioned"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked_at"), "{out}");
+    let (_k, csr) = new_key_and_csr().unwrap();
+    let e = cell
+        .client
+        .post::<_, api::IssuedCertificate>(
+            "/v1/instance-certificates",
+            &instance_request(&csr, 1),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
+    let (code, _, err) = ca.cli(&["revoke", &serial]);
+    assert_eq!(code, 1);
+    assert!(err.contains("409"), "{err}");
+}
+
+#[test]
+fn a_bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        free_port(),
+        &[("issuance", "max_ttl = \"forever\"")],
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("issuance.max_ttl") && err.starts_with("lanyard: error:"),
+        "{err}"
+    );
+    let cfg = write_config(dir.path(), free_port(), &[("listen", "colour = \"red\"")]);
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("colour"));
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("LANYARD_LISTEN_ADDRESS", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN).args(["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn an_environment_variable_overrides_a_config_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), free_port(), &[]);
+    let out = Command::new(BIN)
+        .args(["init", "--config"])
+        .arg(&cfg)
+        .env("LANYARD_TRUST_DOMAIN", "Bad_Domain")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trust_domain"));
+    let out = Command::new(BIN)
+        .args(["init", "--config"])
+        .arg(&cfg)
+        .env("LANYARD_TRUST_DOMAIN", "cf.example")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let op =
+        std::fs::read_to_string(dir.path().join("data/credentials/operator/cert.pem")).unwrap();
+    let info =
+        lanyard::x509::inspect::CertInfo::from_der(pem::parse_many(&op).unwrap()[0].contents())
+            .unwrap();
+    assert_eq!(
+        info.uris,
+        vec!["spiffe://cf.example/lanyard/operator/admin".to_string()]
+    );
+}

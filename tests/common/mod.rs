@@ -1,0 +1,336 @@
+//! Test harness: real `lanyard` processes on free 127.0.0.1 ports, real TLS clients.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lanyard::api;
+use lanyard::client::{new_key_and_csr, tls_config, ApiClient};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_lanyard");
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The dev config with a temporary state dir, a free port and optional extra lines per
+/// section (`("rotation", "propagation_delay = \"1s\"")`).
+pub fn write_config(dir: &Path, port: u16, overrides: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/ca-config/lanyard.toml"
+    ))
+    .unwrap();
+    text = text.replace(
+        "state_dir = \"./data\"",
+        &format!("state_dir = \"{}\"", dir.join("data").display()),
+    );
+    text = text.replace(
+        "kek_file = \"./data/kek\"",
+        &format!("kek_file = \"{}\"", dir.join("data/kek").display()),
+    );
+    text = text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"));
+    text = text.replace("automatic = true", "automatic = false");
+    for (section, line) in overrides {
+        let key = line.split('=').next().unwrap().trim();
+        let header = format!("[{section}]");
+        let mut out = Vec::new();
+        let mut in_section = false;
+        let mut done = false;
+        for l in text.lines() {
+            if l.starts_with('[') {
+                if in_section && !done {
+                    out.push(line.to_string());
+                    done = true;
+                }
+                in_section = l.trim() == header;
+            }
+            if in_section && l.split('=').next().map(str::trim) == Some(key) {
+                out.push(line.to_string());
+                done = true;
+                continue;
+            }
+            out.push(l.to_string());
+        }
+        if in_section && !done {
+            out.push(line.to_string());
+            done = true;
+        }
+        if !done {
+            out.push(header);
+            out.push(line.to_string());
+        }
+        text = out.join("\n") + "\n";
+    }
+    let path = dir.join("lanyard.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running CA process.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl TestCa {
+    pub fn start() -> TestCa {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(overrides: &[(&str, &str)]) -> TestCa {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = write_config(dir.path(), port, overrides);
+        let log = dir.path().join("serve.log");
+        let mut ca = TestCa {
+            dir,
+            config,
+            port,
+            child: None,
+            log,
+        };
+        ca.spawn();
+        ca
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("LANYARD_KEK")
+            .env("LANYARD_LOG", "info,lanyard=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("lanyard serve exited with {status}: {}", self.log_text());
+                }
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self
+                    .state_dir()
+                    .join("credentials/operator/cert.pem")
+                    .exists()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn operator_dir(&self) -> PathBuf {
+        self.state_dir().join("credentials/operator")
+    }
+
+    pub fn bundle_pem(&self) -> String {
+        std::fs::read_to_string(self.operator_dir().join("trust-bundle.pem")).unwrap()
+    }
+
+    pub fn operator(&self) -> ApiClient {
+        ApiClient::from_credential_dir(&self.url(), &self.operator_dir()).unwrap()
+    }
+
+    pub fn anonymous(&self) -> ApiClient {
+        ApiClient::new(
+            &self.url(),
+            tls_config(self.bundle_pem().as_bytes(), None).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Runs the CLI against this CA and returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("LANYARD_KEK")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Creates a join token and joins a cell; returns a client with the cell credential.
+    pub async fn join_cell(&self, name: &str) -> Credential {
+        let op = self.operator();
+        let t: api::JoinTokenResponse = op
+            .post(
+                "/v1/join-tokens",
+                &api::JoinTokenRequest {
+                    role: "cell".into(),
+                    name: name.into(),
+                    ttl_seconds: None,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let (key, csr) = new_key_and_csr().unwrap();
+        let issued: api::IssuedCertificate = self
+            .anonymous()
+            .post("/v1/join", &api::CsrRequest { csr }, Some(&t.token))
+            .await
+            .unwrap();
+        Credential::new(self, issued.certificate_chain, key.to_string())
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A certificate chain and key, with a client that presents them.
+pub struct Credential {
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub client: ApiClient,
+}
+
+impl Credential {
+    pub fn new(ca: &TestCa, chain_pem: String, key_pem: String) -> Credential {
+        let tls = tls_config(ca.bundle_pem().as_bytes(), Some((&chain_pem, &key_pem))).unwrap();
+        let client = ApiClient::new(&ca.url(), tls).unwrap();
+        Credential {
+            chain_pem,
+            key_pem,
+            client,
+        }
+    }
+}
+
+/// A raw HTTPS request with full control: returns status, content type, body.
+pub async fn raw(
+    ca: &TestCa,
+    identity: Option<(&str, &str)>,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>, reqwest::header::HeaderMap) {
+    let tls = tls_config(ca.bundle_pem().as_bytes(), identity).unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let mut req = http.request(method.parse().unwrap(), format!("{}{path}", ca.url()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let ct = headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, ct, resp.bytes().await.unwrap().to_vec(), headers)
+}
+
+/// An instance request for GUIDs derived from `n`.
+pub fn instance_request(csr: &str, n: u32) -> api::InstanceCertificateRequest {
+    api::InstanceCertificateRequest {
+        csr: csr.to_string(),
+        instance_guid: format!("9a1c2f3e-5b6d-4e7f-8a9b-{n:012x}"),
+        app_guid: "6f1e0c9a-2b3d-4c5e-8f7a-1b2c3d4e5f60".into(),
+        space_guid: "5e0d9b8a-1a2c-4b4d-9e6f-0a1b2c3d4e5f".into(),
+        organization_guid: "4d9c8a7b-0f1b-4a3c-8d5e-f90a1b2c3d4e".into(),
+        container_ip: None,
+        internal_routes: None,
+        ttl_seconds: None,
+    }
+}
+
+/// Writes `text` to a file in `dir` and returns its path.
+pub fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Splits a PEM chain into its blocks as PEM text.
+pub fn pem_blocks(chain: &str) -> Vec<String> {
+    pem::parse_many(chain)
+        .unwrap()
+        .into_iter()
+        .map(|p| pem::encode(&p))
+        .collect()
+}
