@@ -511,6 +511,7 @@ fn new_generation(
             certificate: cert,
             sealed_key: kek.seal(&purpose_root(id), &pkcs8)?,
             not_after,
+            issued_at: Some(now),
         },
         intermediates: vec![intermediate],
     })
@@ -547,6 +548,7 @@ fn new_intermediate(
         certificate: cert,
         sealed_key: kek.seal(&purpose_intermediate(id, n), &pkcs8)?,
         not_after,
+        issued_at: Some(now),
     })
 }
 

@@ -219,6 +219,8 @@ pub fn run() -> i32 {
         }
     };
     init_logging();
+    // One crypto provider for the whole process, so no TLS stack can pick another.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

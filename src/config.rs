@@ -282,16 +282,17 @@ impl Config {
             ));
         }
         let a = &self.authority;
-        if a.root_ttl.0 < Duration::from_secs(120) {
+        // Short lifetimes are allowed so rotation can be exercised end to end in tests.
+        if a.root_ttl.0 < Duration::from_secs(10) {
             return Err(ConfigError::key(
                 "authority.root_ttl",
-                "must be at least 2m",
+                "must be at least 10s",
             ));
         }
-        if a.intermediate_ttl.0 > a.root_ttl.0 || a.intermediate_ttl.0 < Duration::from_secs(60) {
+        if a.intermediate_ttl.0 > a.root_ttl.0 || a.intermediate_ttl.0 < Duration::from_secs(5) {
             return Err(ConfigError::key(
                 "authority.intermediate_ttl",
-                "must be at least 60s and not longer than authority.root_ttl",
+                "must be at least 5s and not longer than authority.root_ttl",
             ));
         }
         let i = &self.issuance;

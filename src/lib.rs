@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod atomic_dir;
 pub mod authority;
 pub mod ca;
 pub mod cli;

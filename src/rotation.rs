@@ -166,7 +166,7 @@ pub fn next_step(
         }
     }
     let active = gens.iter().find(|g| g.state == GenerationState::Active)?;
-    let root_start = root_not_before(active);
+    let root_start = life_start(&active.root, active.created_at);
     let root_end = active.root.not_after;
     if let Some(p) = gens.iter().find(|g| g.state == GenerationState::Prepared) {
         let published = p.published_at.unwrap_or(p.created_at);
@@ -191,9 +191,7 @@ pub fn next_step(
         )));
     }
     if let Some(im) = active.intermediates.last() {
-        let start = crate::x509::inspect::CertInfo::from_der(&im.certificate)
-            .map(|c| c.not_before)
-            .unwrap_or(active.created_at);
+        let start = life_start(im, active.created_at);
         // Renewing is pointless once the root itself ends before a new intermediate could.
         if now >= fraction(start, im.not_after, 2, 3) && im.not_after < root_end {
             return Some(Step::RenewIntermediate(
@@ -208,10 +206,10 @@ pub fn next_step(
     None
 }
 
-fn root_not_before(g: &AuthorityRecord) -> SystemTime {
-    crate::x509::inspect::CertInfo::from_der(&g.root.certificate)
-        .map(|c| c.not_before)
-        .unwrap_or(g.created_at)
+/// When a CA certificate's life began for the schedule: its issue time (its notBefore is
+/// backdated for clock skew, which would otherwise make every step come early).
+fn life_start(ca: &crate::store::CaKeyRecord, fallback: SystemTime) -> SystemTime {
+    ca.issued_at.unwrap_or(fallback)
 }
 
 #[cfg(test)]
@@ -239,6 +237,7 @@ mod tests {
                 certificate: vec![],
                 sealed_key: vec![],
                 not_after: created + root_life,
+                issued_at: Some(created),
             },
             intermediates: vec![],
         }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub server_cert: Arc<ServerCert>,
     /// Failed join attempts per client address.
     pub join_failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Serializes refreshes of the server's own credentials.
+    pub refresh_lock: Mutex<()>,
 }
 
 impl AppState {
@@ -40,6 +42,7 @@ impl AppState {
             ca,
             server_cert,
             join_failures: Mutex::new(HashMap::new()),
+            refresh_lock: Mutex::new(()),
         }
     }
 }

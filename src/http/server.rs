@@ -121,6 +121,9 @@ pub async fn refresh_local_credentials(st: &Arc<AppState>) {
 }
 
 fn refresh_blocking(st: &AppState) -> Result<(), String> {
+    // The activate handler and the maintenance loop may both refresh at once; one at a time,
+    // or both would reissue and their files could interleave.
+    let _one_at_a_time = st.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
     let ca = &st.ca;
     if !ca.credential_is_fresh(&st.server_cert.record()) {
         let cred = ca.issue_server_certificate().map_err(|e| e.to_string())?;
@@ -161,7 +164,12 @@ fn refresh_blocking(st: &AppState) -> Result<(), String> {
         .as_deref()
         != Some(bundle_pem.as_str())
     {
-        crate::fsutil::write_atomic(&dir.join("trust-bundle.pem"), bundle_pem.as_bytes(), 0o644)
+        // Rewrite the whole set so the three files stay one version.
+        let chain = std::fs::read_to_string(dir.join("cert.pem")).map_err(|e| e.to_string())?;
+        let key = zeroize::Zeroizing::new(
+            std::fs::read_to_string(dir.join("key.pem")).map_err(|e| e.to_string())?,
+        );
+        crate::ca::write_credential_dir(&dir, &chain, &key, &bundle_pem)
             .map_err(|e| e.to_string())?;
     }
     Ok(())

@@ -49,6 +49,10 @@ pub struct CaKeyRecord {
     /// The certificate's notAfter.
     #[serde(with = "crate::timefmt::rfc3339_system")]
     pub not_after: SystemTime,
+    /// When it was issued (its notBefore is backdated, so this is the start of its life for
+    /// the rotation schedule).
+    #[serde(default, with = "crate::timefmt::rfc3339_option")]
+    pub issued_at: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for CaKeyRecord {

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod agent;
+
 use lanyard::api;
 use lanyard::client::{new_key_and_csr, tls_config, ApiClient};
 

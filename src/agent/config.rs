@@ -1,0 +1,156 @@
+//! The agent's configuration (`ca-config/agent.toml`), loaded as strictly as the server's.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{load_toml, ConfigDuration, ConfigError};
+
+/// Where the local API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A Unix socket path (`unix:/run/lanyard/agent.sock`).
+    Unix(PathBuf),
+    /// A loopback TCP address (`127.0.0.1:PORT`), for tests.
+    Tcp(std::net::SocketAddr),
+}
+
+impl Listen {
+    fn parse(s: &str) -> Result<Listen, ConfigError> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err(ConfigError::key("listen", "`unix:` needs a socket path"));
+            }
+            return Ok(Listen::Unix(PathBuf::from(p)));
+        }
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            ConfigError::key(
+                "listen",
+                format!("`{s}` is neither `unix:/path` nor `127.0.0.1:PORT`"),
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(ConfigError::key(
+                "listen",
+                "the local API speaks plain HTTP and may listen on loopback only",
+            ));
+        }
+        Ok(Listen::Tcp(addr))
+    }
+}
+
+/// `ca-config/agent.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// CA URL, `https://host:port`.
+    pub server: String,
+    /// Bootstrap trust: the CA's bundle (PEM).
+    pub trust_bundle_file: PathBuf,
+    /// The one-time join token (`LANYARD_JOIN_TOKEN` wins).
+    #[serde(default)]
+    pub join_token_file: Option<PathBuf>,
+    /// Where per-instance directories are written.
+    pub credentials_root: PathBuf,
+    /// Where the agent keeps its cell credential, bundle and instance list.
+    pub state_dir: PathBuf,
+    /// `unix:/path` or `127.0.0.1:PORT`.
+    pub listen: String,
+    /// Lifetime requested for instance certificates.
+    pub instance_ttl: ConfigDuration,
+    /// Renew when this fraction of the time from receipt to notAfter has passed.
+    #[serde(default = "default_renew_fraction")]
+    pub renew_fraction: f64,
+    /// Longest wait between retries after a failure.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: ConfigDuration,
+    /// How long the agent gathers instance requests into one batch.
+    #[serde(default = "default_batch_window")]
+    pub batch_window: ConfigDuration,
+}
+
+fn default_renew_fraction() -> f64 {
+    0.5
+}
+
+fn default_max_backoff() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+
+fn default_batch_window() -> ConfigDuration {
+    ConfigDuration(Duration::from_millis(20))
+}
+
+const AGENT_KEYS: &[(&str, &str)] = &[
+    ("", "server"),
+    ("", "trust_bundle_file"),
+    ("", "join_token_file"),
+    ("", "credentials_root"),
+    ("", "state_dir"),
+    ("", "listen"),
+    ("", "instance_ttl"),
+    ("", "renew_fraction"),
+    ("", "max_backoff"),
+    ("", "batch_window"),
+];
+
+impl AgentConfig {
+    /// Reads and validates the file (with `LANYARD_<KEY>` overrides).
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let c: AgentConfig = load_toml(path, AGENT_KEYS)?;
+        c.listen()?;
+        if !c.server.starts_with("https://") {
+            return Err(ConfigError::key("server", "must be an https:// URL"));
+        }
+        if !(c.renew_fraction > 0.0 && c.renew_fraction < 1.0) {
+            return Err(ConfigError::key(
+                "renew_fraction",
+                "must be between 0 and 1 (exclusive)",
+            ));
+        }
+        if c.instance_ttl.0 < Duration::from_secs(1) {
+            return Err(ConfigError::key("instance_ttl", "must be at least 1s"));
+        }
+        if c.batch_window.0 > Duration::from_secs(1) {
+            return Err(ConfigError::key("batch_window", "must be at most 1s"));
+        }
+        Ok(c)
+    }
+
+    /// The parsed listen address.
+    pub fn listen(&self) -> Result<Listen, ConfigError> {
+        Listen::parse(&self.listen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dev_agent_config_loads() {
+        let c = AgentConfig::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/ca-config/agent.toml"
+        )))
+        .unwrap();
+        assert_eq!(c.renew_fraction, 0.5);
+        assert!(matches!(c.listen().unwrap(), Listen::Unix(_)));
+    }
+
+    #[test]
+    fn listen_accepts_unix_paths_and_loopback_only() {
+        assert_eq!(
+            Listen::parse("unix:/tmp/a.sock").unwrap(),
+            Listen::Unix("/tmp/a.sock".into())
+        );
+        assert!(matches!(
+            Listen::parse("127.0.0.1:9000").unwrap(),
+            Listen::Tcp(_)
+        ));
+        assert!(Listen::parse("0.0.0.0:9000").is_err());
+        assert!(Listen::parse("unix:").is_err());
+        assert!(Listen::parse("localhost").is_err());
+    }
+}

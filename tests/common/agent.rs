@@ -1,0 +1,159 @@
+//! A real `lanyard agent` process next to a [`TestCa`].
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, TestCa, BIN};
+
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl TestAgent {
+    /// Creates a join token and starts an agent with `instance_ttl`.
+    pub fn start(ca: &TestCa, name: &str, instance_ttl: &str) -> TestAgent {
+        // Plain-HTTP reqwest still wants a process-wide rustls provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let (code, token, err) = ca.cli(&[
+            "token", "create", "--role", "cell", "--name", name, "--ttl", "10m",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        std::fs::write(dir.path().join("join-token"), token.trim()).unwrap();
+        std::fs::copy(
+            ca.operator_dir().join("trust-bundle.pem"),
+            dir.path().join("bootstrap.pem"),
+        )
+        .unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let text = format!(
+            "server = \"{}\"\ntrust_bundle_file = \"{d}/bootstrap.pem\"\njoin_token_file = \"{d}/join-token\"\n\
+             credentials_root = \"{d}/instances\"\nstate_dir = \"{d}/state\"\nlisten = \"127.0.0.1:{port}\"\n\
+             instance_ttl = \"{instance_ttl}\"\nrenew_fraction = 0.5\nmax_backoff = \"2s\"\n",
+            ca.url()
+        );
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("agent.log");
+        let mut a = TestAgent {
+            dir,
+            config,
+            port,
+            child: None,
+            log,
+            http: reqwest::Client::new(),
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("LANYARD_LOG", "info,lanyard=debug")
+            .env_remove("LANYARD_JOIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    panic!("agent exited with {s}: {}", self.log_text());
+                }
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn instance_dir(&self, guid: &str) -> PathBuf {
+        self.dir.path().join("instances").join(guid)
+    }
+
+    /// PUTs an instance; returns status and JSON body.
+    pub async fn put(&self, guid: &str, app: &str) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({
+            "app_guid": app,
+            "space_guid": "5e0d9b8a-1a2c-4b4d-9e6f-0a1b2c3d4e5f",
+            "organization_guid": "4d9c8a7b-0f1b-4a3c-8d5e-f90a1b2c3d4e",
+            "container_ip": "10.255.0.1",
+        });
+        let r = self
+            .http
+            .put(self.url(&format!("/v1/instances/{guid}")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn instances(&self) -> serde_json::Value {
+        self.http
+            .get(self.url("/v1/instances"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
