@@ -812,8 +812,10 @@ impl Ca {
     /// Whether a credential is signed by the active generation and before 2/3 of its life.
     pub fn credential_is_fresh(&self, r: &CertificateRecord) -> bool {
         let active = self.authority.active().map(|a| a.0);
-        let life = r.not_after.duration_since(r.not_before).unwrap_or_default();
-        let renew_at = r.not_before + life * 2 / 3;
+        // notBefore is backdated; the life that counts starts when it was issued.
+        let issued = r.not_before + self.config.issuance.backdate.0;
+        let life = r.not_after.duration_since(issued).unwrap_or_default();
+        let renew_at = issued + life * 2 / 3;
         active == Some(r.authority_id) && SystemTime::now() < renew_at
     }
 

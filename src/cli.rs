@@ -71,6 +71,18 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Load generator against a running CA: issuance throughput and latency.
+    Bench {
+        /// Certificates to issue.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Concurrent workers.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Certificates per request (more than 1 uses the batch endpoint).
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+    },
     /// Print the identity in a certificate file.
     Inspect {
         /// PEM file (the first certificate is shown).
@@ -459,6 +471,20 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
                     break;
                 }
             }
+        }
+        Command::Bench {
+            requests,
+            concurrency,
+            batch_size,
+        } => {
+            let opts = crate::bench::BenchOptions {
+                requests: *requests,
+                concurrency: *concurrency,
+                batch_size: (*batch_size).clamp(1, crate::http::handlers::MAX_BATCH),
+            };
+            let bundle = fetch_bundle_pem(&client).await?;
+            let report = crate::bench::run(&server, &client, &bundle, &opts).await?;
+            print!("{}", report.render(&opts));
         }
         Command::Revoke { serial, reason } => {
             let r: crate::store::CertificateRecord = client

@@ -478,6 +478,18 @@ mod tests {
     }
 
     #[test]
+    fn the_production_example_loads() {
+        let text = include_str!("../ca-config/production.example.toml");
+        let f = write(text);
+        let c = Config::load(f.path()).unwrap();
+        assert!(!c.auto_init);
+        assert_eq!(
+            c.listen.server_names,
+            vec!["lanyard.service.cf.internal".to_string()]
+        );
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_naming_it() {
         let f = write(&DEV.replace("[issuance]", "[issuance]\nbogus = 1"));
         let e = Config::load(f.path()).unwrap_err().to_string();

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod atomic_dir;
 pub mod authority;
+pub mod bench;
 pub mod ca;
 pub mod cli;
 pub mod client;

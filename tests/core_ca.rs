@@ -667,3 +667,70 @@ async fn the_readme_walkthrough_works_with_curl_and_openssl() {
         "{text}"
     );
 }
+
+async fn server_serial(ca: &TestCa) -> String {
+    let tls = lanyard::client::tls_config(ca.bundle_pem().as_bytes(), None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ca.port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let s = connector.connect(name, tcp).await.unwrap();
+    let cert = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    lanyard::x509::inspect::CertInfo::from_der(&cert)
+        .unwrap()
+        .serial
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_renews_its_own_certificate_before_it_expires_without_a_restart() {
+    let ca = TestCa::start_with(&[
+        ("issuance", "min_ttl = \"1s\""),
+        ("issuance", "default_ttl = \"3s\""),
+        ("rotation", "check_interval = \"200ms\""),
+    ]);
+    let pid = ca.child.as_ref().unwrap().id();
+    let mut serials = std::collections::HashSet::new();
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(7) {
+        serials.insert(server_serial(&ca).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(serials.len() >= 2, "the server certificate never changed");
+    assert!(
+        serials.len() <= 8,
+        "renewed far too often: {}",
+        serials.len()
+    );
+    assert_eq!(ca.child.as_ref().unwrap().id(), pid);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bundle_command_prints_pem_and_spiffe_and_watches_for_changes() {
+    let ca = TestCa::start();
+    let (code, out, err) = ca.cli(&["bundle"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, ca.bundle_pem());
+    let (code, out, _) = ca.cli(&["bundle", "--format", "spiffe"]);
+    assert_eq!(code, 0);
+    let b: api::SpiffeBundle = serde_json::from_str(&out).unwrap();
+    assert_eq!(b.keys.len(), 1);
+    let mut watch = std::process::Command::new(BIN)
+        .args(["bundle", "--watch", "--config"])
+        .arg(&ca.config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _: api::AuthorityView = ca
+        .operator()
+        .post("/v1/authorities/prepare", &serde_json::json!({}), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // First version (one root), then the new one (two roots): three certificates in all.
+    assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 3, "{text}");
+}

@@ -615,10 +615,11 @@ async fn cell_renewal_loop(agent: Arc<Agent>) {
             let cell = agent.cell.read().unwrap_or_else(|p| p.into_inner());
             match cell.info() {
                 Some(i) => {
-                    // Received at about notBefore + backdate; renew at the fraction of the rest.
-                    let life = i.not_after.duration_since(i.not_before).unwrap_or_default();
-                    let at = i.not_before + life.mul_f64(agent.config.renew_fraction);
-                    jitter(at.duration_since(SystemTime::now()).unwrap_or_default())
+                    // The credential file is written when the credential arrives.
+                    let received = modified(&cell_file(&agent.config)).unwrap_or(i.not_before);
+                    let at = received
+                        + renewal_delay(received, i.not_after, agent.config.renew_fraction);
+                    at.duration_since(SystemTime::now()).unwrap_or_default()
                 }
                 None => Duration::ZERO,
             }
@@ -655,6 +656,10 @@ async fn renew_cell(agent: &Arc<Agent>) -> Result<(), String> {
     agent.rebuild_client().map_err(|e| e.to_string())?;
     tracing::info!(serial = %issued.serial, authority = %issued.authority_id, not_after = %issued.not_after, "cell credential renewed");
     Ok(())
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn cell_file(config: &AgentConfig) -> PathBuf {
@@ -808,8 +813,10 @@ fn reload_instances(agent: &Arc<Agent>) {
             .and_then(|d| CertInfo::from_der(&d).ok());
         let (not_after, renew_at) = match &info {
             Some(i) if i.not_after > SystemTime::now() => {
-                let life = i.not_after.duration_since(i.not_before).unwrap_or_default();
-                let at = i.not_before + life.mul_f64(agent.config.renew_fraction);
+                // The files were written when the certificate arrived.
+                let received = modified(&dir.join(files::CERT_FILE)).unwrap_or(i.not_before);
+                let at =
+                    received + renewal_delay(received, i.not_after, agent.config.renew_fraction);
                 (
                     Some(i.not_after),
                     Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default(),
