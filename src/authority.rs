@@ -398,6 +398,38 @@ impl Authority {
             .ok_or_else(|| RotationError::NotFound(id).into())
     }
 
+    /// A DER CRL for generation `id`, signed by its newest intermediate, valid for
+    /// `validity`. Any generation still on record can publish one.
+    pub fn crl(&self, id: AuthorityId, validity: Duration) -> Result<Vec<u8>, AuthorityError> {
+        let rec = {
+            let inner = read_lock(&self.inner);
+            inner
+                .generations
+                .iter()
+                .find(|g| g.id == id)
+                .cloned()
+                .ok_or(RotationError::NotFound(id))?
+        };
+        let ca = load_intermediate(&self.kek, &rec)?;
+        let revoked = self.store.revoked(id)?;
+        let now = SystemTime::now();
+        let number = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(build::sign_crl(
+            &Signer {
+                name: &ca.name,
+                key_id: &ca.key_id,
+                key: &ca.key,
+            },
+            &revoked,
+            now - self.opts.backdate,
+            now + validity,
+            number,
+        )?)
+    }
+
     /// Issues a new intermediate under the active root; the bundle does not change.
     pub fn renew_intermediate(&self) -> Result<AuthorityRecord, AuthorityError> {
         let mut inner = write_lock(&self.inner);

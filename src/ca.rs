@@ -242,6 +242,8 @@ pub struct Ca {
     pub store: Arc<dyn Store>,
     /// Signing keys and generations.
     pub authority: Authority,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Ca {
@@ -323,6 +325,7 @@ impl Ca {
             config: config.clone(),
             store,
             authority,
+            metrics: Default::default(),
         };
         let dir = config.operator_credential_dir();
         ca.write_operator_credential(
@@ -378,6 +381,7 @@ impl Ca {
                 config: config.clone(),
                 store,
                 authority,
+                metrics: Default::default(),
             },
             None,
         ))
@@ -428,8 +432,16 @@ impl Ca {
         }
     }
 
+    fn issue_many(&self, reqs: &[LeafRequest]) -> Result<Vec<Issued>, CaError> {
+        let issued = self.authority.issue(reqs)?;
+        for i in &issued {
+            self.metrics.issued(i.record.kind);
+        }
+        Ok(issued)
+    }
+
     fn issue_one(&self, req: LeafRequest) -> Result<Issued, CaError> {
-        let mut v = self.authority.issue(std::slice::from_ref(&req))?;
+        let mut v = self.issue_many(std::slice::from_ref(&req))?;
         v.pop()
             .ok_or_else(|| CaError::Internal("issuance returned nothing".into()))
     }
@@ -536,11 +548,7 @@ impl Ca {
         let mut issued: Vec<Option<Issued>> = if leaves.is_empty() {
             vec![]
         } else {
-            self.authority
-                .issue(&leaves)?
-                .into_iter()
-                .map(Some)
-                .collect()
+            self.issue_many(&leaves)?.into_iter().map(Some).collect()
         };
         Ok(slots
             .into_iter()
@@ -616,6 +624,7 @@ impl Ca {
                 expires_at,
             },
         )?;
+        self.metrics.join_token_created();
         Ok(api::JoinTokenResponse {
             token,
             expires_at: rfc3339(expires_at),

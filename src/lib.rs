@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod metrics;
 pub mod rotation;
 pub mod store;
 pub mod timefmt;

@@ -300,6 +300,52 @@ async fn a_revoked_credential_is_refused_and_recorded() {
     let (code, _, err) = ca.cli(&["revoke", &serial]);
     assert_eq!(code, 1);
     assert!(err.contains("409"), "{err}");
+
+    // The generation's CRL lists it, and openssl verifies the CRL's signature.
+    let (s, ct, der, _) = raw(&ca, None, "GET", "/v1/crl/1", None, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(ct, "application/pkix-crl");
+    let tmp = tempfile::tempdir().unwrap();
+    let crl_path = tmp.path().join("crl.der");
+    std::fs::write(&crl_path, der).unwrap();
+    let chain = pem_blocks(&cell.chain_pem);
+    let issuers = file(
+        tmp.path(),
+        "issuers.pem",
+        &(chain[1].clone() + &ca.bundle_pem()),
+    );
+    let out = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&crl_path)
+        .arg("-CAfile")
+        .arg(&issuers)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_uppercase()
+        + &String::from_utf8_lossy(&out.stderr).to_uppercase();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("VERIFY OK"), "{text}");
+    assert!(text.contains(&serial.to_uppercase()), "{text}");
+    let (s, _, _, _) = raw(&ca, None, "GET", "/v1/crl/9", None, &[]).await;
+    assert_eq!(s, 404);
+
+    // Metrics count what happened.
+    let (s, ct, body, _) = raw(&ca, None, "GET", "/metrics", None, &[]).await;
+    assert_eq!(s, 200);
+    assert!(ct.starts_with("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("lanyard_certificates_issued_total{kind=\"cell\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lanyard_authority_generations{state=\"active\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lanyard_http_responses_total{class=\"4xx\"}"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -373,4 +419,36 @@ fn an_environment_variable_overrides_a_config_key() {
         info.uris,
         vec!["spiffe://cf.example/lanyard/operator/admin".to_string()]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_lists_every_route_of_the_contract() {
+    let ca = TestCa::start();
+    let (s, ct, body, _) = raw(&ca, None, "GET", "/v1/openapi.json", None, &[]).await;
+    assert_eq!(s, 200);
+    assert!(ct.starts_with("application/json"));
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in [
+        "/v1/instance-certificates",
+        "/v1/instance-certificates/batch",
+        "/v1/component-certificates",
+        "/v1/join-tokens",
+        "/v1/join",
+        "/v1/cell-credentials",
+        "/v1/trust-bundle",
+        "/v1/authorities",
+        "/v1/authorities/prepare",
+        "/v1/authorities/{id}/activate",
+        "/v1/authorities/{id}/retire",
+        "/v1/certificates",
+        "/v1/certificates/{serial}/revoke",
+        "/v1/crl/{authority_id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/openapi.json",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
 }

@@ -54,6 +54,8 @@ pub fn router(state: S) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/trust-bundle", get(trust_bundle))
         .route("/v1/instance-certificates", post(instance_certificate))
         .route("/v1/instance-certificates/batch", post(instance_batch))
@@ -68,8 +70,13 @@ pub fn router(state: S) -> Router {
         .route("/v1/authorities/{id}/retire", post(retire))
         .route("/v1/certificates", get(certificates))
         .route("/v1/certificates/{serial}/revoke", post(revoke))
+        .route("/v1/crl/{id}", get(crl))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            count_response,
+        ))
         .with_state(state)
 }
 
@@ -146,6 +153,66 @@ async fn blocking<T: Send + 'static>(
 
 fn created(i: &crate::authority::Issued) -> Response {
     (StatusCode::CREATED, Json(issued_view(i))).into_response()
+}
+
+async fn count_response(State(st): State<S>, r: Response) -> Response {
+    st.ca.metrics.response(r.status().as_u16());
+    r
+}
+
+async fn metrics(State(st): State<S>) -> Result<Response, ApiError> {
+    let ca = st.ca.clone();
+    let text = blocking(move || {
+        let (gens, seq) = ca.authority.generations()?;
+        let mut gauges = vec![("lanyard_trust_bundle_sequence".to_string(), seq as f64)];
+        for state in ["prepared", "active", "retiring", "retired"] {
+            let n = gens
+                .iter()
+                .filter(|(g, _)| g.state.as_str() == state)
+                .count();
+            gauges.push((
+                format!("lanyard_authority_generations{{state=\"{state}\"}}"),
+                n as f64,
+            ));
+        }
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        if let Some((g, _)) = gens.iter().find(|(g, _)| g.state.as_str() == "active") {
+            gauges.push((
+                "lanyard_active_root_not_after_seconds".into(),
+                unix(g.root.not_after),
+            ));
+            if let Some(im) = g.intermediates.last() {
+                gauges.push((
+                    "lanyard_active_intermediate_not_after_seconds".into(),
+                    unix(im.not_after),
+                ));
+            }
+        }
+        Ok(ca.metrics.render(&gauges))
+    })
+    .await?;
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(r)
+}
+
+/// The OpenAPI 3 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    let mut r = OPENAPI.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -251,6 +318,7 @@ fn join_allowed(st: &AppState, ip: IpAddr) -> bool {
 }
 
 fn join_failed(st: &AppState, ip: IpAddr) {
+    st.ca.metrics.join_failed();
     let mut m = st.join_failures.lock().unwrap_or_else(|p| p.into_inner());
     let e = m.entry(ip).or_insert((Instant::now(), 0));
     e.1 += 1;
@@ -462,6 +530,23 @@ async fn revoke(
     let rec = blocking(move || ca.revoke(&serial, body.reason)).await?;
     tracing::info!(serial = %rec.serial, "certificate revoked");
     Ok(Json(rec))
+}
+
+async fn crl(State(st): State<S>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_authority(&id)?;
+    let ca = st.ca.clone();
+    // Short-lived CRLs: relying parties refetch often, and nothing here caches a signature.
+    let der = blocking(move || Ok(ca.authority.crl(id, Duration::from_secs(3600))?)).await?;
+    let mut r = der.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pkix-crl"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
+    Ok(r)
 }
 
 /// Longest a bundle long poll is held.

@@ -60,6 +60,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: &CertificateQuery,
     ) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// Revoked certificates a generation signed: serial and revocation time.
+    fn revoked(&self, id: AuthorityId) -> Result<Vec<(Serial, SystemTime)>, StoreError>;
     /// The latest notAfter among certificates a generation signed.
     fn last_leaf_not_after(&self, id: AuthorityId) -> Result<Option<SystemTime>, StoreError>;
 

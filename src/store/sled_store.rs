@@ -25,6 +25,7 @@ pub struct SledStore {
     by_app: sled::Tree,
     by_time: sled::Tree,
     leaf_max: sled::Tree,
+    revoked: sled::Tree,
     tokens: sled::Tree,
 }
 
@@ -88,6 +89,7 @@ impl SledStore {
             by_app: t("certificates_by_app")?,
             by_time: t("certificates_by_time")?,
             leaf_max: t("authority_last_leaf")?,
+            revoked: t("revoked_by_authority")?,
             tokens: t("join_tokens")?,
             db,
         })
@@ -193,6 +195,16 @@ impl Store for SledStore {
         self.certs
             .insert(record.serial.as_bytes(), encode(record)?)
             .map_err(backend)?;
+        let mut key = record.authority_id.0.to_be_bytes().to_vec();
+        key.extend_from_slice(record.serial.as_bytes());
+        match record.revoked_at {
+            Some(at) => self
+                .revoked
+                .insert(key, &nanos(at).to_be_bytes())
+                .map(|_| ()),
+            None => self.revoked.remove(key).map(|_| ()),
+        }
+        .map_err(backend)?;
         self.durable()
     }
 
@@ -232,6 +244,19 @@ impl Store for SledStore {
                 .then(b.serial.cmp(&a.serial))
         });
         out.truncate(q.limit);
+        Ok(out)
+    }
+
+    fn revoked(&self, id: AuthorityId) -> Result<Vec<(Serial, SystemTime)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.revoked.scan_prefix(id.0.to_be_bytes()) {
+            let (k, v) = item.map_err(backend)?;
+            let serial = k.get(4..).and_then(Serial::from_bytes);
+            let at = <[u8; 8]>::try_from(v.as_ref()).ok().map(u64::from_be_bytes);
+            if let (Some(s), Some(at)) = (serial, at) {
+                out.push((s, UNIX_EPOCH + std::time::Duration::from_nanos(at)));
+            }
+        }
         Ok(out)
     }
 

@@ -258,6 +258,61 @@ pub fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> 
     Ok(cert.to_der()?)
 }
 
+/// Builds and signs a CRL (v2) for `signer` listing `revoked` (serial, revocation time), with
+/// the authority key identifier and a CRL number.
+pub fn sign_crl(
+    signer: &Signer<'_>,
+    revoked: &[(Serial, SystemTime)],
+    this_update: SystemTime,
+    next_update: SystemTime,
+    number: u64,
+) -> Result<Vec<u8>, X509Error> {
+    use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+    use x509_cert::ext::pkix::CrlNumber;
+    let mut entries = Vec::with_capacity(revoked.len());
+    for (serial, at) in revoked {
+        entries.push(RevokedCert {
+            serial_number: SerialNumber::new(serial.as_bytes())?,
+            revocation_date: x509_time(*at)?,
+            crl_entry_extensions: None,
+        });
+    }
+    let exts = vec![
+        ext(
+            &AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(signer.key_id)?),
+                authority_cert_issuer: None,
+                authority_cert_serial_number: None,
+            },
+            false,
+        )?,
+        ext(
+            &CrlNumber(der::asn1::Uint::new(&number.to_be_bytes())?),
+            false,
+        )?,
+    ];
+    let tbs = TbsCertList {
+        version: Version::V2,
+        signature: ecdsa_sha256(),
+        issuer: signer.name.clone(),
+        this_update: x509_time(this_update)?,
+        next_update: Some(x509_time(next_update)?),
+        revoked_certificates: (!entries.is_empty()).then_some(entries),
+        crl_extensions: Some(exts),
+    };
+    let tbs_der = tbs.to_der()?;
+    let sig = signer
+        .key
+        .sign(&SystemRandom::new(), &tbs_der)
+        .map_err(|_| X509Error::Encoding("ECDSA signing failed".into()))?;
+    let crl = CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: ecdsa_sha256(),
+        signature: BitString::from_bytes(sig.as_ref())?,
+    };
+    Ok(crl.to_der()?)
+}
+
 /// Encodes DER certificates as concatenated PEM blocks.
 pub fn pem_chain<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
     ders.into_iter()
