@@ -34,18 +34,6 @@ fn version_name() -> String {
     )
 }
 
-fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
-}
-
 /// Writes a new version of the set and switches to it atomically. Returns the previous
 /// version directory; the caller removes it once readers are done with it.
 pub fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Option<PathBuf>> {
@@ -54,7 +42,7 @@ pub fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Option<Pa
     let vdir = dir.join(&version);
     std::fs::create_dir(&vdir)?;
     for (name, data, mode) in files {
-        write_file(&vdir.join(name), data, *mode)?;
+        crate::fsutil::write_new_file(&vdir.join(name), data, *mode)?;
     }
     std::fs::File::open(&vdir)?.sync_all()?;
 

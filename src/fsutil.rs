@@ -8,14 +8,19 @@ use std::path::Path;
 /// Creates `path` with mode 0600 and writes `data`, failing if the file exists (a key is never
 /// overwritten). The data is synced before returning.
 pub fn write_new_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_new_file(path, data, 0o600)?;
+    sync_parent(path)
+}
+
+/// Creates `path` with `mode`, writes `data` and syncs it; fails if the file exists.
+pub fn write_new_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
     f.write_all(data)?;
-    f.sync_all()?;
-    sync_parent(path)
+    f.sync_all()
 }
 
 /// Replaces `path` atomically with `data` and `mode`: write a temporary file beside it, sync,
@@ -29,15 +34,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
+    write_new_file(&tmp, data, mode)?;
     std::fs::rename(&tmp, path)?;
     sync_parent(path)
 }

@@ -10,21 +10,7 @@ use lanyard::api;
 use lanyard::client::{new_key_and_csr, tls_config, ApiClient};
 
 fn openssl_verifies(bundle: &str, chain: &str) -> bool {
-    let tmp = tempfile::tempdir().unwrap();
-    let blocks = pem_blocks(chain);
-    let leaf = file(tmp.path(), "leaf.pem", &blocks[0]);
-    let inter = file(tmp.path(), "inter.pem", &blocks[1..].join(""));
-    let roots = file(tmp.path(), "roots.pem", bundle);
-    std::process::Command::new("openssl")
-        .args(["verify", "-x509_strict", "-CAfile"])
-        .arg(roots)
-        .arg("-untrusted")
-        .arg(inter)
-        .arg(leaf)
-        .output()
-        .unwrap()
-        .status
-        .success()
+    openssl_verify(bundle, chain, "sslclient").0
 }
 
 async fn authorities(ca: &TestCa) -> api::AuthoritiesResponse {

@@ -410,22 +410,44 @@ fn parse_authority(id: &str) -> Result<AuthorityId, CaError> {
         .map_err(|_| CaError::NotFound(format!("authority {id} does not exist")))
 }
 
+/// A rotation step on one generation, as the operator asked for it.
+#[derive(Debug, Clone, Copy)]
+enum StepKind {
+    Activate,
+    Retire,
+}
+
+async fn rotation_step(
+    st: S,
+    id: String,
+    force: bool,
+    step: StepKind,
+) -> Result<Json<api::AuthorityView>, ApiError> {
+    let id = parse_authority(&id)?;
+    let ca = st.ca.clone();
+    let view = blocking(move || {
+        match step {
+            StepKind::Activate => ca.authority.activate(id, force)?,
+            StepKind::Retire => ca.authority.retire(id, force)?,
+        };
+        tracing::info!(authority = %id, force, step = ?step, "rotation step by operator");
+        ca.authority_view_of(id)
+    })
+    .await?;
+    if matches!(step, StepKind::Activate) {
+        // Move the server's own certificate and the local operator credential right away.
+        super::server::refresh_local_credentials(&st).await;
+    }
+    Ok(Json(view))
+}
+
 async fn activate(
     State(st): State<S>,
     _op: OperatorCaller,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<api::ForceRequest>,
 ) -> Result<Json<api::AuthorityView>, ApiError> {
-    let id = parse_authority(&id)?;
-    let ca = st.ca.clone();
-    let view = blocking(move || {
-        ca.authority.activate(id, body.force)?;
-        tracing::info!(authority = %id, force = body.force, "authority activated by operator");
-        ca.authority_view_of(id)
-    })
-    .await?;
-    super::server::refresh_local_credentials(&st).await;
-    Ok(Json(view))
+    rotation_step(st, id, body.force, StepKind::Activate).await
 }
 
 async fn retire(
@@ -434,15 +456,7 @@ async fn retire(
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<api::ForceRequest>,
 ) -> Result<Json<api::AuthorityView>, ApiError> {
-    let id = parse_authority(&id)?;
-    let ca = st.ca.clone();
-    let view = blocking(move || {
-        ca.authority.retire(id, body.force)?;
-        tracing::info!(authority = %id, force = body.force, "authority retired by operator");
-        ca.authority_view_of(id)
-    })
-    .await?;
-    Ok(Json(view))
+    rotation_step(st, id, body.force, StepKind::Retire).await
 }
 
 fn query_map(q: Option<&str>) -> Result<HashMap<String, String>, CaError> {

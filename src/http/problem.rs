@@ -10,6 +10,9 @@ use serde::de::DeserializeOwned;
 use crate::api::Problem;
 use crate::ca::CaError;
 
+/// How long a client has to send its whole body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1024 * 1024;
 
@@ -114,20 +117,30 @@ pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
             .into());
         }
     }
-    axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_large {
-                ApiError(CaError::TooLarge(format!(
-                    "the body is over the limit of {MAX_BODY} bytes"
-                )))
-            } else {
-                ApiError(CaError::BadRequest(format!("could not read the body: {e}")))
-            }
-        })
+    // A client that trickles its body must not hold a worker forever.
+    let read = tokio::time::timeout(
+        BODY_TIMEOUT,
+        axum::body::to_bytes(req.into_body(), MAX_BODY),
+    )
+    .await
+    .map_err(|_| {
+        ApiError(CaError::BadRequest(format!(
+            "the body did not arrive within {}s",
+            BODY_TIMEOUT.as_secs()
+        )))
+    })?;
+    read.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError(CaError::TooLarge(format!(
+                "the body is over the limit of {MAX_BODY} bytes"
+            )))
+        } else {
+            ApiError(CaError::BadRequest(format!("could not read the body: {e}")))
+        }
+    })
 }
 
 /// Parses JSON into `T`, every failure a 400 that says what did not fit.

@@ -14,6 +14,10 @@ use super::tls::{identify, server_config, Caller, ServerCert};
 use crate::ca::Ca;
 use crate::rotation::Step;
 
+/// Most connections served at once; beyond it, accepting waits (back-pressure instead of
+/// running out of file descriptors).
+const MAX_CONNECTIONS: usize = 8192;
+
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,8 +48,16 @@ pub async fn serve(
         .automatic
         .then(|| tokio::spawn(rotation_loop(state.clone())));
 
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
             a = listener.accept() => a,
@@ -64,6 +76,7 @@ pub async fn serve(
         let app = app.clone();
         let ca = ca.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

@@ -164,6 +164,16 @@ fn ia5(s: &str) -> Result<Ia5String, X509Error> {
     Ia5String::new(s).map_err(|_| X509Error::Encoding(format!("`{s}` is not IA5")))
 }
 
+/// The ECDSA P-256 SHA-256 signature of a DER-encoded "to be signed" structure.
+fn signature_over<T: Encode>(signer: &Signer<'_>, tbs: &T) -> Result<BitString, X509Error> {
+    let der = tbs.to_der()?;
+    let sig = signer
+        .key
+        .sign(&SystemRandom::new(), &der)
+        .map_err(|_| X509Error::Encoding("ECDSA signing failed".into()))?;
+    Ok(BitString::from_bytes(sig.as_ref())?)
+}
+
 /// Builds the TBS, signs it with `signer` (ECDSA P-256 SHA-256) and returns the DER.
 pub fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> {
     let subject_key_id = key_identifier(&spec.public_key);
@@ -245,15 +255,11 @@ pub fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> 
         subject_unique_id: None,
         extensions: Some(exts),
     };
-    let tbs_der = tbs.to_der()?;
-    let sig = signer
-        .key
-        .sign(&SystemRandom::new(), &tbs_der)
-        .map_err(|_| X509Error::Encoding("ECDSA signing failed".into()))?;
+    let signature = signature_over(signer, &tbs)?;
     let cert = Certificate {
         tbs_certificate: tbs,
         signature_algorithm: ecdsa_sha256(),
-        signature: BitString::from_bytes(sig.as_ref())?,
+        signature,
     };
     Ok(cert.to_der()?)
 }
@@ -300,15 +306,11 @@ pub fn sign_crl(
         revoked_certificates: (!entries.is_empty()).then_some(entries),
         crl_extensions: Some(exts),
     };
-    let tbs_der = tbs.to_der()?;
-    let sig = signer
-        .key
-        .sign(&SystemRandom::new(), &tbs_der)
-        .map_err(|_| X509Error::Encoding("ECDSA signing failed".into()))?;
+    let signature = signature_over(signer, &tbs)?;
     let crl = CertificateList {
         tbs_cert_list: tbs,
         signature_algorithm: ecdsa_sha256(),
-        signature: BitString::from_bytes(sig.as_ref())?,
+        signature,
     };
     Ok(crl.to_der()?)
 }

@@ -151,23 +151,7 @@ impl TestCa {
 
     /// Stops the server with SIGTERM and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        stop_child(self.child.take());
     }
 
     pub fn restart(&mut self) {
@@ -335,4 +319,44 @@ pub fn pem_blocks(chain: &str) -> Vec<String> {
         .into_iter()
         .map(|p| pem::encode(&p))
         .collect()
+}
+
+/// `openssl verify -x509_strict -purpose PURPOSE` of a chain (leaf, then intermediates)
+/// against `bundle`: whether it passed, and what openssl said.
+pub fn openssl_verify(bundle: &str, chain: &str, purpose: &str) -> (bool, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let blocks = pem_blocks(chain);
+    let leaf = file(tmp.path(), "leaf.pem", &blocks[0]);
+    let inter = file(tmp.path(), "inter.pem", &blocks[1..].join(""));
+    let roots = file(tmp.path(), "roots.pem", bundle);
+    let out = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-purpose", purpose, "-CAfile"])
+        .arg(&roots)
+        .arg("-untrusted")
+        .arg(&inter)
+        .arg(&leaf)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Sends SIGTERM to a child and waits up to 20 s, then kills it.
+pub fn stop_child(child: Option<Child>) {
+    if let Some(mut c) = child {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
