@@ -53,11 +53,15 @@ pub struct AgentConfig {
     pub join_token_file: Option<PathBuf>,
     /// Where per-instance directories are written.
     pub credentials_root: PathBuf,
-    /// Where the agent keeps its cell credential, bundle and instance list.
+    /// Where the agent keeps its cell credential, bundle and instance list (default: a
+    /// sibling of `credentials_root` named `<root>.agent-state`).
+    #[serde(default)]
     pub state_dir: PathBuf,
-    /// `unix:/path` or `127.0.0.1:PORT`.
+    /// `unix:/path` or `127.0.0.1:PORT` (default: `unix:<state_dir>/agent.sock`).
+    #[serde(default)]
     pub listen: String,
-    /// Lifetime requested for instance certificates.
+    /// Lifetime requested for instance certificates (default 24h).
+    #[serde(default = "default_instance_ttl")]
     pub instance_ttl: ConfigDuration,
     /// Renew when this fraction of the time from receipt to notAfter has passed.
     #[serde(default = "default_renew_fraction")]
@@ -68,6 +72,10 @@ pub struct AgentConfig {
     /// How long the agent gathers instance requests into one batch.
     #[serde(default = "default_batch_window")]
     pub batch_window: ConfigDuration,
+}
+
+fn default_instance_ttl() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(86400))
 }
 
 fn default_renew_fraction() -> f64 {
@@ -98,7 +106,22 @@ const AGENT_KEYS: &[(&str, &str)] = &[
 impl AgentConfig {
     /// Reads and validates the file (with `LANYARD_<KEY>` overrides).
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let c: AgentConfig = load_toml(path, AGENT_KEYS)?;
+        let mut c: AgentConfig = load_toml(path, AGENT_KEYS)?;
+        if c.state_dir.as_os_str().is_empty() {
+            let name = c
+                .credentials_root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "credentials".into());
+            c.state_dir = c
+                .credentials_root
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(format!("{name}.agent-state"));
+        }
+        if c.listen.is_empty() {
+            c.listen = format!("unix:{}", c.state_dir.join("agent.sock").display());
+        }
         c.listen()?;
         if !c.server.starts_with("https://") {
             return Err(ConfigError::key("server", "must be an https:// URL"));
@@ -137,6 +160,23 @@ mod tests {
         .unwrap();
         assert_eq!(c.renew_fraction, 0.5);
         assert!(matches!(c.listen().unwrap(), Listen::Unix(_)));
+    }
+
+    #[test]
+    fn a_minimal_config_gets_defaults_for_the_rest() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            f.path(),
+            "server = \"https://127.0.0.1:8443\"\ntrust_bundle_file = \"/b.pem\"\ncredentials_root = \"/var/creds\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(f.path()).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/creds.agent-state"));
+        assert_eq!(
+            c.listen().unwrap(),
+            Listen::Unix("/var/creds.agent-state/agent.sock".into())
+        );
+        assert_eq!(c.instance_ttl.0, Duration::from_secs(86400));
     }
 
     #[test]
