@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod mtls;
 pub mod rotation;
 pub mod store;
 pub mod timefmt;
