@@ -334,3 +334,72 @@ pub fn pem_blocks(chain: &str) -> Vec<String> {
         .map(|p| pem::encode(&p))
         .collect()
 }
+
+/// Writes instance credentials in the cell agent's layout and swaps them in as one set, the
+/// way Kubernetes' atomic writer does: the files go into a new `..<timestamp>` directory, a
+/// `..data_tmp` symlink to it is renamed over `..data`, and `instance.crt`, `instance.key`
+/// and `trust-bundle.crt` are relative symlinks through `..data`. The previous version
+/// directory is removed afterwards.
+pub fn write_instance_dir(dir: &Path, chain_pem: &str, key_pem: &str, bundle_pem: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::{symlink, OpenOptionsExt};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+
+    std::fs::create_dir_all(dir).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let version = format!(
+        "..{:04}_{:02}_{:02}_{:02}_{:02}_{:02}.{:09}{}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.nanosecond(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let vdir = dir.join(&version);
+    std::fs::create_dir(&vdir).unwrap();
+    for (name, text, mode) in [
+        ("instance.crt", chain_pem, 0o644),
+        ("instance.key", key_pem, 0o600),
+        ("trust-bundle.crt", bundle_pem, 0o644),
+    ] {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(vdir.join(name))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f.sync_all().unwrap();
+    }
+    let data = dir.join("..data");
+    let previous = std::fs::read_link(&data).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&version, &tmp).unwrap();
+    std::fs::rename(&tmp, &data).unwrap();
+    for name in ["instance.crt", "instance.key", "trust-bundle.crt"] {
+        let link = dir.join(name);
+        if link.symlink_metadata().is_err() {
+            symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+    if let Some(previous) = previous {
+        if previous != Path::new(&version) {
+            let _ = std::fs::remove_dir_all(dir.join(previous));
+        }
+    }
+}
+
+/// A child process that is killed when the guard is dropped (also when a test panics).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
