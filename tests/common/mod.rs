@@ -360,3 +360,29 @@ pub fn stop_child(child: Option<Child>) {
         let _ = c.wait();
     }
 }
+
+/// Writes instance credentials in the cell agent's layout and swaps them in as one set, the
+/// way Kubernetes' atomic writer does: the files go into a new `..<timestamp>` directory, a
+/// `..data_tmp` symlink to it is renamed over `..data`, and `instance.crt`, `instance.key`
+/// and `trust-bundle.crt` are relative symlinks through `..data`. The previous version
+/// directory is removed afterwards.
+pub fn write_instance_dir(dir: &Path, chain_pem: &str, key_pem: &str, bundle_pem: &str) {
+    let set = lanyard::agent::files::CredentialSet {
+        chain_pem,
+        key_pem,
+        bundle_pem,
+    };
+    if let Some(previous) = lanyard::agent::files::write_set(dir, &set).unwrap() {
+        let _ = std::fs::remove_dir_all(previous);
+    }
+}
+
+/// A child process that is killed when the guard is dropped (also when a test panics).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
