@@ -734,8 +734,20 @@ impl Ca {
     /// Issues a credential with a key generated here (server certificate, operator
     /// credential). The key never leaves this process except into the caller's files.
     pub fn issue_local(&self, spec: NamedCredential) -> Result<LocalCredential, CaError> {
-        let kp = rcgen::KeyPair::generate()
-            .map_err(|e| CaError::Internal(format!("key generation: {e}")))?;
+        self.issue_local_with_key(spec, None)
+    }
+
+    /// Like [`Ca::issue_local`], keeping `existing_key` (PKCS#8 PEM) when it parses.
+    fn issue_local_with_key(
+        &self,
+        spec: NamedCredential,
+        existing_key: Option<&str>,
+    ) -> Result<LocalCredential, CaError> {
+        let kp = match existing_key.and_then(|k| rcgen::KeyPair::from_pem(k).ok()) {
+            Some(kp) => kp,
+            None => rcgen::KeyPair::generate()
+                .map_err(|e| CaError::Internal(format!("key generation: {e}")))?,
+        };
         let spki = SubjectPublicKeyInfoOwned::from_der(&kp.public_key_der())
             .map_err(|e| CaError::Internal(e.to_string()))?;
         let leaf = self.named_leaf(spec, (spki, false));
@@ -749,13 +761,20 @@ impl Ca {
 
     /// Writes an operator credential directory (`cert.pem`, `key.pem` 0600,
     /// `trust-bundle.pem`) for `name`, replacing what is there.
+    ///
+    /// The key already in the directory is kept (as the agent keeps instance keys), so a
+    /// CLI that reads `cert.pem` and `key.pem` during a refresh still gets a matching pair;
+    /// `lanyard credential renew` is the way to a new key.
     pub fn write_operator_credential(
         &self,
         dir: &std::path::Path,
         name: &Name,
         by: &str,
     ) -> Result<CertificateRecord, CaError> {
-        let cred = self.issue_local(NamedCredential {
+        let existing = std::fs::read_to_string(dir.join("key.pem"))
+            .ok()
+            .map(zeroize::Zeroizing::new);
+        let spec = NamedCredential {
             kind: CertificateKind::Operator,
             role: Role::Operator(name.clone()),
             name: name.clone(),
@@ -763,7 +782,8 @@ impl Ca {
             ips: vec![],
             ttl: self.config.issuance.max_ttl.0,
             requested_by: by.to_string(),
-        })?;
+        };
+        let cred = self.issue_local_with_key(spec, existing.as_deref().map(String::as_str))?;
         write_credential_dir(
             dir,
             &cred.chain_pem,

@@ -1329,3 +1329,158 @@ async fn a_python_ssl_server_from_the_guide_serves_allowed_apps_and_picks_up_a_r
     assert_eq!(a.status, 200, "{} {}", a.body, read(&log));
     assert_eq!(a.server_serial, r.serial);
 }
+
+// ---------------------------------------------------------------------------------------
+// The whole mission path: real CA, real agent, two apps, a full root rotation
+// ---------------------------------------------------------------------------------------
+
+/// An operator call that tolerates the moment the server swaps the local operator files.
+async fn operator_post<T: serde::de::DeserializeOwned>(
+    ca: &TestCa,
+    path: &str,
+) -> Result<T, lanyard::client::ClientError> {
+    let mut last = None;
+    for _ in 0..5 {
+        let op = ApiClient::from_credential_dir(&ca.url(), &ca.operator_dir()).unwrap();
+        match op.post::<_, T>(path, &serde_json::json!({}), None).await {
+            Ok(v) => return Ok(v),
+            Err(e @ lanyard::client::ClientError::Api(_)) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_root_rotation_under_live_app_to_app_traffic_with_the_real_agent_fails_no_handshake()
+{
+    let ca = TestCa::start_with(&[
+        ("issuance", "min_ttl = \"1s\""),
+        ("issuance", "default_ttl = \"6s\""),
+        ("issuance", "max_ttl = \"8s\""),
+        ("rotation", "propagation_delay = \"2s\""),
+        ("rotation", "check_interval = \"200ms\""),
+    ]);
+    let agent = common::agent::TestAgent::start(&ca, "cell-1", "3s");
+    let server_guid = "5e7e7000-0001";
+    let client_guid = "c1e7e000-0002";
+    assert_eq!(agent.put(server_guid, SERVER_APP).await.0, 200);
+    assert_eq!(agent.put(client_guid, CALLER_APP).await.0, 200);
+    let server_dir = agent.instance_dir(server_guid);
+    let client_dir = agent.instance_dir(client_guid);
+
+    // App 1: the example server process, allowing only the caller app.
+    let log = ca.dir.path().join("mtls_server.log");
+    let (server, addr) = example_server(&server_dir, &["--allow-app", CALLER_APP], &log);
+    let server_pid = server.0.id();
+    // App 2: a client on the module, one new connection per request, all the time.
+    let (client_creds, client_cfg) = client_config(&client_dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(Mutex::new((
+        0usize,
+        Vec::<String>::new(),
+        Vec::<String>::new(),
+    )));
+    let traffic = {
+        let (stop, stats, cfg) = (stop.clone(), stats.clone(), client_cfg.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = get(&cfg, addr, server_guid).await;
+                {
+                    let mut s = stats.lock().unwrap();
+                    match r {
+                        Ok(a) if a.status == 200 => {
+                            s.0 += 1;
+                            if s.1.last() != Some(&a.server_serial) {
+                                s.1.push(a.server_serial);
+                            }
+                        }
+                        Ok(a) => s.2.push(format!("status {}: {}", a.status, a.body)),
+                        Err(e) => s.2.push(e),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let prepared: api::AuthorityView = operator_post(&ca, "/v1/authorities/prepare").await.unwrap();
+    assert_eq!(prepared.id, "2");
+    // Activate without force once the propagation delay allows it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match operator_post::<api::AuthorityView>(&ca, "/v1/authorities/2/activate").await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "activation never allowed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let activated = started.elapsed();
+    // Retire without force once every certificate generation 1 signed has expired.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        match operator_post::<api::AuthorityView>(&ca, "/v1/authorities/1/retire").await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "retirement never allowed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let retired = started.elapsed();
+    // Keep talking after retirement, once the bundle without root 1 reached the files.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+
+    let (ok, served, failures) = stats.lock().unwrap().clone();
+    eprintln!(
+        "rotation under traffic: {ok} connections, {} failed; activated after {activated:?}, retired after {retired:?}; server certificates served: {}",
+        failures.len(),
+        served.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "failed connections: {failures:?}\nagent: {}",
+        agent.log_text()
+    );
+    assert!(ok > 100, "{ok} connections");
+    assert!(
+        served.len() >= 3,
+        "the served certificate did not change: {served:?}"
+    );
+    assert_eq!(server.0.id(), server_pid, "the server was not restarted");
+
+    // After retirement nothing chains to the old root: both apps' files verify with the new
+    // bundle (root 2 only) and not with root 1.
+    let (_, bundle) = ca
+        .anonymous()
+        .trust_bundle(None, 0, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pem::parse_many(&bundle).unwrap().len(), 1);
+    let (_, gen1_root) = {
+        let a: api::AuthoritiesResponse =
+            ApiClient::from_credential_dir(&ca.url(), &ca.operator_dir())
+                .unwrap()
+                .get("/v1/authorities")
+                .await
+                .unwrap();
+        (
+            a.trust_bundle_sequence,
+            a.authorities[0].root_certificate.clone(),
+        )
+    };
+    for dir in [&server_dir, &client_dir] {
+        let chain = std::fs::read_to_string(dir.join("instance.crt")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("trust-bundle.crt")).unwrap(),
+            bundle
+        );
+        assert!(openssl_verify(&bundle, &chain, "sslclient").0);
+        assert!(!openssl_verify(&gen1_root, &chain, "sslclient").0);
+    }
+    assert!(client_creds.status().last_error.is_none());
+}
