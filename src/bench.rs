@@ -18,6 +18,8 @@ pub struct BenchOptions {
     pub concurrency: usize,
     /// Certificates per request; 1 uses `/v1/instance-certificates`, more uses `/batch`.
     pub batch_size: usize,
+    /// Trust bundle long polls held open (each on its own connection) during the run.
+    pub watchers: usize,
 }
 
 /// The measured figures.
@@ -46,13 +48,14 @@ impl BenchReport {
     pub fn render(&self, o: &BenchOptions) -> String {
         let rate = self.issued as f64 / self.elapsed.as_secs_f64().max(1e-9);
         format!(
-            "issued {} certificates ({} failed requests) in {:.2}s with {} workers, {} per request: {:.0} certificates/s\n\
+            "issued {} certificates ({} failed requests) in {:.2}s with {} workers, {} per request, {} bundle watchers: {:.0} certificates/s\n\
              request latency: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
             self.issued,
             self.failures,
             self.elapsed.as_secs_f64(),
             o.concurrency,
             o.batch_size,
+            o.watchers,
             rate,
             ms(self.pct(0.5)),
             ms(self.pct(0.9)),
@@ -100,6 +103,18 @@ pub async fn run(
     let batch = o.batch_size.max(1);
     let total_requests = o.requests.div_ceil(batch);
     let next = Arc::new(AtomicUsize::new(0));
+    // Watchers hold long polls the whole time, as apps and proxies do in production.
+    let mut held = Vec::with_capacity(o.watchers);
+    for _ in 0..o.watchers {
+        let c = ApiClient::new(server, tls_config(bundle_pem.as_bytes(), None)?)?;
+        held.push(tokio::spawn(async move {
+            let seq = match c.trust_bundle(None, 0, false).await {
+                Ok(Some((seq, _))) => seq,
+                _ => return,
+            };
+            let _ = c.trust_bundle(Some(seq), 300, false).await;
+        }));
+    }
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..o.concurrency.max(1) {
@@ -171,5 +186,8 @@ pub async fn run(
     }
     report.elapsed = start.elapsed();
     report.latencies.sort();
+    for h in held {
+        h.abort();
+    }
     Ok(report)
 }

@@ -82,6 +82,9 @@ pub enum Command {
         /// Certificates per request (more than 1 uses the batch endpoint).
         #[arg(long, default_value_t = 1)]
         batch_size: usize,
+        /// Trust bundle long polls to hold open during the run.
+        #[arg(long, default_value_t = 0)]
+        watchers: usize,
     },
     /// Print the identity in a certificate file.
     Inspect {
@@ -476,11 +479,13 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             requests,
             concurrency,
             batch_size,
+            watchers,
         } => {
             let opts = crate::bench::BenchOptions {
                 requests: *requests,
                 concurrency: *concurrency,
                 batch_size: (*batch_size).clamp(1, crate::http::handlers::MAX_BATCH),
+                watchers: *watchers,
             };
             let bundle = fetch_bundle_pem(&client).await?;
             let report = crate::bench::run(&server, &client, &bundle, &opts).await?;

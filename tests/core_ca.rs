@@ -708,3 +708,48 @@ async fn the_bundle_command_prints_pem_and_spiffe_and_watches_for_changes() {
     // First version (one root), then the new one (two roots): three certificates in all.
     assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 3, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bench_command_issues_what_it_reports_one_by_one_and_in_batches() {
+    let ca = TestCa::start();
+    let (code, out, err) = ca.cli(&[
+        "bench",
+        "--requests",
+        "40",
+        "--concurrency",
+        "4",
+        "--watchers",
+        "5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("issued 40 certificates (0 failed requests)"),
+        "{out}"
+    );
+    assert!(out.contains("p99"), "{out}");
+    let (code, out, err) = ca.cli(&[
+        "bench",
+        "--requests",
+        "100",
+        "--concurrency",
+        "2",
+        "--batch-size",
+        "50",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("issued 100 certificates (0 failed requests)"),
+        "{out}"
+    );
+    let list: api::CertificatesResponse = ca
+        .operator()
+        .get("/v1/certificates?limit=1000")
+        .await
+        .unwrap();
+    let instances = list
+        .certificates
+        .iter()
+        .filter(|c| c.kind == lanyard::store::CertificateKind::Instance)
+        .count();
+    assert_eq!(instances, 140);
+}
