@@ -104,16 +104,32 @@ pub async fn run(
     let total_requests = o.requests.div_ceil(batch);
     let next = Arc::new(AtomicUsize::new(0));
     // Watchers hold long polls the whole time, as apps and proxies do in production.
+    // The clock starts once they are connected, so their handshakes are not measured.
     let mut held = Vec::with_capacity(o.watchers);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(o.watchers.max(1));
     for _ in 0..o.watchers {
         let c = ApiClient::new(server, tls_config(bundle_pem.as_bytes(), None)?)?;
+        let ready = ready_tx.clone();
         held.push(tokio::spawn(async move {
             let seq = match c.trust_bundle(None, 0, false).await {
                 Ok(Some((seq, _))) => seq,
                 _ => return,
             };
+            let _ = ready.send(()).await;
             let _ = c.trust_bundle(Some(seq), 300, false).await;
         }));
+    }
+    drop(ready_tx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for _ in 0..o.watchers {
+        if tokio::time::timeout_at(deadline, ready_rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            break;
+        }
     }
     let start = Instant::now();
     let mut workers = Vec::new();
