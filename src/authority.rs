@@ -46,6 +46,9 @@ pub enum AuthorityError {
     /// The state has no active generation (not initialized, or damaged).
     #[error("no active authority generation: the state is not initialized")]
     NoActive,
+    /// The active intermediate ends before the shortest allowed leaf would.
+    #[error("the intermediate of authority {0} expires at {1}; renew it or rotate before issuing")]
+    IntermediateExpiring(AuthorityId, String),
     /// A stored CA key or certificate is unusable.
     #[error("stored authority {0} is damaged: {1}")]
     Damaged(AuthorityId, String),
@@ -64,6 +67,8 @@ pub struct AuthorityOptions {
     pub backdate: Duration,
     /// How long a prepared root must be published before activation.
     pub propagation_delay: Duration,
+    /// Shortest leaf lifetime worth issuing (`issuance.min_ttl`).
+    pub min_leaf_ttl: Duration,
 }
 
 /// A generation with the latest notAfter it signed.
@@ -281,11 +286,6 @@ impl Authority {
             .open(&format!("lanyard/secret/{purpose}"), sealed)?)
     }
 
-    /// The options this authority runs with.
-    pub fn options(&self) -> &AuthorityOptions {
-        &self.opts
-    }
-
     /// Every generation, oldest first, with the latest notAfter each one signed.
     pub fn generations(&self) -> Result<(Vec<GenerationStatus>, u64), AuthorityError> {
         let inner = read_lock(&self.inner);
@@ -311,6 +311,14 @@ impl Authority {
         let inner = read_lock(&self.inner);
         let (id, ca) = inner.active.as_ref().ok_or(AuthorityError::NoActive)?;
         let now = SystemTime::now();
+        // A leaf is clamped to the intermediate's end; below the shortest allowed lifetime
+        // that would hand out certificates that are useless or already expired.
+        if ca.not_after < now + self.opts.min_leaf_ttl {
+            return Err(AuthorityError::IntermediateExpiring(
+                *id,
+                crate::timefmt::rfc3339(ca.not_after),
+            ));
+        }
         for _attempt in 0..3 {
             let mut out = Vec::with_capacity(requests.len());
             for r in requests {
@@ -431,12 +439,14 @@ impl Authority {
     }
 
     /// Issues a new intermediate under the active root; the bundle does not change.
-    pub fn renew_intermediate(&self) -> Result<AuthorityRecord, AuthorityError> {
+    pub fn renew_intermediate(&self, id: AuthorityId) -> Result<AuthorityRecord, AuthorityError> {
         let mut inner = write_lock(&self.inner);
-        let Some((id, _)) = inner.active.as_ref() else {
-            return Err(AuthorityError::NoActive);
-        };
-        let id = *id;
+        if inner.active.as_ref().map(|(a, _)| *a) != Some(id) {
+            return Err(RotationError::Conflict(format!(
+                "authority {id} is not active; only the active intermediate is renewed"
+            ))
+            .into());
+        }
         let mut gens = inner.generations.clone();
         let g = gens
             .iter_mut()
@@ -708,6 +718,7 @@ mod tests {
             intermediate_ttl: Duration::from_secs(30 * 86400),
             backdate: Duration::from_secs(60),
             propagation_delay: Duration::from_secs(600),
+            min_leaf_ttl: Duration::from_secs(60),
         }
     }
 
@@ -832,7 +843,8 @@ mod tests {
     #[test]
     fn renewing_the_intermediate_keeps_the_bundle() {
         let (_, a) = setup();
-        let rec = a.renew_intermediate().unwrap();
+        let rec = a.renew_intermediate(AuthorityId(1)).unwrap();
+        assert!(a.renew_intermediate(AuthorityId(2)).is_err());
         assert_eq!(rec.intermediates.len(), 2);
         assert_eq!(a.bundle().sequence, 1);
         let issued = a

@@ -88,7 +88,9 @@ impl From<AuthorityError> for CaError {
             AuthorityError::Rotation(RotationError::NotFound(id)) => {
                 CaError::NotFound(format!("authority {id} does not exist"))
             }
-            AuthorityError::NoActive => CaError::NotReady(e.to_string()),
+            AuthorityError::NoActive | AuthorityError::IntermediateExpiring(..) => {
+                CaError::NotReady(e.to_string())
+            }
             other => CaError::Internal(other.to_string()),
         }
     }
@@ -172,6 +174,10 @@ const META_INITIALIZED: &str = "initialized";
 const META_KEK_CHECK: &str = "kek_check";
 const KEK_CHECK_PURPOSE: &str = "lanyard/kek-check";
 const META_SERVER_TLS: &str = "server_tls";
+
+/// The component name in the API server's certificate (`spiffe://<td>/component/lanyard-server`);
+/// clients of the API require it, and nobody else can get a certificate with it.
+pub const SERVER_NAME: &str = "lanyard-server";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredServerCert {
@@ -261,6 +267,7 @@ fn authority_options(c: &Config) -> AuthorityOptions {
         intermediate_ttl: c.authority.intermediate_ttl.0,
         backdate: c.issuance.backdate.0,
         propagation_delay: c.rotation.propagation_delay.0,
+        min_leaf_ttl: c.issuance.min_ttl.0,
     }
 }
 
@@ -464,12 +471,21 @@ impl Ca {
         };
         let mut ips = Vec::new();
         if let Some(ip) = &r.container_ip {
-            ips.push(ip.parse::<IpAddr>().map_err(|_| {
+            let addr = ip.parse::<IpAddr>().map_err(|_| {
                 CaError::invalid(
                     "container_ip",
                     format!("`{ip}` is not an IPv4 or IPv6 address"),
                 )
-            })?);
+            })?;
+            // A container never owns these; a certificate naming them could pass for a
+            // local service (the CA's own API listens on loopback).
+            if addr.is_loopback() || addr.is_unspecified() || addr.is_multicast() {
+                return Err(CaError::invalid(
+                    "container_ip",
+                    format!("`{ip}` is a loopback, unspecified or multicast address"),
+                ));
+            }
+            ips.push(addr);
         }
         let mut dns = vec![ids.instance.to_string()];
         let routes = r.internal_routes.as_deref().unwrap_or(&[]);
@@ -483,6 +499,12 @@ impl Ca {
                     format!("`{route}` is not a DNS name: {e}"),
                 )
             })?;
+            if self.is_reserved_name(n.as_str()) {
+                return Err(CaError::invalid(
+                    format!("internal_routes[{i}]"),
+                    format!("`{route}` is reserved for the CA and cannot be an app route"),
+                ));
+            }
             if !dns.contains(&n.to_string()) {
                 dns.push(n.to_string());
             }
@@ -515,6 +537,16 @@ impl Ca {
             name: None,
             requested_by: caller.spiffe_id(self.td()),
         })
+    }
+
+    /// Names only the CA itself may carry: `localhost`, its `listen.server_names`, the trust
+    /// domain, and the server's component name.
+    fn is_reserved_name(&self, n: &str) -> bool {
+        n == "localhost"
+            || n.ends_with(".localhost")
+            || n == self.config.trust_domain
+            || n == SERVER_NAME
+            || self.config.listen.server_names.iter().any(|s| s == n)
     }
 
     /// `POST /v1/instance-certificates`.
@@ -570,6 +602,12 @@ impl Ca {
         r: &api::ComponentCertificateRequest,
     ) -> Result<Issued, CaError> {
         let name: Name = r.name.parse().map_err(|e| CaError::invalid("name", e))?;
+        if self.is_reserved_name(name.as_str()) {
+            return Err(CaError::invalid(
+                "name",
+                format!("`{name}` is reserved for the CA's own server certificate"),
+            ));
+        }
         let ttl = self.ttl(r.ttl_seconds)?;
         let key = Self::public_key(&r.csr)?;
         let spec = NamedCredential {
@@ -810,7 +848,7 @@ impl Ca {
                 Err(_) => {}
             }
         }
-        let name: Name = "lanyard-server"
+        let name: Name = SERVER_NAME
             .parse()
             .map_err(|e: IdError| CaError::Internal(e.0))?;
         self.issue_local(NamedCredential {

@@ -11,7 +11,10 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::api::Problem;
-use crate::x509::inspect::parse_pem_certs;
+use crate::x509::inspect::{parse_pem_certs, CertInfo};
+
+/// The longest any call but a long poll may take; a hung CA must not stall the agent.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Client-side failures.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +50,72 @@ pub fn new_key_and_csr() -> Result<(Zeroizing<String>, String), ClientError> {
     Ok((Zeroizing::new(kp.serialize_pem()), csr))
 }
 
-/// A rustls client config trusting `bundle_pem`, optionally with a client certificate.
+/// Accepts only the Lanyard API server: a chain to the bundle for the host name, *and* the
+/// server's own SPIFFE ID. Any certificate from the bundle could carry a host name (an app's
+/// route, say); only the CA's server certificate carries `/component/lanyard-server`, a name
+/// the CA never issues to anyone else.
+#[derive(Debug)]
+struct LanyardServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for LanyardServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let suffix = format!("/component/{}", crate::ca::SERVER_NAME);
+        let is_server = CertInfo::from_der(end_entity)
+            .map(|i| {
+                i.uris.len() == 1
+                    && i.uris[0].starts_with("spiffe://")
+                    && i.uris[0].ends_with(&suffix)
+            })
+            .unwrap_or(false);
+        if !is_server {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A rustls client config for the Lanyard API: trusts `bundle_pem`, accepts only the CA's
+/// own server certificate, and optionally presents a client certificate.
 pub fn tls_config(
     bundle_pem: &[u8],
     identity: Option<(&str, &str)>,
@@ -60,10 +128,18 @@ pub fn tls_config(
             .add(CertificateDer::from(der))
             .map_err(|e| ClientError::Setup(format!("trust bundle: {e}")))?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(crate::http::tls::provider())
+    let provider = crate::http::tls::provider();
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| ClientError::Setup(format!("trust bundle: {e}")))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| ClientError::Setup(e.to_string()))?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LanyardServerVerifier { inner }));
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some((chain_pem, key_pem)) => {
@@ -145,11 +221,6 @@ impl ApiClient {
         Self::new(base, tls_config(f.bundle_pem.as_bytes(), identity)?)
     }
 
-    /// The base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     fn transport(&self, e: reqwest::Error) -> ClientError {
         let mut message = e.to_string();
         let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
@@ -188,7 +259,11 @@ impl ApiClient {
         body: &B,
         bearer: Option<&str>,
     ) -> Result<R, ClientError> {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(body);
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+            .json(body);
         if let Some(t) = bearer {
             req = req.bearer_auth(t);
         }
@@ -201,6 +276,7 @@ impl ApiClient {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
             .send()
             .await
             .map_err(|e| self.transport(e))?;
@@ -246,6 +322,3 @@ impl ApiClient {
         Ok(Some((seq, text)))
     }
 }
-
-/// Shared handle type for code that keeps one client.
-pub type SharedClient = Arc<ApiClient>;

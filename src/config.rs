@@ -320,6 +320,13 @@ impl Config {
         if i.backdate.0 > Duration::from_secs(3600) {
             return Err(ConfigError::key("issuance.backdate", "must be at most 1h"));
         }
+        if self.rotation.automatic && self.rotation.propagation_delay.0 * 3 > a.root_ttl.0 {
+            // The schedule prepares at 1/2 and must activate by 5/6 of the root's life.
+            return Err(ConfigError::key(
+                "rotation.propagation_delay",
+                "must be shorter than a third of authority.root_ttl when rotation.automatic is on",
+            ));
+        }
         if self.rotation.check_interval.0 < Duration::from_millis(100) {
             return Err(ConfigError::key(
                 "rotation.check_interval",

@@ -127,8 +127,9 @@ pub fn retire(
 pub enum Step {
     /// Prepare a new generation.
     Prepare(String),
-    /// Activate this prepared generation.
-    Activate(AuthorityId, String),
+    /// Activate this prepared generation; `true` when the five-sixths deadline overrides
+    /// the propagation delay.
+    Activate(AuthorityId, String, bool),
     /// Retire this retiring generation.
     Retire(AuthorityId, String),
     /// Renew the active generation's intermediate under the same root.
@@ -175,12 +176,14 @@ pub fn next_step(
             return Some(Step::Activate(
                 p.id,
                 format!("published for the propagation delay ({})", human(delay)),
+                false,
             ));
         }
         if now >= deadline {
             return Some(Step::Activate(
                 p.id,
                 "the active root reached five sixths of its lifetime".into(),
+                true,
             ));
         }
     } else if now >= fraction(root_start, root_end, 1, 2) {
@@ -190,20 +193,24 @@ pub fn next_step(
             rfc3339(root_end)
         )));
     }
-    if let Some(im) = active.intermediates.last() {
-        let start = life_start(im, active.created_at);
-        // Renewing is pointless once the root itself ends before a new intermediate could.
-        if now >= fraction(start, im.not_after, 2, 3) && im.not_after < root_end {
-            return Some(Step::RenewIntermediate(
-                active.id,
-                format!(
-                    "intermediate has a third of its lifetime left (expires {})",
-                    rfc3339(im.not_after)
-                ),
-            ));
-        }
-    }
-    None
+    intermediate_due(active, now).map(|why| Step::RenewIntermediate(active.id, why))
+}
+
+/// Whether the active generation's intermediate should be renewed under the same root (a
+/// third of its life left), with the reason. Not part of root rotation: the server does this
+/// whether or not `rotation.automatic` is set, since leaves can never outlive it.
+pub fn intermediate_due(active: &AuthorityRecord, now: SystemTime) -> Option<String> {
+    let im = active.intermediates.last()?;
+    let start = life_start(im, active.created_at);
+    // Renewing is pointless once the root itself ends before a new intermediate could.
+    (now >= fraction(start, im.not_after, 2, 3) && im.not_after < active.root.not_after).then(
+        || {
+            format!(
+                "intermediate has a third of its lifetime left (expires {})",
+                rfc3339(im.not_after)
+            )
+        },
+    )
 }
 
 /// When a CA certificate's life began for the schedule: its issue time (its notBefore is
@@ -384,7 +391,7 @@ mod tests {
         assert_eq!(next_step(&gens, none, delay, t0 + DAY * 2 / 3), None);
         assert!(matches!(
             next_step(&gens, none, delay, t0 + DAY * 5 / 6),
-            Some(Step::Activate(AuthorityId(2), _))
+            Some(Step::Activate(AuthorityId(2), _, true))
         ));
         assert!(matches!(
             next_step(
@@ -393,7 +400,7 @@ mod tests {
                 Duration::from_secs(60),
                 t0 + DAY / 2 + Duration::from_secs(60)
             ),
-            Some(Step::Activate(AuthorityId(2), _))
+            Some(Step::Activate(AuthorityId(2), _, false))
         ));
     }
 

@@ -452,3 +452,101 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_but_the_ca_can_get_a_certificate_that_passes_for_the_ca_server() {
+    let ca = TestCa::start();
+    let cell = ca.join_cell("cell-1").await;
+    let cell_id = Some((cell.chain_pem.as_str(), cell.key_pem.as_str()));
+    let (_k, csr) = new_key_and_csr().unwrap();
+    let mut good = serde_json::to_value(instance_request(&csr, 7)).unwrap();
+    for (field, value) in [
+        ("internal_routes", serde_json::json!(["localhost"])),
+        ("internal_routes", serde_json::json!(["lanyard-server"])),
+        ("internal_routes", serde_json::json!(["lanyard.internal"])),
+        ("container_ip", serde_json::json!("127.0.0.1")),
+        ("container_ip", serde_json::json!("::1")),
+        ("container_ip", serde_json::json!("0.0.0.0")),
+    ] {
+        good[field] = value;
+        let (s, ct, b, _) = raw(
+            &ca,
+            cell_id,
+            "POST",
+            "/v1/instance-certificates",
+            Some(serde_json::to_vec(&good).unwrap()),
+            &[],
+        )
+        .await;
+        check_problem(s, &ct, &b, 422, field);
+        good = serde_json::to_value(instance_request(&csr, 7)).unwrap();
+    }
+    let op_chain = std::fs::read_to_string(ca.operator_dir().join("cert.pem")).unwrap();
+    let op_key = std::fs::read_to_string(ca.operator_dir().join("key.pem")).unwrap();
+    let body = serde_json::json!({"csr": csr, "name": "lanyard-server"});
+    let (s, ct, b, _) = raw(
+        &ca,
+        Some((&op_chain, &op_key)),
+        "POST",
+        "/v1/component-certificates",
+        Some(serde_json::to_vec(&body).unwrap()),
+        &[],
+    )
+    .await;
+    check_problem(s, &ct, &b, 422, "reserved");
+
+    // A server presenting any other certificate from the bundle is refused by the API client,
+    // even when the host name matches.
+    let out = ca.dir.path().join("impostor");
+    let (code, _, err) = ca.cli(&[
+        "cert",
+        "component",
+        "--name",
+        "localhost",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = ca.cli(&[
+        "cert",
+        "component",
+        "--name",
+        "impostor",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let chain = std::fs::read_to_string(out.join("cert.pem")).unwrap();
+    let key = std::fs::read_to_string(out.join("key.pem")).unwrap();
+    let ders: Vec<rustls::pki_types::CertificateDer<'static>> = pem::parse_many(&chain)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.into_contents().into())
+        .collect();
+    let key =
+        rustls::pki_types::PrivateKeyDer::Pkcs8(pem::parse(&key).unwrap().into_contents().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(lanyard::http::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(ders, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = acceptor.accept(tcp).await;
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        lanyard::client::tls_config(ca.bundle_pem().as_bytes(), None).unwrap(),
+    ));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("impostor").unwrap();
+    let e = connector.connect(name, tcp).await.unwrap_err();
+    assert!(
+        e.to_string().contains("ApplicationVerificationFailure"),
+        "{e}"
+    );
+}

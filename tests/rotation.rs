@@ -274,3 +274,54 @@ async fn the_automatic_schedule_prepares_activates_and_retires_on_its_own() {
         "decisions are logged with reasons"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_intermediate_is_renewed_under_the_same_root_even_without_the_schedule() {
+    let ca = TestCa::start_with(&[
+        ("rotation", "check_interval = \"200ms\""),
+        ("authority", "root_ttl = \"60s\""),
+        ("authority", "intermediate_ttl = \"6s\""),
+        ("issuance", "min_ttl = \"1s\""),
+        ("issuance", "default_ttl = \"2s\""),
+        ("issuance", "max_ttl = \"5s\""),
+    ]);
+    let first = authorities(&ca).await.authorities[0]
+        .intermediate_not_after
+        .clone();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let a = ApiClient::from_credential_dir(&ca.url(), &ca.operator_dir())
+        .unwrap()
+        .get::<api::AuthoritiesResponse>("/v1/authorities")
+        .await
+        .unwrap();
+    assert_ne!(
+        a.authorities[0].intermediate_not_after,
+        first,
+        "{}",
+        ca.log_text()
+    );
+    assert_eq!(
+        a.trust_bundle_sequence, 1,
+        "an intermediate renewal does not change the bundle"
+    );
+    // Past the first intermediate's end, issuance still gives a fresh, valid certificate.
+    let (_k, csr) = new_key_and_csr().unwrap();
+    let cell = ca.join_cell("cell-1").await;
+    let r: api::IssuedCertificate = cell
+        .client
+        .post(
+            "/v1/instance-certificates",
+            &instance_request(&csr, 1),
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", ca.log_text()));
+    let (_, bundle) = ca
+        .anonymous()
+        .trust_bundle(None, 0, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(openssl_verifies(&bundle, &r.certificate_chain));
+    assert!(ca.log_text().contains("intermediate renewed"));
+}

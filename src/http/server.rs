@@ -133,10 +133,30 @@ pub async fn refresh_local_credentials(st: &Arc<AppState>) {
     }
 }
 
+/// Renews the active intermediate under the same root when a third of its life is left, so
+/// issuance never runs into its end, whether or not the rotation schedule is on.
+fn renew_intermediate_if_due(st: &AppState) -> Result<(), String> {
+    let (gens, _) = st.ca.authority.generations().map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now();
+    let due = gens
+        .iter()
+        .find(|(g, _)| g.state == crate::store::GenerationState::Active)
+        .and_then(|(g, _)| crate::rotation::intermediate_due(g, now).map(|why| (g.id, why)));
+    if let Some((id, why)) = due {
+        st.ca
+            .authority
+            .renew_intermediate(id)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(authority = %id, reason = %why, "intermediate renewed");
+    }
+    Ok(())
+}
+
 fn refresh_blocking(st: &AppState) -> Result<(), String> {
     // The activate handler and the maintenance loop may both refresh at once; one at a time,
     // or both would reissue and their files could interleave.
     let _one_at_a_time = st.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
+    renew_intermediate_if_due(st)?;
     let ca = &st.ca;
     if !ca.credential_is_fresh(&st.server_cert.record()) {
         let cred = ca.issue_server_certificate().map_err(|e| e.to_string())?;
@@ -218,8 +238,10 @@ async fn rotation_loop(st: Arc<AppState>) {
                     let g = ca.authority.prepare().map_err(|e| e.to_string())?;
                     tracing::info!(authority = %g.id, reason = %why, "automatic rotation: prepared");
                 }
-                Some(Step::Activate(id, why)) => {
-                    ca.authority.activate(*id, true).map_err(|e| e.to_string())?;
+                Some(Step::Activate(id, why, deadline)) => {
+                    // The rules are checked again under the authority's lock; only the
+                    // five-sixths deadline may override the propagation delay.
+                    ca.authority.activate(*id, *deadline).map_err(|e| e.to_string())?;
                     tracing::info!(authority = %id, reason = %why, "automatic rotation: activated");
                 }
                 Some(Step::Retire(id, why)) => {
@@ -227,7 +249,7 @@ async fn rotation_loop(st: Arc<AppState>) {
                     tracing::info!(authority = %id, reason = %why, "automatic rotation: retired");
                 }
                 Some(Step::RenewIntermediate(id, why)) => {
-                    ca.authority.renew_intermediate().map_err(|e| e.to_string())?;
+                    ca.authority.renew_intermediate(*id).map_err(|e| e.to_string())?;
                     tracing::info!(authority = %id, reason = %why, "automatic rotation: intermediate renewed");
                 }
                 None => {}
