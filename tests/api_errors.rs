@@ -283,6 +283,17 @@ async fn a_revoked_credential_is_refused_and_recorded() {
     )
     .unwrap()
     .serial;
+    // A kept-alive connection from before the revocation loses access too.
+    let (_k, csr) = new_key_and_csr().unwrap();
+    let _: api::IssuedCertificate = cell
+        .client
+        .post(
+            "/v1/instance-certificates",
+            &instance_request(&csr, 1),
+            None,
+        )
+        .await
+        .unwrap();
     let (code, out, err) = ca.cli(&["revoke", &serial, "--reason", "cell decommissioned"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("revoked_at"), "{out}");

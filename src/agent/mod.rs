@@ -64,11 +64,21 @@ pub struct InstanceSpec {
     pub internal_routes: Option<Vec<String>>,
 }
 
+/// What the agent keeps on disk per instance (`instances.json`).
+#[derive(Debug, Serialize, Deserialize)]
+struct PersistedInstance {
+    spec: InstanceSpec,
+    /// When its current certificate arrived: the renewal clock after a restart.
+    #[serde(default, with = "crate::timefmt::rfc3339_option")]
+    received_at: Option<SystemTime>,
+}
+
 /// The agent's view of one instance.
 #[derive(Debug)]
 struct InstanceState {
     spec: InstanceSpec,
     not_after: Option<SystemTime>,
+    received_at: Option<SystemTime>,
     renew_at: Instant,
     renewals: u64,
     failures: u32,
@@ -127,6 +137,12 @@ pub struct Agent {
     client: RwLock<Arc<ApiClient>>,
     instances: Mutex<HashMap<Guid, InstanceState>>,
     persist_lock: Mutex<()>,
+    /// Whether a bundle was fetched from the CA since start.
+    bundle_fetched: std::sync::atomic::AtomicBool,
+    /// Bumped on every change to the instance table.
+    changes: std::sync::atomic::AtomicU64,
+    /// The change count of the last snapshot written to disk.
+    persisted: std::sync::atomic::AtomicU64,
     batches: mpsc::Sender<BatchItem>,
 }
 
@@ -181,11 +197,18 @@ impl Agent {
     fn rebuild_client(&self) -> Result<(), ClientError> {
         let cell = self.cell.read().unwrap_or_else(|p| p.into_inner());
         let bundle = self.bundle.read().unwrap_or_else(|p| p.into_inner());
-        // Trust the bootstrap roots as well as the published ones, so a CA that moved to a
-        // root this agent has not seen yet is still reachable if the operator put it there.
+        // Until the first bundle arrives from the CA, the bootstrap roots are trusted too (a
+        // restart after a rotation may find the saved bundle stale). After that only the
+        // published bundle counts, so a retired (maybe compromised) root cannot vouch for the
+        // CA any more.
         let mut roots = bundle.1.clone();
-        if let Ok(extra) = std::fs::read_to_string(&self.config.trust_bundle_file) {
-            roots.push_str(&extra);
+        if !self
+            .bundle_fetched
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            if let Ok(extra) = std::fs::read_to_string(&self.config.trust_bundle_file) {
+                roots.push_str(&extra);
+            }
         }
         let tls = tls_config(roots.as_bytes(), Some((&cell.chain_pem, &cell.key_pem)))?;
         let c = ApiClient::new(&self.config.server, tls)?;
@@ -198,15 +221,41 @@ impl Agent {
         self.root.join(guid.as_str())
     }
 
+    /// Writes the instance table durably. Concurrent callers share one write (group commit):
+    /// a caller whose change is already in a written snapshot returns at once.
     fn persist_instances(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let mine = self.changes.fetch_add(1, Ordering::SeqCst) + 1;
         let _g = lock(&self.persist_lock);
-        let specs: HashMap<String, InstanceSpec> = lock(&self.instances)
+        if self.persisted.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        let snapshot = self.changes.load(Ordering::SeqCst);
+        let specs: HashMap<String, PersistedInstance> = lock(&self.instances)
             .iter()
-            .map(|(g, s)| (g.to_string(), s.spec.clone()))
+            .map(|(g, s)| {
+                (
+                    g.to_string(),
+                    PersistedInstance {
+                        spec: s.spec.clone(),
+                        received_at: s.received_at,
+                    },
+                )
+            })
             .collect();
         let data = serde_json::to_vec_pretty(&specs).map_err(|e| e.to_string())?;
         crate::fsutil::write_atomic(&self.state_file("instances.json"), &data, 0o600)
-            .map_err(|e| format!("saving the instance list: {e}"))
+            .map_err(|e| format!("saving the instance list: {e}"))?;
+        self.persisted.store(snapshot, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// [`Agent::persist_instances`] on a blocking thread (it fsyncs).
+    async fn persist(self: &Arc<Self>) -> Result<(), String> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.persist_instances())
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// The instance table for `GET /v1/instances`.
@@ -246,6 +295,7 @@ impl Agent {
                         InstanceState {
                             spec: spec.clone(),
                             not_after: None,
+                            received_at: None,
                             renew_at: Instant::now() + Duration::from_secs(3600),
                             renewals: 0,
                             failures: 0,
@@ -260,7 +310,7 @@ impl Agent {
         };
         match self.refresh_instance(&guid).await {
             Ok(t) => {
-                self.persist_instances().map_err(PutError::Local)?;
+                self.persist().await.map_err(PutError::Local)?;
                 Ok(t)
             }
             Err(e) => {
@@ -275,11 +325,11 @@ impl Agent {
     }
 
     /// Stops renewing an instance and removes its files. `false` if it was unknown.
-    pub async fn delete_instance(&self, guid: &Guid) -> Result<bool, String> {
+    pub async fn delete_instance(self: &Arc<Self>, guid: &Guid) -> Result<bool, String> {
         let state = lock(&self.instances).remove(guid);
         let Some(state) = state else { return Ok(false) };
         let _g = state.lock.lock().await;
-        self.persist_instances()?;
+        self.persist().await?;
         let dir = self.instance_dir(guid);
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
@@ -298,40 +348,69 @@ impl Agent {
             s.in_flight = true;
             (s.spec.clone(), s.lock.clone(), s.not_after.is_some())
         };
-        let _g = ilock.lock().await;
-        let result = self.issue_and_write(guid, &spec).await;
-        let mut m = lock(&self.instances);
-        let Some(s) = m.get_mut(guid) else {
-            return Err(PutError::Gone);
-        };
-        s.in_flight = false;
-        match result {
-            Ok(not_after) => {
-                if renewing {
-                    s.renewals += 1;
+        // The CA call runs without the instance's lock, so a slow CA never holds up a bundle
+        // rewrite or a DELETE of this instance; only the file swap is serialized.
+        let result = match self.issue(guid, &spec).await {
+            Ok((issued, key_pem)) => {
+                let _g = ilock.lock().await;
+                if lock(&self.instances).contains_key(guid) {
+                    self.write_files(guid, &issued.certificate_chain, &key_pem)
+                        .await
+                        .and_then(|()| {
+                            crate::timefmt::parse_rfc3339(&issued.not_after).ok_or_else(|| {
+                                PutError::Ca("the CA sent an unreadable not_after".into())
+                            })
+                        })
+                } else {
+                    // Deleted while the CA was answering: write nothing back.
+                    Err(PutError::Gone)
                 }
-                s.not_after = Some(not_after);
-                s.failures = 0;
-                s.last_error = None;
-                s.renew_at = Instant::now()
-                    + renewal_delay(SystemTime::now(), not_after, self.config.renew_fraction);
-                Ok(not_after)
             }
-            Err(e) => {
-                s.failures += 1;
-                s.last_error = Some(e.to_string());
-                s.renew_at = Instant::now() + backoff(s.failures, self.config.max_backoff.0);
-                tracing::warn!(instance = %guid, error = %e, failures = s.failures, "instance certificate not renewed; keeping the current files and retrying");
-                Err(e)
+            Err(e) => Err(e),
+        };
+        let outcome = {
+            let mut m = lock(&self.instances);
+            let Some(s) = m.get_mut(guid) else {
+                return Err(PutError::Gone);
+            };
+            s.in_flight = false;
+            match result {
+                Ok(not_after) => {
+                    if renewing {
+                        s.renewals += 1;
+                    }
+                    let now = SystemTime::now();
+                    s.not_after = Some(not_after);
+                    s.received_at = Some(now);
+                    s.failures = 0;
+                    s.last_error = None;
+                    s.renew_at =
+                        Instant::now() + renewal_delay(now, not_after, self.config.renew_fraction);
+                    Ok(not_after)
+                }
+                Err(e) => {
+                    s.failures += 1;
+                    s.last_error = Some(e.to_string());
+                    s.renew_at = Instant::now() + backoff(s.failures, self.config.max_backoff.0);
+                    tracing::warn!(instance = %guid, error = %e, failures = s.failures, "instance certificate not renewed; keeping the current files and retrying");
+                    Err(e)
+                }
+            }
+        };
+        if outcome.is_ok() {
+            if let Err(e) = self.persist().await {
+                tracing::warn!(error = %e, "could not save the instance list");
             }
         }
+        outcome
     }
 
-    async fn issue_and_write(
+    /// Asks the CA (through the batcher) for a certificate for the instance's key.
+    async fn issue(
         self: &Arc<Self>,
         guid: &Guid,
         spec: &InstanceSpec,
-    ) -> Result<SystemTime, PutError> {
+    ) -> Result<(api::IssuedCertificate, Zeroizing<String>), PutError> {
         let (key_pem, csr) = self.instance_key_and_csr(guid).await?;
         let request = api::InstanceCertificateRequest {
             csr,
@@ -352,8 +431,16 @@ impl Agent {
             .await
             .map_err(|_| PutError::Local("the agent is shutting down".into()))?
             .map_err(PutError::Ca)?;
-        let not_after = crate::timefmt::parse_rfc3339(&issued.not_after)
-            .ok_or_else(|| PutError::Ca("the CA sent an unreadable not_after".into()))?;
+        Ok((issued, key_pem))
+    }
+
+    /// Swaps in a new set with the current bundle. The caller holds the instance's lock.
+    async fn write_files(
+        &self,
+        guid: &Guid,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<(), PutError> {
         let bundle = self
             .bundle
             .read()
@@ -361,12 +448,13 @@ impl Agent {
             .1
             .clone();
         let dir = self.instance_dir(guid);
+        let (chain, key) = (chain_pem.to_string(), Zeroizing::new(key_pem.to_string()));
         let old = tokio::task::spawn_blocking(move || {
             files::write_set(
                 &dir,
                 &files::CredentialSet {
-                    chain_pem: &issued.certificate_chain,
-                    key_pem: &key_pem,
+                    chain_pem: &chain,
+                    key_pem: &key,
                     bundle_pem: &bundle,
                 },
             )
@@ -375,7 +463,7 @@ impl Agent {
         .map_err(|e| PutError::Local(e.to_string()))?
         .map_err(|e| PutError::Local(format!("writing credentials: {e}")))?;
         remove_later(old);
-        Ok(not_after)
+        Ok(())
     }
 
     /// The instance's key (made at its first issuance and kept for its life) and a CSR.
@@ -459,18 +547,15 @@ impl Agent {
             .iter()
             .map(|(g, s)| (g.clone(), s.lock.clone()))
             .collect();
-        let bundle = self
-            .bundle
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .1
-            .clone();
         let mut tasks = Vec::with_capacity(guids.len());
         for (g, l) in guids {
             let dir = self.instance_dir(&g);
-            let bundle = bundle.clone();
+            let agent = self.clone();
             tasks.push(tokio::spawn(async move {
                 let _g = l.lock().await;
+                // Read under the lock: a rewrite that started for an older bundle must not
+                // put that older bundle back.
+                let bundle = agent.bundle.read().unwrap_or_else(|p| p.into_inner()).1.clone();
                 let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<PathBuf>> {
                     let (chain, key, old_bundle) = files::read_set(&dir)?;
                     if old_bundle == bundle {
@@ -581,6 +666,9 @@ async fn bundle_loop(agent: Arc<Agent>) {
                     continue;
                 }
                 *agent.bundle.write().unwrap_or_else(|p| p.into_inner()) = (seq, pem_text.clone());
+                agent
+                    .bundle_fetched
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 if let Err(e) = crate::fsutil::write_atomic(
                     &agent.state_file("trust-bundle.pem"),
                     pem_text.as_bytes(),
@@ -591,8 +679,13 @@ async fn bundle_loop(agent: Arc<Agent>) {
                 if let Err(e) = agent.rebuild_client() {
                     tracing::warn!(error = %e, "could not rebuild the CA client");
                 }
-                agent.rewrite_bundles().await;
-                tracing::info!(sequence = seq, "trust bundle updated on every instance");
+                // Rewrites run beside the watch, so a slow disk or a held instance lock never
+                // delays noticing the next bundle.
+                let a = agent.clone();
+                tokio::spawn(async move {
+                    a.rewrite_bundles().await;
+                    tracing::info!(sequence = seq, "trust bundle updated on every instance");
+                });
             }
             Ok(None) => failures = 0,
             Err(e) => {
@@ -764,6 +857,9 @@ pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         client: RwLock::new(Arc::new(placeholder)),
         instances: Mutex::new(HashMap::new()),
         persist_lock: Mutex::new(()),
+        bundle_fetched: std::sync::atomic::AtomicBool::new(false),
+        changes: std::sync::atomic::AtomicU64::new(0),
+        persisted: std::sync::atomic::AtomicU64::new(0),
         batches: tx,
         config,
     });
@@ -776,6 +872,9 @@ pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
     match agent.client().trust_bundle(None, 0, false).await {
         Ok(Some((seq, pem_text))) => {
             *agent.bundle.write().unwrap_or_else(|p| p.into_inner()) = (seq, pem_text.clone());
+            agent
+                .bundle_fetched
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = crate::fsutil::write_atomic(
                 &agent.state_file("trust-bundle.pem"),
                 pem_text.as_bytes(),
@@ -795,15 +894,16 @@ fn reload_instances(agent: &Arc<Agent>) {
     let Ok(data) = std::fs::read(agent.state_file("instances.json")) else {
         return;
     };
-    let Ok(specs) = serde_json::from_slice::<HashMap<String, InstanceSpec>>(&data) else {
+    let Ok(specs) = serde_json::from_slice::<HashMap<String, PersistedInstance>>(&data) else {
         tracing::warn!("instances.json is unreadable; starting with no instances");
         return;
     };
     let mut m = lock(&agent.instances);
-    for (g, spec) in specs {
+    for (g, persisted) in specs {
         let Ok(guid) = g.parse::<Guid>() else {
             continue;
         };
+        let PersistedInstance { spec, received_at } = persisted;
         let dir = agent.instance_dir(&guid);
         crate::atomic_dir::remove_stale_versions(&dir);
         let info = files::read_set(&dir)
@@ -813,8 +913,7 @@ fn reload_instances(agent: &Arc<Agent>) {
             .and_then(|d| CertInfo::from_der(&d).ok());
         let (not_after, renew_at) = match &info {
             Some(i) if i.not_after > SystemTime::now() => {
-                // The files were written when the certificate arrived.
-                let received = modified(&dir.join(files::CERT_FILE)).unwrap_or(i.not_before);
+                let received = received_at.unwrap_or(i.not_before);
                 let at =
                     received + renewal_delay(received, i.not_after, agent.config.renew_fraction);
                 (
@@ -829,6 +928,7 @@ fn reload_instances(agent: &Arc<Agent>) {
             InstanceState {
                 spec,
                 not_after,
+                received_at,
                 renew_at,
                 renewals: 0,
                 failures: 0,

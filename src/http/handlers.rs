@@ -94,17 +94,27 @@ async fn method_not_allowed() -> Response {
     super::problem::problem_response(&p)
 }
 
-/// The verified role of the caller, or 401.
+/// The verified role of the caller, checked again for this request, or 401.
 pub struct Authenticated(pub Role);
 
-impl<St: Send + Sync> FromRequestParts<St> for Authenticated {
+impl FromRequestParts<S> for Authenticated {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
-        match parts.extensions.get::<Caller>().map(|c| &c.identity) {
-            Some(PeerIdentity::Verified { role, .. }) => Ok(Authenticated(role.clone())),
-            Some(PeerIdentity::Untrusted(why)) => Err(CaError::Unauthenticated(why.clone()).into()),
-            _ => Err(CaError::Unauthenticated(
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self, Self::Rejection> {
+        let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
+            return Err(CaError::Unauthenticated(
+                "this endpoint requires a client certificate issued by this CA".into(),
+            )
+            .into());
+        };
+        let ca = st.ca.clone();
+        let identity = tokio::task::spawn_blocking(move || caller.current_identity(&ca))
+            .await
+            .map_err(|e| CaError::Internal(format!("worker failed: {e}")))?;
+        match identity {
+            PeerIdentity::Verified { role, .. } => Ok(Authenticated(role)),
+            PeerIdentity::Untrusted(why) => Err(CaError::Unauthenticated(why).into()),
+            PeerIdentity::Anonymous => Err(CaError::Unauthenticated(
                 "this endpoint requires a client certificate issued by this CA".into(),
             )
             .into()),
@@ -117,12 +127,12 @@ macro_rules! role_extractor {
         #[doc = concat!("A caller with the ", $what, " role, or 401/403.")]
         pub struct $name(pub Role);
 
-        impl<St: Send + Sync> FromRequestParts<St> for $name {
+        impl FromRequestParts<S> for $name {
             type Rejection = ApiError;
 
             async fn from_request_parts(
                 parts: &mut Parts,
-                st: &St,
+                st: &S,
             ) -> Result<Self, Self::Rejection> {
                 let Authenticated(role) = Authenticated::from_request_parts(parts, st).await?;
                 match role {

@@ -88,15 +88,25 @@ pub async fn serve(
                     return;
                 }
             };
+            let certs = Arc::new(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default(),
+            );
             let identity = {
-                let certs = tls.get_ref().1.peer_certificates().map(|c| c.to_vec());
-                let ca = ca.clone();
-                match tokio::task::spawn_blocking(move || identify(&ca, certs.as_deref())).await {
+                let (ca, certs) = (ca.clone(), certs.clone());
+                match tokio::task::spawn_blocking(move || identify(&ca, &certs)).await {
                     Ok(i) => i,
                     Err(_) => return,
                 }
             };
-            let caller = Caller { addr, identity };
+            let caller = Caller {
+                addr,
+                identity,
+                certs,
+            };
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(caller.clone());

@@ -170,21 +170,66 @@ pub enum PeerIdentity {
         role: Role,
         /// Its serial.
         serial: Option<Serial>,
+        /// When it expires.
+        not_after: std::time::SystemTime,
+        /// The bundle sequence it was verified against.
+        bundle_sequence: u64,
     },
 }
 
-/// The peer of a request: address and identity. Inserted into every request's extensions.
+/// The peer of a request: address, identity at the handshake, and the chain it presented.
+/// Inserted into every request's extensions.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// Remote address.
     pub addr: SocketAddr,
-    /// Verified identity, if any.
+    /// Identity as verified at the handshake.
     pub identity: PeerIdentity,
+    /// The presented chain, for re-verification on a long-lived connection.
+    pub certs: Arc<Vec<CertificateDer<'static>>>,
+}
+
+impl Caller {
+    /// The caller's identity *now*: a connection may outlive its certificate, its root (a
+    /// retirement) or its revocation, so every request re-checks expiry and revocation, and
+    /// re-verifies the chain when the bundle changed since the handshake.
+    pub fn current_identity(&self, ca: &Ca) -> PeerIdentity {
+        match &self.identity {
+            PeerIdentity::Verified {
+                serial,
+                not_after,
+                bundle_sequence,
+                ..
+            } => {
+                if std::time::SystemTime::now() >= *not_after {
+                    return PeerIdentity::Untrusted("client certificate has expired".into());
+                }
+                if *bundle_sequence != ca.authority.bundle().sequence {
+                    return identify(ca, &self.certs);
+                }
+                if let Some(s) = serial {
+                    match ca.is_revoked(s) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            return PeerIdentity::Untrusted(format!(
+                                "client certificate {s} is revoked"
+                            ))
+                        }
+                        Err(_) => {
+                            return PeerIdentity::Untrusted("revocation status unavailable".into())
+                        }
+                    }
+                }
+                self.identity.clone()
+            }
+            other => other.clone(),
+        }
+    }
 }
 
 /// Verifies a client chain against the current trust bundle and reads its role.
-pub fn identify(ca: &Ca, certs: Option<&[CertificateDer<'static>]>) -> PeerIdentity {
-    let Some((leaf, intermediates)) = certs.and_then(|c| c.split_first()) else {
+pub fn identify(ca: &Ca, certs: &[CertificateDer<'static>]) -> PeerIdentity {
+    let Some((leaf, intermediates)) = certs.split_first() else {
         return PeerIdentity::Anonymous;
     };
     let bundle = ca.authority.bundle();
@@ -241,5 +286,10 @@ pub fn identify(ca: &Ca, certs: Option<&[CertificateDer<'static>]>) -> PeerIdent
             Err(_) => return PeerIdentity::Untrusted("revocation status unavailable".into()),
         }
     }
-    PeerIdentity::Verified { role, serial }
+    PeerIdentity::Verified {
+        role,
+        serial,
+        not_after: info.not_after,
+        bundle_sequence: bundle.sequence,
+    }
 }
