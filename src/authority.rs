@@ -181,6 +181,14 @@ pub struct Authority {
     opts: AuthorityOptions,
     inner: RwLock<Inner>,
     bundle: watch::Sender<Arc<TrustBundle>>,
+    crl_cache: std::sync::Mutex<std::collections::HashMap<AuthorityId, CachedCrl>>,
+}
+
+/// A signed CRL and what it was made from.
+struct CachedCrl {
+    revoked: usize,
+    generated: SystemTime,
+    der: Vec<u8>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -257,6 +265,7 @@ impl Authority {
             opts,
             inner: RwLock::new(inner),
             bundle: tx,
+            crl_cache: Default::default(),
         })
     }
 
@@ -408,7 +417,20 @@ impl Authority {
 
     /// A DER CRL for generation `id`, signed by its newest intermediate, valid for
     /// `validity`. Any generation still on record can publish one.
+    ///
+    /// The signed CRL is cached until a revocation is added or half its validity passed, so
+    /// a public endpoint cannot make the server decrypt keys and sign at will.
     pub fn crl(&self, id: AuthorityId, validity: Duration) -> Result<Vec<u8>, AuthorityError> {
+        let revoked = self.store.revoked(id)?;
+        let now = SystemTime::now();
+        {
+            let cache = self.crl_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = cache.get(&id) {
+                if c.revoked == revoked.len() && now < c.generated + validity / 2 {
+                    return Ok(c.der.clone());
+                }
+            }
+        }
         let rec = {
             let inner = read_lock(&self.inner);
             inner
@@ -419,13 +441,11 @@ impl Authority {
                 .ok_or(RotationError::NotFound(id))?
         };
         let ca = load_intermediate(&self.kek, &rec)?;
-        let revoked = self.store.revoked(id)?;
-        let now = SystemTime::now();
         let number = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        Ok(build::sign_crl(
+        let der = build::sign_crl(
             &Signer {
                 name: &ca.name,
                 key_id: &ca.key_id,
@@ -435,7 +455,19 @@ impl Authority {
             now - self.opts.backdate,
             now + validity,
             number,
-        )?)
+        )?;
+        self.crl_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                CachedCrl {
+                    revoked: revoked.len(),
+                    generated: now,
+                    der: der.clone(),
+                },
+            );
+        Ok(der)
     }
 
     /// Issues a new intermediate under the active root; the bundle does not change.

@@ -45,6 +45,9 @@ pub enum CaError {
     /// 404: no such thing.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the endpoint exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 409: a state rule refused.
     #[error("{0}")]
     Conflict(String),
@@ -304,6 +307,14 @@ impl Ca {
         let kek = match Kek::load(config.kek_file())? {
             Some(k) => k,
             None => {
+                // Only an empty state gets a new KEK: anything already sealed would be lost.
+                if store.get_meta(META_KEK_CHECK)?.is_some()
+                    || !store.load_authorities()?.0.is_empty()
+                {
+                    return Err(StartError::Config(
+                        "the state already holds sealed keys but no key-encryption key was found (LANYARD_KEK or keys.kek_file); refusing to create a new one".into(),
+                    ));
+                }
                 let Some(path) = config.kek_file() else {
                     return Err(StartError::Config(
                         "no key-encryption key: set LANYARD_KEK or keys.kek_file".into(),
@@ -479,7 +490,8 @@ impl Ca {
             })?;
             // A container never owns these; a certificate naming them could pass for a
             // local service (the CA's own API listens on loopback).
-            if addr.is_loopback() || addr.is_unspecified() || addr.is_multicast() {
+            let loopback = addr.is_loopback() && !self.config.issuance.allow_loopback_ips;
+            if loopback || addr.is_unspecified() || addr.is_multicast() {
                 return Err(CaError::invalid(
                     "container_ip",
                     format!("`{ip}` is a loopback, unspecified or multicast address"),

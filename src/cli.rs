@@ -228,9 +228,23 @@ pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return code;
+            if !e.use_stderr() {
+                // --help and --version
+                let _ = e.print();
+                return 0;
+            }
+            // One readable line, like every other error.
+            let text = e.render().to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "lanyard: error: {} (see `lanyard --help`)",
+                first.join(" ").trim_start_matches("error: ")
+            );
+            return 2;
         }
     };
     init_logging();

@@ -156,6 +156,11 @@ pub struct IssuanceConfig {
     pub max_ttl: ConfigDuration,
     /// How far notBefore is set in the past, for clock skew.
     pub backdate: ConfigDuration,
+    /// Accept loopback `container_ip`s (local testing of apps that verify by IP). Off in
+    /// production: a container never owns 127.0.0.1, and a certificate naming it could pass
+    /// for a service on the cell.
+    #[serde(default)]
+    pub allow_loopback_ips: bool,
 }
 
 impl Default for IssuanceConfig {
@@ -165,6 +170,7 @@ impl Default for IssuanceConfig {
             min_ttl: ConfigDuration(Duration::from_secs(60)),
             max_ttl: ConfigDuration(Duration::from_secs(7 * 86400)),
             backdate: ConfigDuration(Duration::from_secs(60)),
+            allow_loopback_ips: false,
         }
     }
 }
@@ -240,6 +246,7 @@ const SERVER_KEYS: &[(&str, &str)] = &[
     ("issuance", "min_ttl"),
     ("issuance", "max_ttl"),
     ("issuance", "backdate"),
+    ("issuance", "allow_loopback_ips"),
     ("rotation", "automatic"),
     ("rotation", "propagation_delay"),
     ("rotation", "check_interval"),

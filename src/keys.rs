@@ -21,6 +21,9 @@ pub enum KeyError {
     /// The KEK is not base64 of 32 bytes.
     #[error("the key-encryption key from {0} is not base64 of 32 bytes")]
     Malformed(String),
+    /// The KEK file can be read by others than its owner.
+    #[error("the key-encryption key file {0} is readable by group or others; chmod 600 it")]
+    Exposed(String),
     /// A sealed value did not open: wrong KEK or tampered data.
     #[error("a sealed key did not decrypt: the key-encryption key does not match this state (wrong LANYARD_KEK or keys.kek_file?)")]
     WrongKek,
@@ -81,6 +84,12 @@ impl Kek {
             return Kek::from_base64(&v, "LANYARD_KEK").map(Some);
         }
         let Some(path) = file else { return Ok(None) };
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(KeyError::Exposed(path.display().to_string()));
+            }
+        }
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 let text = Zeroizing::new(text);
@@ -132,7 +141,6 @@ impl Kek {
         let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&buf);
-        // Drop the temporary without leaving the plaintext behind (it was encrypted in place).
         Ok(out)
     }
 
@@ -184,6 +192,17 @@ mod tests {
         let sealed = kek.seal("root/1", b"k").unwrap();
         assert!(kek.open("intermediate/1", &sealed).is_err());
         assert!(kek.open("root/1", &sealed[..10]).is_err());
+    }
+
+    #[test]
+    fn a_kek_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek");
+        Kek::generate().unwrap().write_new_file(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::env::remove_var("LANYARD_KEK");
+        assert!(matches!(Kek::load(Some(&path)), Err(KeyError::Exposed(_))));
     }
 
     #[test]

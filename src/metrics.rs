@@ -5,13 +5,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::store::CertificateKind;
 
-const KINDS: [CertificateKind; 6] = [
+const KINDS: [CertificateKind; 5] = [
     CertificateKind::Instance,
     CertificateKind::Cell,
     CertificateKind::Operator,
     CertificateKind::Component,
     CertificateKind::Server,
-    CertificateKind::Intermediate,
 ];
 
 fn kind_index(k: CertificateKind) -> usize {
@@ -25,14 +24,13 @@ fn kind_name(k: CertificateKind) -> &'static str {
         CertificateKind::Operator => "operator",
         CertificateKind::Component => "component",
         CertificateKind::Server => "server",
-        CertificateKind::Intermediate => "intermediate",
     }
 }
 
 /// The CA's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    issued: [AtomicU64; 6],
+    issued: [AtomicU64; 5],
     responses: [AtomicU64; 6],
     join_tokens_created: AtomicU64,
     join_failures: AtomicU64,

@@ -240,7 +240,7 @@ async fn a_bundle_change_reaches_every_instance_within_a_second() {
     for g in guids {
         assert_eq!(agent.put(g, APP).await.0, 200);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await; // the agent's long poll is in place
+    tokio::time::sleep(Duration::from_secs(1)).await; // the agent's long poll is in place
     let t = Instant::now();
     let _: lanyard::api::AuthorityView = ca
         .operator()

@@ -151,6 +151,12 @@ async fn every_contract_error_is_a_problem_with_the_right_status() {
     .await;
     check_problem(s, &ct, &b, 404, "0123456789abcdef0123456789abcdef");
 
+    // 405 and a bad path parameter are problems too.
+    let (s, ct, b, _) = raw(&ca, None, "GET", "/v1/instance-certificates", None, &[]).await;
+    check_problem(s, &ct, &b, 405, "method");
+    let (s, ct, b, _) = post(op, "/v1/authorities/%FF/activate", b"{}".to_vec()).await;
+    check_problem(s, &ct, &b, 400, "path");
+
     // 409: prepare twice; activate before the propagation delay says how long is left.
     let (s, _, b, _) = post(op, "/v1/authorities/prepare", b"{}".to_vec()).await;
     assert_eq!(s, 201, "{}", String::from_utf8_lossy(&b));

@@ -695,16 +695,33 @@ async fn the_bundle_command_prints_pem_and_spiffe_and_watches_for_changes() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Read the watcher's output on a thread; prepare only once the first version arrived.
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    let count = |t: &str| t.matches("END CERTIFICATE").count();
+    while count(&text) < 1 {
+        text += &(rx.recv_timeout(Duration::from_secs(30)).unwrap() + "\n");
+    }
     let _: api::AuthorityView = ca
         .operator()
         .post("/v1/authorities/prepare", &serde_json::json!({}), None)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    while count(&text) < 3 {
+        text += &(rx.recv_timeout(Duration::from_secs(30)).unwrap() + "\n");
+    }
     let _ = watch.kill();
-    let out = watch.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = watch.wait();
     // First version (one root), then the new one (two roots): three certificates in all.
     assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 3, "{text}");
 }

@@ -38,6 +38,12 @@ struct Instance {
     serial: String,
 }
 
+/// A CA for these tests: apps here listen on 127.0.0.1 and are verified by that address,
+/// which a production CA refuses to write into a certificate.
+fn start_ca() -> TestCa {
+    TestCa::start_with(&[("issuance", "allow_loopback_ips = true")])
+}
+
 fn instance_guid(n: u32) -> String {
     instance_request("", n).instance_guid
 }
@@ -369,7 +375,7 @@ fn running_as_root(dir: &Path) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_allowed_app_gets_200_with_both_identities_and_another_app_gets_403_with_the_reason() {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
@@ -470,7 +476,7 @@ async fn an_allowed_app_gets_200_with_both_identities_and_another_app_gets_403_w
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_with_a_certificate_from_a_foreign_ca_or_with_none_is_refused_at_the_tls_layer() {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
@@ -567,7 +573,7 @@ struct LoopStats {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_keeps_serving_through_renewals_and_a_root_rotation_with_zero_failed_connections() {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let mut cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let server = instance(&ca, &cell, tmp.path(), 20, SERVER_APP).await;
@@ -739,7 +745,7 @@ async fn an_app_keeps_serving_through_renewals_and_a_root_rotation_with_zero_fai
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_that_does_not_match_its_certificate_is_refused_and_the_set_in_use_stays() {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let inst = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
@@ -776,7 +782,7 @@ async fn a_key_that_does_not_match_its_certificate_is_refused_and_the_set_in_use
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_come_from_the_cf_variables_name_their_identity_and_never_print_the_key() {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let inst = instance(&ca, &cell, tmp.path(), 7, CALLER_APP).await;
@@ -994,7 +1000,7 @@ struct Route {
 }
 
 async fn route() -> Route {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let backend = instance(&ca, &cell, tmp.path(), 10, SERVER_APP).await;
@@ -1192,7 +1198,7 @@ fn cf_env(dir: &Path) -> Vec<(&'static str, PathBuf)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_ssl_client_from_the_guide_calls_the_example_server_with_instance_credentials() {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
@@ -1242,7 +1248,7 @@ async fn a_python_ssl_client_from_the_guide_calls_the_example_server_with_instan
 
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_from_the_guide_calls_the_example_server_with_the_instance_files() {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
@@ -1273,7 +1279,7 @@ async fn curl_from_the_guide_calls_the_example_server_with_the_instance_files() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_ssl_server_from_the_guide_serves_allowed_apps_and_picks_up_a_renewed_certificate()
 {
-    let ca = TestCa::start();
+    let ca = start_ca();
     let cell = ca.join_cell("cell-1").await;
     let tmp = tempfile::tempdir().unwrap();
     let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;

@@ -242,7 +242,10 @@ async fn the_automatic_schedule_prepares_activates_and_retires_on_its_own() {
                     sequences.push(a.trust_bundle_sequence);
                 }
                 seen_prepared |= st.contains(&s("2", "prepared"));
-                if st.starts_with(&[s("1", "retired"), s("2", "active")]) {
+                // Generation 3 may follow soon after with these lifetimes; the run is
+                // complete once generation 1 is retired.
+                if st.first() == Some(&s("1", "retired")) {
+                    assert!(st.contains(&s("2", "active")) || st.contains(&s("2", "retiring")));
                     break;
                 }
             }

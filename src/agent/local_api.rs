@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use super::config::Listen;
 use super::{files, Agent, AgentError, InstanceSpec, PutError};
 use crate::ca::CaError;
-use crate::http::problem::{ApiError, ApiJson};
+use crate::http::problem::{ApiError, ApiJson, ApiPath};
 use crate::ids::Guid;
 use crate::timefmt::rfc3339;
 
@@ -29,6 +29,11 @@ pub fn router(agent: Arc<Agent>) -> Router {
             put(put_instance).delete(delete_instance),
         )
         .fallback(|| async { ApiError(CaError::NotFound("no such endpoint".into())) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(CaError::MethodNotAllowed(
+                "this endpoint does not take that method".into(),
+            ))
+        })
         .with_state(agent)
 }
 
@@ -43,7 +48,7 @@ async fn list(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
 
 async fn put_instance(
     State(agent): State<Arc<Agent>>,
-    Path(guid): Path<String>,
+    ApiPath(guid): ApiPath,
     ApiJson(spec): ApiJson<InstanceSpec>,
 ) -> Result<Response, ApiError> {
     let guid = parse_guid(&guid)?;
@@ -71,15 +76,13 @@ async fn put_instance(
         .put_instance(guid.clone(), spec)
         .await
         .map_err(|e| match e {
-            PutError::Ca(m) => {
-                // A refusal by the CA keeps its meaning; an unreachable CA is "not ready".
-                let status = m.get(..3).and_then(|s| s.parse::<u16>().ok());
-                match status {
-                    Some(422) => CaError::invalid("instance", m),
-                    Some(400) => CaError::BadRequest(m),
-                    _ => CaError::NotReady(format!("the CA did not issue a certificate: {m}")),
-                }
-            }
+            // A refusal by the CA keeps its meaning; anything else (unreachable, 5xx, our
+            // own credential refused) means the agent cannot serve this now.
+            PutError::Ca(r) => match r.status {
+                Some(422) => CaError::invalid("instance", r.message),
+                Some(400) => CaError::BadRequest(r.message),
+                _ => CaError::NotReady(format!("the CA did not issue a certificate: {r}")),
+            },
             PutError::Local(m) => CaError::Internal(m),
             PutError::Gone => CaError::Conflict(
                 "the instance was deleted while its certificate was issued".into(),
@@ -106,7 +109,7 @@ async fn put_instance(
 
 async fn delete_instance(
     State(agent): State<Arc<Agent>>,
-    Path(guid): Path<String>,
+    ApiPath(guid): ApiPath,
 ) -> Result<Response, ApiError> {
     let guid = parse_guid(&guid)?;
     match agent.delete_instance(&guid).await {

@@ -125,7 +125,43 @@ impl CellCredential {
 
 struct BatchItem {
     request: api::InstanceCertificateRequest,
-    reply: oneshot::Sender<Result<api::IssuedCertificate, String>>,
+    reply: oneshot::Sender<Result<api::IssuedCertificate, CaRefusal>>,
+}
+
+/// Why the CA did not issue: its problem status when it answered, and a readable message.
+#[derive(Debug, Clone)]
+pub struct CaRefusal {
+    /// The CA's status (400, 422, ...), or `None` when it could not be reached.
+    pub status: Option<u16>,
+    /// What happened.
+    pub message: String,
+}
+
+impl std::fmt::Display for CaRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&ClientError> for CaRefusal {
+    fn from(e: &ClientError) -> Self {
+        CaRefusal {
+            status: match e {
+                ClientError::Api(p) => Some(p.status),
+                _ => None,
+            },
+            message: e.to_string(),
+        }
+    }
+}
+
+impl CaRefusal {
+    fn unreachable(message: impl Into<String>) -> Self {
+        CaRefusal {
+            status: None,
+            message: message.into(),
+        }
+    }
 }
 
 /// The running agent.
@@ -176,10 +212,6 @@ fn backoff(failures: u32, max: Duration) -> Duration {
     let base = Duration::from_millis(500);
     let exp = base.saturating_mul(1u32 << failures.min(16));
     jitter(exp.min(max))
-}
-
-fn problem_text(e: &ClientError) -> String {
-    e.to_string()
 }
 
 impl Agent {
@@ -358,7 +390,9 @@ impl Agent {
                         .await
                         .and_then(|()| {
                             crate::timefmt::parse_rfc3339(&issued.not_after).ok_or_else(|| {
-                                PutError::Ca("the CA sent an unreadable not_after".into())
+                                PutError::Ca(CaRefusal::unreachable(
+                                    "the CA sent an unreadable not_after",
+                                ))
                             })
                         })
                 } else {
@@ -497,7 +531,7 @@ impl Agent {
             let r = client
                 .post::<_, api::IssuedCertificate>("/v1/instance-certificates", &item.request, None)
                 .await
-                .map_err(|e| problem_text(&e));
+                .map_err(|e| CaRefusal::from(&e));
             let _ = item.reply.send(r);
             return;
         }
@@ -516,26 +550,29 @@ impl Agent {
                 for (r, reply) in resp.results.into_iter().zip(replies) {
                     let out = match (r.certificate, r.problem) {
                         (Some(c), _) => Ok(c),
-                        (None, Some(p)) => Err(format!("{} {}: {}", p.status, p.title, p.detail)),
-                        (None, None) => Err(format!(
+                        (None, Some(p)) => Err(CaRefusal {
+                            status: Some(p.status),
+                            message: format!("{} {}: {}", p.status, p.title, p.detail),
+                        }),
+                        (None, None) => Err(CaRefusal::unreachable(format!(
                             "the CA answered {} without a certificate",
                             r.status
-                        )),
+                        ))),
                     };
                     let _ = reply.send(out);
                 }
             }
             Ok(_) => {
                 for reply in replies {
-                    let _ = reply.send(Err(
-                        "the CA answered a batch with the wrong number of results".into(),
-                    ));
+                    let _ = reply.send(Err(CaRefusal::unreachable(
+                        "the CA answered a batch with the wrong number of results",
+                    )));
                 }
             }
             Err(e) => {
-                let msg = problem_text(&e);
+                let refusal = CaRefusal::from(&e);
                 for reply in replies {
-                    let _ = reply.send(Err(msg.clone()));
+                    let _ = reply.send(Err(refusal.clone()));
                 }
             }
         }
@@ -600,7 +637,7 @@ fn remove_later(old: Option<PathBuf>) {
 pub enum PutError {
     /// The CA refused or could not be reached.
     #[error("the CA did not issue a certificate: {0}")]
-    Ca(String),
+    Ca(CaRefusal),
     /// A local failure (disk, shutdown).
     #[error("{0}")]
     Local(String),

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use der::Decode;
 
-use super::problem::{problem_of, ApiError, ApiJson, OptionalJson};
+use super::problem::{problem_of, ApiError, ApiJson, ApiPath, OptionalJson};
 use super::tls::{Caller, PeerIdentity, ServerCert};
 use crate::api;
 use crate::authority::TrustBundle;
@@ -84,14 +84,8 @@ async fn not_found() -> ApiError {
     CaError::NotFound("no such endpoint".into()).into()
 }
 
-async fn method_not_allowed() -> Response {
-    let mut p = problem_of(&CaError::BadRequest(
-        "method not allowed on this endpoint".into(),
-    ));
-    p.status = 405;
-    p.title = "Method not allowed".into();
-    p.type_ = "https://lanyard.dev/problems/method-not-allowed".into();
-    super::problem::problem_response(&p)
+async fn method_not_allowed() -> ApiError {
+    CaError::MethodNotAllowed("this endpoint does not take that method".into()).into()
 }
 
 /// The verified role of the caller, checked again for this request, or 401.
@@ -454,7 +448,7 @@ async fn rotation_step(
 async fn activate(
     State(st): State<S>,
     _op: OperatorCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     OptionalJson(body): OptionalJson<api::ForceRequest>,
 ) -> Result<Json<api::AuthorityView>, ApiError> {
     rotation_step(st, id, body.force, StepKind::Activate).await
@@ -463,7 +457,7 @@ async fn activate(
 async fn retire(
     State(st): State<S>,
     _op: OperatorCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath,
     OptionalJson(body): OptionalJson<api::ForceRequest>,
 ) -> Result<Json<api::AuthorityView>, ApiError> {
     rotation_step(st, id, body.force, StepKind::Retire).await
@@ -546,7 +540,7 @@ async fn certificates(
 async fn revoke(
     State(st): State<S>,
     _op: OperatorCaller,
-    Path(serial): Path<String>,
+    ApiPath(serial): ApiPath,
     OptionalJson(body): OptionalJson<api::RevokeRequest>,
 ) -> Result<Json<crate::store::CertificateRecord>, ApiError> {
     let serial: Serial = serial.parse().map_err(|e| CaError::invalid("serial", e))?;
@@ -556,7 +550,7 @@ async fn revoke(
     Ok(Json(rec))
 }
 
-async fn crl(State(st): State<S>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn crl(State(st): State<S>, ApiPath(id): ApiPath) -> Result<Response, ApiError> {
     let id = parse_authority(&id)?;
     let ca = st.ca.clone();
     // Short-lived CRLs: relying parties refetch often, and nothing here caches a signature.

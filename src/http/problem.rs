@@ -41,6 +41,11 @@ pub fn classify(e: &CaError) -> (StatusCode, &'static str, &'static str) {
             "Not allowed for this role",
         ),
         CaError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+        CaError::MethodNotAllowed(_) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+        ),
         CaError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "State conflict"),
         CaError::TooLarge(_) => (
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -169,6 +174,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req).await?;
         Ok(ApiJson(parse_json(&bytes)?))
+    }
+}
+
+/// A path parameter whose rejection (bad percent-encoding, say) is problem+json too.
+pub struct ApiPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ApiPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(p)) => Ok(ApiPath(p)),
+            Err(e) => Err(ApiError(CaError::BadRequest(format!(
+                "the path is not valid: {e}"
+            )))),
+        }
     }
 }
 

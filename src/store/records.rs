@@ -30,11 +30,6 @@ impl GenerationState {
             GenerationState::Retired => "retired",
         }
     }
-
-    /// Whether the generation's root is in the trust bundle.
-    pub fn is_published(self) -> bool {
-        !matches!(self, GenerationState::Retired)
-    }
 }
 
 /// A CA certificate and its private key sealed under the KEK.
@@ -106,8 +101,6 @@ pub enum CertificateKind {
     Component,
     /// The CA's own API server certificate.
     Server,
-    /// An intermediate CA certificate.
-    Intermediate,
 }
 
 /// The durable record of one issued certificate.

@@ -108,8 +108,52 @@ pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
         .verify(&signed, sig)
         .map_err(|_| X509Error::BadCsrSignature)?;
     Ok(VerifiedCsr {
-        public_key: spki.clone(),
+        public_key: canonical_spki(key_kind, key_bytes)?,
         key_kind,
+    })
+}
+
+/// Rebuilds the SubjectPublicKeyInfo from the key alone, with the algorithm identifier
+/// written by us: nothing the requester put around its key (odd parameters, trailing
+/// bytes) reaches a signed certificate.
+fn canonical_spki(kind: KeyKind, key: &[u8]) -> Result<SubjectPublicKeyInfoOwned, X509Error> {
+    use der::asn1::{BitString, Null};
+    use x509_cert::spki::AlgorithmIdentifierOwned;
+    let bad = |m: &str| X509Error::UnsupportedKey(m.to_string());
+    let (oid, parameters, bits) = match kind {
+        KeyKind::EcP256 | KeyKind::EcP384 => {
+            let (curve, len) = if kind == KeyKind::EcP256 {
+                (rfc5912::SECP_256_R_1, 65)
+            } else {
+                (rfc5912::SECP_384_R_1, 97)
+            };
+            if key.len() != len || key[0] != 4 {
+                return Err(bad("EC public key is not an uncompressed point"));
+            }
+            (
+                rfc5912::ID_EC_PUBLIC_KEY,
+                Some(der::Any::encode_from(&curve)?),
+                key.to_vec(),
+            )
+        }
+        KeyKind::Rsa(_) => {
+            let k = RsaPublicKey::from_der(key).map_err(|_| bad("RSA public key is malformed"))?;
+            (
+                rfc5912::RSA_ENCRYPTION,
+                Some(der::Any::encode_from(&Null)?),
+                k.to_der()?,
+            )
+        }
+        KeyKind::Ed25519 => {
+            if key.len() != 32 {
+                return Err(bad("Ed25519 public key is not 32 bytes"));
+            }
+            (rfc8410::ID_ED_25519, None, key.to_vec())
+        }
+    };
+    Ok(SubjectPublicKeyInfoOwned {
+        algorithm: AlgorithmIdentifierOwned { oid, parameters },
+        subject_public_key: BitString::from_bytes(&bits)?,
     })
 }
 

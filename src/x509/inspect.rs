@@ -136,7 +136,8 @@ impl CertInfo {
     }
 }
 
-/// Splits PEM text into DER certificates, refusing anything that is not a certificate block.
+/// Splits PEM text into DER certificates, skipping other blocks; an input without any
+/// certificate is an error.
 pub fn parse_pem_certs(text: &[u8]) -> Result<Vec<Vec<u8>>, X509Error> {
     let blocks =
         pem::parse_many(text).map_err(|e| X509Error::MalformedCertificate(e.to_string()))?;
