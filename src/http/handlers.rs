@@ -465,40 +465,14 @@ async fn retire(
 
 fn query_map(q: Option<&str>) -> Result<HashMap<String, String>, CaError> {
     let mut m = HashMap::new();
-    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v).ok_or_else(|| {
-            CaError::BadRequest(format!(
-                "query parameter `{k}` is not valid percent-encoding"
-            ))
-        })?;
-        m.insert(k.to_string(), v);
-    }
-    Ok(m)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
+    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+        if m.insert(k.to_string(), v.into_owned()).is_some() {
+            return Err(CaError::BadRequest(format!(
+                "query parameter `{k}` is given twice"
+            )));
         }
     }
-    String::from_utf8(out).ok()
+    Ok(m)
 }
 
 async fn certificates(

@@ -11,6 +11,7 @@ use tower::ServiceExt;
 
 use super::handlers::{router, AppState};
 use super::tls::{identify, server_config, Caller, ServerCert};
+use super::ServeError;
 use crate::ca::Ca;
 use crate::rotation::Step;
 
@@ -26,16 +27,13 @@ pub async fn serve(
     ca: Arc<Ca>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), String> {
+) -> Result<(), ServeError> {
     let cred = {
         let ca = ca.clone();
-        tokio::task::spawn_blocking(move || ca.load_or_issue_server_certificate())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("server certificate: {e}"))?
+        tokio::task::spawn_blocking(move || ca.load_or_issue_server_certificate()).await??
     };
     let server_cert = Arc::new(ServerCert::new(&cred)?);
-    let tls = server_config(server_cert.clone()).map_err(|e| e.to_string())?;
+    let tls = server_config(server_cert.clone())?;
     let acceptor = TlsAcceptor::from(tls);
     let state = Arc::new(AppState::new(ca.clone(), server_cert));
     let app = router(state.clone());
@@ -145,33 +143,29 @@ pub async fn refresh_local_credentials(st: &Arc<AppState>) {
 
 /// Renews the active intermediate under the same root when a third of its life is left, so
 /// issuance never runs into its end, whether or not the rotation schedule is on.
-fn renew_intermediate_if_due(st: &AppState) -> Result<(), String> {
-    let (gens, _) = st.ca.authority.generations().map_err(|e| e.to_string())?;
+fn renew_intermediate_if_due(st: &AppState) -> Result<(), ServeError> {
+    let (gens, _) = st.ca.authority.generations()?;
     let now = std::time::SystemTime::now();
     let due = gens
         .iter()
         .find(|(g, _)| g.state == crate::store::GenerationState::Active)
         .and_then(|(g, _)| crate::rotation::intermediate_due(g, now).map(|why| (g.id, why)));
     if let Some((id, why)) = due {
-        st.ca
-            .authority
-            .renew_intermediate(id)
-            .map_err(|e| e.to_string())?;
+        st.ca.authority.renew_intermediate(id)?;
         tracing::info!(authority = %id, reason = %why, "intermediate renewed");
     }
     Ok(())
 }
 
-fn refresh_blocking(st: &AppState) -> Result<(), String> {
+fn refresh_blocking(st: &AppState) -> Result<(), ServeError> {
     // The activate handler and the maintenance loop may both refresh at once; one at a time,
     // or both would reissue and their files could interleave.
     let _one_at_a_time = st.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
     renew_intermediate_if_due(st)?;
     let ca = &st.ca;
     if !ca.credential_is_fresh(&st.server_cert.record()) {
-        let cred = ca.issue_server_certificate().map_err(|e| e.to_string())?;
-        ca.store_server_certificate(&cred)
-            .map_err(|e| e.to_string())?;
+        let cred = ca.issue_server_certificate()?;
+        ca.store_server_certificate(&cred)?;
         st.server_cert.replace(&cred)?;
         tracing::info!(serial = %cred.record.serial, authority = %cred.record.authority_id, "server certificate renewed");
     }
@@ -198,9 +192,7 @@ fn refresh_blocking(st: &AppState) -> Result<(), String> {
         None => None,
     };
     if let Some(name) = needs_new {
-        let rec = ca
-            .write_operator_credential(&dir, &name, "lanyard server")
-            .map_err(|e| e.to_string())?;
+        let rec = ca.write_operator_credential(&dir, &name, "lanyard server")?;
         tracing::info!(serial = %rec.serial, authority = %rec.authority_id, dir = %dir.display(), "local operator credential renewed");
     } else if std::fs::read_to_string(dir.join("trust-bundle.pem"))
         .ok()
@@ -208,12 +200,9 @@ fn refresh_blocking(st: &AppState) -> Result<(), String> {
         != Some(bundle_pem.as_str())
     {
         // Rewrite the whole set so the three files stay one version.
-        let chain = std::fs::read_to_string(dir.join("cert.pem")).map_err(|e| e.to_string())?;
-        let key = zeroize::Zeroizing::new(
-            std::fs::read_to_string(dir.join("key.pem")).map_err(|e| e.to_string())?,
-        );
-        crate::ca::write_credential_dir(&dir, &chain, &key, &bundle_pem)
-            .map_err(|e| e.to_string())?;
+        let chain = std::fs::read_to_string(dir.join("cert.pem"))?;
+        let key = zeroize::Zeroizing::new(std::fs::read_to_string(dir.join("key.pem"))?);
+        crate::ca::write_credential_dir(&dir, &chain, &key, &bundle_pem)?;
     }
     Ok(())
 }
@@ -241,25 +230,25 @@ async fn rotation_loop(st: Arc<AppState>) {
     loop {
         tokio::time::sleep(every).await;
         let ca = st.ca.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<Option<Step>, String> {
-            let step = ca.authority.next_scheduled_step().map_err(|e| e.to_string())?;
+        let res = tokio::task::spawn_blocking(move || -> Result<Option<Step>, ServeError> {
+            let step = ca.authority.next_scheduled_step()?;
             match &step {
                 Some(Step::Prepare(why)) => {
-                    let g = ca.authority.prepare().map_err(|e| e.to_string())?;
+                    let g = ca.authority.prepare()?;
                     tracing::info!(authority = %g.id, reason = %why, "automatic rotation: prepared");
                 }
                 Some(Step::Activate(id, why, deadline)) => {
                     // The rules are checked again under the authority's lock; only the
                     // five-sixths deadline may override the propagation delay.
-                    ca.authority.activate(*id, *deadline).map_err(|e| e.to_string())?;
+                    ca.authority.activate(*id, *deadline)?;
                     tracing::info!(authority = %id, reason = %why, "automatic rotation: activated");
                 }
                 Some(Step::Retire(id, why)) => {
-                    ca.authority.retire(*id, false).map_err(|e| e.to_string())?;
+                    ca.authority.retire(*id, false)?;
                     tracing::info!(authority = %id, reason = %why, "automatic rotation: retired");
                 }
                 Some(Step::RenewIntermediate(id, why)) => {
-                    ca.authority.renew_intermediate(*id).map_err(|e| e.to_string())?;
+                    ca.authority.renew_intermediate(*id)?;
                     tracing::info!(authority = %id, reason = %why, "automatic rotation: intermediate renewed");
                 }
                 None => {}

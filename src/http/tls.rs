@@ -13,6 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
+use super::ServeError;
 use crate::ca::{Ca, LocalCredential};
 use crate::ids::{Role, Serial};
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
@@ -23,18 +24,19 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Builds a rustls `CertifiedKey` from a PEM chain and a PKCS#8 PEM key.
-pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, ServeError> {
     let chain: Vec<CertificateDer<'static>> = parse_pem_certs(chain_pem.as_bytes())
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ServeError::Credential(e.to_string()))?
         .into_iter()
         .map(CertificateDer::from)
         .collect();
-    let key_block = pem::parse(key_pem).map_err(|e| format!("private key is not PEM: {e}"))?;
+    let key_block = pem::parse(key_pem)
+        .map_err(|e| ServeError::Credential(format!("private key is not PEM: {e}")))?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_block.into_contents()));
     let signing = provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| format!("private key does not load: {e}"))?;
+        .map_err(|e| ServeError::Credential(format!("private key does not load: {e}")))?;
     Ok(CertifiedKey::new(chain, signing))
 }
 
@@ -47,7 +49,7 @@ pub struct ServerCert {
 
 impl ServerCert {
     /// Wraps a freshly issued credential.
-    pub fn new(cred: &LocalCredential) -> Result<Self, String> {
+    pub fn new(cred: &LocalCredential) -> Result<Self, ServeError> {
         Ok(ServerCert {
             current: RwLock::new(Arc::new(certified_key(&cred.chain_pem, &cred.key_pem)?)),
             record: RwLock::new(cred.record.clone()),
@@ -55,7 +57,7 @@ impl ServerCert {
     }
 
     /// Swaps in a new credential; new handshakes use it at once.
-    pub fn replace(&self, cred: &LocalCredential) -> Result<(), String> {
+    pub fn replace(&self, cred: &LocalCredential) -> Result<(), ServeError> {
         let ck = Arc::new(certified_key(&cred.chain_pem, &cred.key_pem)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
         *self.record.write().unwrap_or_else(|p| p.into_inner()) = cred.record.clone();
