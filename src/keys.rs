@@ -118,7 +118,6 @@ impl Kek {
 
     fn key(&self) -> LessSafeKey {
         // Cannot fail: AES_256_GCM takes exactly 32 bytes and the KEK is 32 bytes.
-        #[allow(clippy::expect_used)]
         let unbound = UnboundKey::new(&AES_256_GCM, &self.0[..]).expect("32-byte AES key");
         LessSafeKey::new(unbound)
     }

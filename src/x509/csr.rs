@@ -178,7 +178,6 @@ fn key_kind(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyKind, X509Error> {
     } else if oid == rfc5912::RSA_ENCRYPTION {
         let key = RsaPublicKey::from_der(spki.subject_public_key.raw_bytes())
             .map_err(|_| X509Error::UnsupportedKey("RSA public key is malformed".into()))?;
-        let _ = key.public_exponent;
         let m = key.modulus.as_bytes();
         let bits = match m.first() {
             Some(first) => m.len() * 8 - first.leading_zeros() as usize,
