@@ -7,8 +7,8 @@
 //! ```
 //!
 //! A new version is written into a fresh directory and synced, then `..data` is switched by a
-//! rename, which is atomic. Used for instance credentials (agent), the operator credential and
-//! component credentials, so nobody ever reads a half-written set.
+//! rename, which is atomic. The agent writes every instance's credentials this way, so no
+//! app ever reads a half-written set.
 
 use std::path::{Path, PathBuf};
 

@@ -997,23 +997,18 @@ pub fn token_hash(token: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// Writes a credential directory: `cert.pem`, `key.pem` (0600), `trust-bundle.pem`, as one
-/// atomic set (see [`crate::atomic_dir`]), so a reader never pairs a key with the wrong
-/// certificate. Versions older than the one being replaced are removed.
+/// Writes a credential directory: `cert.pem`, `key.pem` (0600), `trust-bundle.pem`, each
+/// replaced atomically (plain files, as operators and tools expect). The key goes first; the
+/// server's own refreshes keep the key, so only an explicit renewal with a new key has a
+/// moment where the two files disagree.
 pub fn write_credential_dir(
     dir: &std::path::Path,
     chain_pem: &str,
     key_pem: &str,
     bundle_pem: &str,
 ) -> std::io::Result<()> {
-    crate::atomic_dir::remove_stale_versions(dir);
-    crate::atomic_dir::write_set(
-        dir,
-        &[
-            ("cert.pem", chain_pem.as_bytes(), 0o644),
-            ("key.pem", key_pem.as_bytes(), 0o600),
-            ("trust-bundle.pem", bundle_pem.as_bytes(), 0o644),
-        ],
-    )?;
-    Ok(())
+    std::fs::create_dir_all(dir)?;
+    crate::fsutil::write_atomic(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
+    crate::fsutil::write_atomic(&dir.join("cert.pem"), chain_pem.as_bytes(), 0o644)?;
+    crate::fsutil::write_atomic(&dir.join("trust-bundle.pem"), bundle_pem.as_bytes(), 0o644)
 }

@@ -199,10 +199,7 @@ fn refresh_blocking(st: &AppState) -> Result<(), ServeError> {
         .as_deref()
         != Some(bundle_pem.as_str())
     {
-        // Rewrite the whole set so the three files stay one version.
-        let chain = std::fs::read_to_string(dir.join("cert.pem"))?;
-        let key = zeroize::Zeroizing::new(std::fs::read_to_string(dir.join("key.pem"))?);
-        crate::ca::write_credential_dir(&dir, &chain, &key, &bundle_pem)?;
+        crate::fsutil::write_atomic(&dir.join("trust-bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
     }
     Ok(())
 }
