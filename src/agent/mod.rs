@@ -997,3 +997,61 @@ pub async fn run(path: &Path) -> Result<(), AgentError> {
     tracing::info!("agent stopped; credential files stay in place");
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_comes_at_the_fraction_of_the_life_with_ten_percent_jitter() {
+        let now = SystemTime::now();
+        let end = now + Duration::from_secs(1000);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let d = renewal_delay(now, end, 0.5);
+            assert!(
+                d >= Duration::from_secs(450) && d <= Duration::from_secs(550),
+                "{d:?}"
+            );
+            seen.insert(d.as_millis());
+        }
+        assert!(seen.len() > 50, "the jitter spreads renewals");
+        assert_eq!(
+            renewal_delay(end, now, 0.5),
+            Duration::ZERO,
+            "an expired certificate renews now"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let max = Duration::from_secs(60);
+        assert!(backoff(1, max) <= Duration::from_millis(1100));
+        assert!(backoff(4, max) >= Duration::from_millis(7200));
+        for n in [10, 20, 1000] {
+            let b = backoff(n, max);
+            assert!(
+                b <= Duration::from_secs(66) && b >= Duration::from_secs(54),
+                "{b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ca_refusal_keeps_the_status_of_the_problem() {
+        let e = ClientError::Api(crate::api::Problem {
+            type_: "t".into(),
+            title: "Invalid value".into(),
+            status: 422,
+            detail: "app_guid: bad".into(),
+        });
+        let r = CaRefusal::from(&e);
+        assert_eq!(r.status, Some(422));
+        assert!(r.message.contains("app_guid"));
+        let r = CaRefusal::from(&ClientError::Transport {
+            url: "https://x".into(),
+            message: "refused".into(),
+        });
+        assert_eq!(r.status, None);
+    }
+}
