@@ -23,21 +23,6 @@ fn check_problem(status: u16, ct: &str, body: &[u8], want: u16, detail_has: &str
     );
 }
 
-fn openssl_csr(dir: &std::path::Path, key_args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-subj", "/CN=x", "-keyout"])
-        .arg(dir.join("k.pem"))
-        .args(key_args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_contract_error_is_a_problem_with_the_right_status() {
     let ca = TestCa::start();
@@ -228,7 +213,7 @@ async fn every_contract_error_is_a_problem_with_the_right_status() {
         &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521"][..],
         &["-newkey", "rsa:1024"][..],
     ] {
-        let weird = openssl_csr(tmp.path(), args);
+        let weird = openssl_csr(tmp.path(), args, &[]);
         let (s, ct, b, _) = post(
             cell_id,
             "/v1/instance-certificates",

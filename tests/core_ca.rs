@@ -25,27 +25,6 @@ fn certs(chain: &str) -> Vec<Certificate> {
         .collect()
 }
 
-/// A CSR made by openssl with the given key options and extra `req` arguments.
-fn openssl_csr(dir: &std::path::Path, key_args: &[&str], extra: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-keyout"])
-        .arg(dir.join("csr-key.pem"))
-        .args(key_args)
-        .args(if extra.is_empty() {
-            &["-subj", "/CN=x"][..]
-        } else {
-            extra
-        })
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn rsa_p384_and_ed25519_keys_are_accepted_and_rsa_gets_key_encipherment() {
     let ca = TestCa::start();

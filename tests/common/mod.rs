@@ -386,3 +386,24 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A CSR made by openssl with the given key options and extra `req` arguments.
+pub fn openssl_csr(dir: &std::path::Path, key_args: &[&str], extra: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(["req", "-new", "-nodes", "-keyout"])
+        .arg(dir.join("csr-key.pem"))
+        .args(key_args)
+        .args(if extra.is_empty() {
+            &["-subj", "/CN=x"][..]
+        } else {
+            extra
+        })
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
