@@ -749,3 +749,24 @@ async fn the_bench_command_issues_what_it_reports_one_by_one_and_in_batches() {
         .count();
     assert_eq!(instances, 140);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_server_answers_held_long_polls_and_exits_promptly() {
+    let mut ca = TestCa::start();
+    let anon = ca.anonymous();
+    let poll = tokio::spawn(async move { anon.trust_bundle(Some(1), 120, false).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    ca.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    let answer = poll.await.unwrap();
+    assert!(
+        matches!(answer, Ok(None)),
+        "the held poll should end with 304: {answer:?}"
+    );
+    assert!(ca.log_text().contains("lanyard stopped"));
+}

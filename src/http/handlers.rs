@@ -33,6 +33,8 @@ pub struct AppState {
     pub join_failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     /// Serializes refreshes of the server's own credentials.
     pub refresh_lock: Mutex<()>,
+    /// Flips to `true` when the server stops, so held long polls answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -43,7 +45,13 @@ impl AppState {
             server_cert,
             join_failures: Mutex::new(HashMap::new()),
             refresh_lock: Mutex::new(()),
+            stopping: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Tells held long polls that the server is stopping.
+    pub fn shutdown(&self) {
+        self.stopping.send_replace(true);
     }
 }
 
@@ -581,15 +589,22 @@ async fn trust_bundle(
                 return Ok(not_modified(bundle.sequence));
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+            let mut stopping = st.stopping.subscribe();
             loop {
-                match tokio::time::timeout_at(deadline, rx.changed()).await {
-                    Ok(Ok(())) => {
-                        bundle = rx.borrow_and_update().clone();
-                        if bundle.sequence > n {
-                            break;
+                if *stopping.borrow_and_update() {
+                    return Ok(not_modified(bundle.sequence));
+                }
+                tokio::select! {
+                    r = tokio::time::timeout_at(deadline, rx.changed()) => match r {
+                        Ok(Ok(())) => {
+                            bundle = rx.borrow_and_update().clone();
+                            if bundle.sequence > n {
+                                break;
+                            }
                         }
-                    }
-                    _ => return Ok(not_modified(bundle.sequence)),
+                        _ => return Ok(not_modified(bundle.sequence)),
+                    },
+                    _ = stopping.changed() => return Ok(not_modified(bundle.sequence)),
                 }
             }
         }

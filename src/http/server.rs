@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -47,6 +47,7 @@ pub async fn serve(
         .then(|| tokio::spawn(rotation_loop(state.clone())));
 
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -73,6 +74,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let ca = ca.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -111,12 +113,12 @@ pub async fn serve(
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 },
             );
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
+            // HTTP/1.1 only (ALPN says so); idle keep-alive connections end on shutdown.
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), svc).await {
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(tls), svc);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%addr, error = %e, "connection ended with an error");
             }
         });
@@ -125,8 +127,15 @@ pub async fn serve(
     if let Some(s) = scheduler {
         s.abort();
     }
+    // Idle keep-alive connections close at once; requests in flight finish (long polls are
+    // answered 304 by the shutdown signal), within a grace period.
+    state.shutdown();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     Ok(())
 }
+
+/// How long a stopping server waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Re-issues the server certificate and the local operator credential when they are past
 /// two thirds of their life or signed by a generation that is no longer active, and keeps
