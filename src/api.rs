@@ -5,6 +5,45 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A JSON integer of any size: a value outside the allowed range is a 422 naming the field,
+/// not a 400, while `1.5` or `"10"` still do not fit the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct JsonInt(pub i128);
+
+impl<'de> Deserialize<'de> for JsonInt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = JsonInt;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<JsonInt, E> {
+                Ok(JsonInt(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<JsonInt, E> {
+                Ok(JsonInt(v.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<JsonInt, E> {
+                // serde_json reads integers beyond 64 bits as floats; they are still integers.
+                if v.is_finite() && v.fract() == 0.0 {
+                    Ok(JsonInt(if v >= 0.0 { i128::MAX } else { i128::MIN }))
+                } else {
+                    Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl From<i64> for JsonInt {
+    fn from(v: i64) -> Self {
+        JsonInt(v.into())
+    }
+}
+
 /// `POST /v1/instance-certificates` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +66,7 @@ pub struct InstanceCertificateRequest {
     pub internal_routes: Option<Vec<String>>,
     /// Requested lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_seconds: Option<i64>,
+    pub ttl_seconds: Option<JsonInt>,
 }
 
 /// `POST /v1/instance-certificates/batch` body.
@@ -87,7 +126,7 @@ pub struct ComponentCertificateRequest {
     pub name: String,
     /// Requested lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_seconds: Option<i64>,
+    pub ttl_seconds: Option<JsonInt>,
 }
 
 /// Body of `/v1/join`, `/v1/cell-credentials` and `/v1/operator-credentials`.
@@ -108,7 +147,7 @@ pub struct JoinTokenRequest {
     pub name: String,
     /// 1 to 86400, default 900.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_seconds: Option<i64>,
+    pub ttl_seconds: Option<JsonInt>,
 }
 
 /// `POST /v1/join-tokens` answer.
@@ -119,6 +158,11 @@ pub struct JoinTokenResponse {
     /// RFC 3339.
     pub expires_at: String,
 }
+
+/// Body of prepare: empty, or `{}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {}
 
 /// Body of activate and retire.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 const DATA_LINK: &str = "..data";
 
-/// One file of a set: name, content, mode.
+/// One file of a set: name (may include one subdirectory, `certs/ca.pem`), content, mode.
 pub type SetFile<'a> = (&'a str, &'a [u8], u32);
 
 fn version_name() -> String {
@@ -42,7 +42,11 @@ pub fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Option<Pa
     let vdir = dir.join(&version);
     std::fs::create_dir(&vdir)?;
     for (name, data, mode) in files {
-        crate::fsutil::write_new_file(&vdir.join(name), data, *mode)?;
+        let path = vdir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::fsutil::write_new_file(&path, data, *mode)?;
     }
     std::fs::File::open(&vdir)?.sync_all()?;
 
@@ -52,7 +56,13 @@ pub fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Option<Pa
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(&version, &tmp)?;
     std::fs::rename(&tmp, &data)?;
-    for (name, _, _) in files {
+    // One link per top-level entry: a file, or a subdirectory such as `system-certs`.
+    let mut tops: Vec<&str> = files
+        .iter()
+        .map(|(name, _, _)| name.split('/').next().unwrap_or(name))
+        .collect();
+    tops.dedup();
+    for name in tops {
         let link = dir.join(name);
         let target = format!("{DATA_LINK}/{name}");
         if std::fs::read_link(&link).ok().as_deref() != Some(Path::new(&target)) {

@@ -441,6 +441,19 @@ impl Authority {
                 .ok_or(RotationError::NotFound(id))?
         };
         let ca = load_intermediate(&self.kek, &rec)?;
+        // Reason codes come from the records (the revocation index keeps serials and times).
+        let entries: Vec<(Serial, SystemTime, Option<String>)> = revoked
+            .iter()
+            .map(|(serial, at)| {
+                let reason = self
+                    .store
+                    .get_certificate(serial)
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.revocation_reason);
+                (*serial, *at, reason)
+            })
+            .collect();
         let number = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -451,7 +464,7 @@ impl Authority {
                 key_id: &ca.key_id,
                 key: &ca.key,
             },
-            &revoked,
+            &entries,
             now - self.opts.backdate,
             now + validity,
             number,

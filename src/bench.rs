@@ -83,7 +83,7 @@ pub async fn run(
             &api::JoinTokenRequest {
                 role: "cell".into(),
                 name,
-                ttl_seconds: Some(300),
+                ttl_seconds: Some(300.into()),
             },
             None,
         )
@@ -151,7 +151,7 @@ pub async fn run(
                     organization_guid: "be9c8a7b0f1b4a3c8d5ef90a1b2c3d4e".into(),
                     container_ip: None,
                     internal_routes: None,
-                    ttl_seconds: Some(3600),
+                    ttl_seconds: Some(3600.into()),
                 };
                 let t0 = Instant::now();
                 if batch == 1 {

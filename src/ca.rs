@@ -369,6 +369,13 @@ impl Ca {
 
     /// Opens an initialized state (or initializes it when `auto_init` is set).
     pub fn open(config: &Config) -> Result<(Ca, Option<InitReport>), StartError> {
+        if !config.auto_init && !config.state_dir.join("store").exists() {
+            // Nothing to open, and nothing should be created without `init`.
+            return Err(StartError::Runtime(format!(
+                "the state in {} is not initialized; run `lanyard init` first",
+                config.state_dir.display()
+            )));
+        }
         let store = open_store(config)?;
         if store.get_meta(META_INITIALIZED)?.is_none() {
             if config.auto_init {
@@ -409,19 +416,19 @@ impl Ca {
         &self.config.trust_domain
     }
 
-    fn ttl(&self, requested: Option<i64>) -> Result<Duration, CaError> {
+    fn ttl(&self, requested: Option<api::JsonInt>) -> Result<Duration, CaError> {
         let i = &self.config.issuance;
-        let Some(secs) = requested else {
+        let Some(api::JsonInt(secs)) = requested else {
             return Ok(i.default_ttl.0);
         };
         let (min, max) = (i.min_ttl.0.as_secs(), i.max_ttl.0.as_secs());
-        if secs < 0 || (secs as u64) < min || (secs as u64) > max {
-            return Err(CaError::invalid(
+        match u64::try_from(secs) {
+            Ok(s) if (min..=max).contains(&s) => Ok(Duration::from_secs(s)),
+            _ => Err(CaError::invalid(
                 "ttl_seconds",
-                format!("{secs} is out of range ({min} to {max})"),
-            ));
+                format!("{} is out of range ({min} to {max})", display_int(secs)),
+            )),
         }
-        Ok(Duration::from_secs(secs as u64))
     }
 
     fn public_key(csr: &str) -> Result<(SubjectPublicKeyInfoOwned, bool), CaError> {
@@ -648,11 +655,11 @@ impl Ca {
             ));
         }
         let name: Name = r.name.parse().map_err(|e| CaError::invalid("name", e))?;
-        let ttl = r.ttl_seconds.unwrap_or(900);
+        let ttl = r.ttl_seconds.map(|t| t.0).unwrap_or(900);
         if !(1..=86400).contains(&ttl) {
             return Err(CaError::invalid(
                 "ttl_seconds",
-                format!("{ttl} is out of range (1 to 86400)"),
+                format!("{} is out of range (1 to 86400)", display_int(ttl)),
             ));
         }
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
@@ -679,6 +686,23 @@ impl Ca {
             token,
             expires_at: rfc3339(expires_at),
         })
+    }
+
+    /// Whether `token` is a live join token (without spending it).
+    pub fn check_join_token(&self, token: &str) -> Result<(), CaError> {
+        let rec = self
+            .store
+            .get_join_token(&token_hash(token))?
+            .ok_or_else(|| {
+                CaError::Unauthenticated("the join token is unknown or already used".into())
+            })?;
+        if SystemTime::now() >= rec.expires_at {
+            return Err(CaError::Unauthenticated(format!(
+                "the join token expired at {}",
+                rfc3339(rec.expires_at)
+            )));
+        }
+        Ok(())
     }
 
     /// `POST /v1/join`: spends the token, issues the cell credential.
@@ -987,6 +1011,15 @@ pub fn issued_view(i: &Issued) -> api::IssuedCertificate {
         spiffe_id: i.spiffe_id.clone(),
         authority_id: i.record.authority_id.to_string(),
         trust_bundle_sequence: i.trust_bundle_sequence,
+    }
+}
+
+/// An integer for a message; the saturated extremes of [`api::JsonInt`] read as "huge".
+fn display_int(v: i128) -> String {
+    match v {
+        i128::MAX => "a huge number".into(),
+        i128::MIN => "a huge negative number".into(),
+        v => v.to_string(),
     }
 }
 

@@ -233,6 +233,14 @@ pub fn run() -> i32 {
                 let _ = e.print();
                 return 0;
             }
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                eprintln!("lanyard: error: a subcommand is required (see `--help`)");
+                return 2;
+            }
             // One readable line, like every other error.
             let text = e.render().to_string();
             let first: Vec<&str> = text
@@ -286,6 +294,12 @@ pub fn config_path(flag: &Option<PathBuf>, default: &str) -> PathBuf {
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    for var in crate::config::unknown_env_overrides(&[
+        crate::config::SERVER_KEYS,
+        crate::agent::config::AGENT_KEYS,
+    ]) {
+        eprintln!("lanyard: warning: {var} names no configuration key; it is ignored");
+    }
     match &cli.command {
         Command::Init => init(&cli),
         Command::Serve => serve(&cli).await,
@@ -392,11 +406,11 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
     Ok(())
 }
 
-fn ttl_seconds(s: &Option<String>) -> Result<Option<i64>, Failure> {
+fn ttl_seconds(s: &Option<String>) -> Result<Option<api::JsonInt>, Failure> {
     s.as_ref()
         .map(|t| {
             parse_duration(t)
-                .map(|d| d.as_secs() as i64)
+                .map(|d| (d.as_secs() as i64).into())
                 .map_err(|e| Failure::usage(format!("--ttl: {e}")))
         })
         .transpose()
@@ -414,7 +428,7 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
                     &api::JoinTokenRequest {
                         role: role.clone(),
                         name: name.clone(),
-                        ttl_seconds: Some(ttl.as_secs() as i64),
+                        ttl_seconds: Some((ttl.as_secs() as i64).into()),
                     },
                     None,
                 )
@@ -427,6 +441,9 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         }
         Command::Authority(cmd) => authority(&client, cmd).await?,
         Command::Cert(CertCommand::Component { name, out, ttl }) => {
+            // Fail before anything is issued if the files cannot be written.
+            std::fs::create_dir_all(out)
+                .map_err(|e| Failure::runtime(format!("--out {}: {e}", out.display())))?;
             let (key_pem, csr) = new_key_and_csr()?;
             let r: api::IssuedCertificate = client
                 .post(
@@ -467,15 +484,31 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         Command::Bundle { format, watch } => {
             let json = format == "spiffe";
             let mut known = None;
+            let mut client = client;
             loop {
                 let wait = if known.is_some() { 300 } else { 0 };
                 match client.trust_bundle(known, wait, json).await {
                     Ok(Some((seq, body))) => {
+                        if *watch && !json {
+                            // PEM ignores text between blocks; this tells versions apart.
+                            println!("# trust bundle sequence {seq}");
+                        }
                         print!("{body}");
                         if json {
                             println!();
                         }
+                        use std::io::Write;
+                        let _ = std::io::stdout().flush();
                         known = Some(seq);
+                        if *watch {
+                            // Follow the CA through rotations: trust what it just published.
+                            let pem = if json {
+                                fetch_bundle_pem(&client).await?
+                            } else {
+                                body
+                            };
+                            client = client_trusting(&server, &cred_dir, &pem)?;
+                        }
                     }
                     Ok(None) => {}
                     Err(e) if *watch && matches!(e, ClientError::Transport { .. }) => {
@@ -520,6 +553,19 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
         _ => return Err(Failure::usage("not a client command")),
     }
     Ok(())
+}
+
+/// A client with the credential in `dir` (if any) that trusts `bundle_pem`.
+fn client_trusting(server: &str, dir: &Path, bundle_pem: &str) -> Result<ApiClient, Failure> {
+    let files = crate::client::CredentialFiles::read(dir).ok();
+    let identity = files
+        .as_ref()
+        .and_then(|f| match (&f.chain_pem, &f.key_pem) {
+            (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
+            _ => None,
+        });
+    let tls = crate::client::tls_config(bundle_pem.as_bytes(), identity)?;
+    Ok(ApiClient::new(server, tls)?)
 }
 
 async fn fetch_bundle_pem(client: &ApiClient) -> Result<String, Failure> {
@@ -624,9 +670,12 @@ pub fn authority_table(r: &api::AuthoritiesResponse) -> String {
 fn inspect(file: &Path, json: bool) -> Result<(), Failure> {
     let text =
         std::fs::read(file).map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
-    let der = parse_pem_certs(&text)
-        .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?
-        .remove(0);
+    // PEM (the first certificate of a chain), or a single DER certificate.
+    let der = match parse_pem_certs(&text) {
+        Ok(mut certs) => certs.remove(0),
+        Err(_) if CertInfo::from_der(&text).is_ok() => text,
+        Err(e) => return Err(Failure::runtime(format!("{}: {e}", file.display()))),
+    };
     let info = CertInfo::from_der(&der)
         .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
     if json {

@@ -199,6 +199,13 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for `base` (`https://127.0.0.1:8443`) with the given TLS config.
     pub fn new(base: &str, tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+        let url = reqwest::Url::parse(base)
+            .map_err(|e| ClientError::Setup(format!("server URL `{base}`: {e}")))?;
+        if url.scheme() != "https" || url.host_str().is_none() {
+            return Err(ClientError::Setup(format!(
+                "server URL `{base}` must be https://host[:port]"
+            )));
+        }
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))

@@ -232,7 +232,7 @@ pub struct ClientConfig {
 }
 
 /// Every key of [`Config`] that an environment variable may override, as (section, key).
-const SERVER_KEYS: &[(&str, &str)] = &[
+pub(crate) const SERVER_KEYS: &[(&str, &str)] = &[
     ("", "trust_domain"),
     ("", "state_dir"),
     ("", "auto_init"),
@@ -401,6 +401,41 @@ impl Config {
     }
 }
 
+/// Environment variables that start with `LANYARD_` but name no key of `key_sets` and are
+/// not one of the process variables: most likely a misspelled override.
+pub fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String> {
+    const PROCESS: &[&str] = &[
+        "LANYARD_KEK",
+        "LANYARD_CONFIG",
+        "LANYARD_LOG",
+        "LANYARD_JOIN_TOKEN",
+    ];
+    let known: std::collections::HashSet<String> = key_sets
+        .iter()
+        .flat_map(|set| set.iter())
+        .map(|(section, key)| env_name(section, key))
+        .chain(PROCESS.iter().map(|s| s.to_string()))
+        .collect();
+    let mut unknown: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("LANYARD_") && !known.contains(k))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+fn env_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        format!("LANYARD_{}", key.to_ascii_uppercase())
+    } else {
+        format!(
+            "LANYARD_{}_{}",
+            section.to_ascii_uppercase(),
+            key.to_ascii_uppercase()
+        )
+    }
+}
+
 /// Reads a TOML file, applies `LANYARD_<SECTION>_<KEY>` overrides for `keys`, and
 /// deserializes it strictly, naming the key path of any error.
 pub fn load_toml<T: DeserializeOwned>(
@@ -435,15 +470,7 @@ pub fn load_toml<T: DeserializeOwned>(
 
 fn apply_env_overrides(table: &mut toml::Table, keys: &[(&str, &str)]) -> Result<(), ConfigError> {
     for (section, key) in keys {
-        let var = if section.is_empty() {
-            format!("LANYARD_{}", key.to_ascii_uppercase())
-        } else {
-            format!(
-                "LANYARD_{}_{}",
-                section.to_ascii_uppercase(),
-                key.to_ascii_uppercase()
-            )
-        };
+        let var = env_name(section, key);
         let Ok(raw) = std::env::var(&var) else {
             continue;
         };

@@ -83,9 +83,20 @@ async fn an_instance_put_answers_once_its_files_are_on_disk_and_they_verify() {
         body["environment"]["CF_INSTANCE_KEY"],
         body["paths"]["private_key"]
     );
+    // CF_SYSTEM_CERT_PATH holds the roots and nothing else (tooling imports every file in it).
+    let system = dir.join("system-certs");
     assert_eq!(
         body["environment"]["CF_SYSTEM_CERT_PATH"],
-        dir.display().to_string()
+        system.display().to_string()
+    );
+    let names: Vec<String> = std::fs::read_dir(&system)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["trust-bundle.crt".to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(system.join("trust-bundle.crt")).unwrap(),
+        std::fs::read_to_string(dir.join("trust-bundle.crt")).unwrap()
     );
     let chain = std::fs::read_to_string(dir.join("instance.crt")).unwrap();
     let key = std::fs::read_to_string(dir.join("instance.key")).unwrap();

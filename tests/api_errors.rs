@@ -136,6 +136,48 @@ async fn every_contract_error_is_a_problem_with_the_right_status() {
     .await;
     check_problem(s, &ct, &b, 404, "0123456789abcdef0123456789abcdef");
 
+    // A TTL too large for any integer type is still an out-of-range TTL; a fraction is not
+    // an integer at all.
+    let (s, ct, b, _) = post(cell_id, "/v1/instance-certificates", {
+        let mut t = serde_json::to_string(&good).unwrap();
+        t.pop();
+        (t + ",\"ttl_seconds\":1000000000000000000000000000000}").into_bytes()
+    })
+    .await;
+    check_problem(s, &ct, &b, 422, "ttl_seconds");
+    let (s, ct, b, _) = post(
+        cell_id,
+        "/v1/instance-certificates",
+        with("ttl_seconds", serde_json::json!(1.5)),
+    )
+    .await;
+    check_problem(s, &ct, &b, 400, "integer");
+    // prepare takes an empty body or {} only.
+    let (s, ct, b, _) = post(op, "/v1/authorities/prepare", br#"{"x":1}"#.to_vec()).await;
+    check_problem(s, &ct, &b, 400, "x");
+    // Authentication comes before the body on /v1/join.
+    let (s, ct, b, _) = raw(
+        &ca,
+        None,
+        "POST",
+        "/v1/join",
+        Some(b"{oops".to_vec()),
+        &[("authorization", "Bearer lyt_nope")],
+    )
+    .await;
+    check_problem(s, &ct, &b, 401, "join token");
+    // Any whole number of seconds is a valid wait (clamped to 300).
+    let (s, _, _, _) = raw(
+        &ca,
+        None,
+        "GET",
+        "/v1/trust-bundle?wait=99999999999999999999999",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200);
+
     // 405 and a bad path parameter are problems too.
     let (s, ct, b, _) = raw(&ca, None, "GET", "/v1/instance-certificates", None, &[]).await;
     check_problem(s, &ct, &b, 405, "method");
@@ -242,7 +284,7 @@ async fn every_contract_error_is_a_problem_with_the_right_status() {
     // 429: a burst of bad join tokens from one address.
     let mut last = 0;
     for _ in 0..25 {
-        let (s, ct, b, _) = raw(
+        let (s, ct, b, h) = raw(
             &ca,
             None,
             "POST",
@@ -254,10 +296,35 @@ async fn every_contract_error_is_a_problem_with_the_right_status() {
         last = s;
         if s == 429 {
             check_problem(s, &ct, &b, 429, "join");
+            assert_eq!(h.get("retry-after").unwrap(), "60");
             break;
         }
     }
     assert_eq!(last, 429);
+
+    // A valid token still works from the same address: only failures are limited.
+    let t: api::JoinTokenResponse = ca
+        .operator()
+        .post(
+            "/v1/join-tokens",
+            &api::JoinTokenRequest {
+                role: "cell".into(),
+                name: "cell-9".into(),
+                ttl_seconds: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let _: api::IssuedCertificate = ca
+        .anonymous()
+        .post(
+            "/v1/join",
+            &api::CsrRequest { csr: csr.clone() },
+            Some(&t.token),
+        )
+        .await
+        .unwrap();
 
     // The server is still healthy after all of this.
     let (s, _, _, _) = raw(&ca, None, "GET", "/healthz", None, &[]).await;
@@ -285,7 +352,7 @@ async fn a_revoked_credential_is_refused_and_recorded() {
         )
         .await
         .unwrap();
-    let (code, out, err) = ca.cli(&["revoke", &serial, "--reason", "cell decommissioned"]);
+    let (code, out, err) = ca.cli(&["revoke", &serial, "--reason", "keyCompromise"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("revoked_at"), "{out}");
     let (_k, csr) = new_key_and_csr().unwrap();
@@ -328,6 +395,10 @@ async fn a_revoked_credential_is_refused_and_recorded() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("VERIFY OK"), "{text}");
     assert!(text.contains(&serial.to_uppercase()), "{text}");
+    assert!(
+        text.contains("KEY COMPROMISE"),
+        "the reason code is in the CRL: {text}"
+    );
     let (s, _, _, _) = raw(&ca, None, "GET", "/v1/crl/9", None, &[]).await;
     assert_eq!(s, 404);
 
@@ -384,8 +455,19 @@ fn a_bad_config_exits_2_naming_the_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN).args(["frobnicate"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    for args in [
+        &["frobnicate"][..],
+        &["token"][..],
+        &["bundle", "--server", "notaurl", "--credential", "/tmp"][..],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("lanyard: error:") && err.trim_end().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

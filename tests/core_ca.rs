@@ -9,7 +9,7 @@ use common::*;
 use const_oid::db::{rfc4519, rfc5280, rfc5912};
 use der::{Decode, Encode};
 use lanyard::api;
-use lanyard::client::new_key_and_csr;
+use lanyard::client::{new_key_and_csr, ApiClient};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
@@ -64,7 +64,7 @@ async fn an_instance_certificate_has_exactly_the_contract_profile() {
     let mut req = instance_request(&csr, 1);
     req.container_ip = Some("10.255.4.7".into());
     req.internal_routes = Some(vec!["billing.apps.internal".into()]);
-    req.ttl_seconds = Some(3600);
+    req.ttl_seconds = Some(3600.into());
     let before = SystemTime::now();
     let r: api::IssuedCertificate = cell
         .client
@@ -699,10 +699,36 @@ async fn the_bundle_command_prints_pem_and_spiffe_and_watches_for_changes() {
     while count(&text) < 3 {
         text += &(rx.recv_timeout(Duration::from_secs(30)).unwrap() + "\n");
     }
+    // It follows the CA through a whole rotation (the server's certificate moves to a root
+    // the watcher did not trust when it started).
+    let op = ca.operator();
+    let _: api::AuthorityView = op
+        .post(
+            "/v1/authorities/2/activate",
+            &api::ForceRequest { force: true },
+            None,
+        )
+        .await
+        .unwrap();
+    let op = ApiClient::from_credential_dir(&ca.url(), &ca.operator_dir()).unwrap();
+    let _: api::AuthorityView = op
+        .post(
+            "/v1/authorities/1/retire",
+            &api::ForceRequest { force: true },
+            None,
+        )
+        .await
+        .unwrap();
+    while !text.contains("# trust bundle sequence 4") || count(&text) < 6 {
+        text += &(rx.recv_timeout(Duration::from_secs(30)).unwrap() + "\n");
+    }
     let _ = watch.kill();
     let _ = watch.wait();
-    // First version (one root), then the new one (two roots): three certificates in all.
-    assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 3, "{text}");
+    // Versions 1 to 4: one root, two, two (active moved first), one.
+    assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 6, "{text}");
+    assert!(
+        text.contains("# trust bundle sequence 1") && text.contains("# trust bundle sequence 3")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

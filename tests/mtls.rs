@@ -789,7 +789,7 @@ async fn credentials_come_from_the_cf_variables_name_their_identity_and_never_pr
     let vars = [
         ("CF_INSTANCE_CERT", inst.dir.join("instance.crt")),
         ("CF_INSTANCE_KEY", inst.dir.join("instance.key")),
-        ("CF_SYSTEM_CERT_PATH", inst.dir.clone()),
+        ("CF_SYSTEM_CERT_PATH", inst.dir.join("system-certs")),
     ];
     let paths = CredentialPaths::from_lookup(|name| {
         vars.iter()
@@ -797,7 +797,12 @@ async fn credentials_come_from_the_cf_variables_name_their_identity_and_never_pr
             .map(|(_, p)| p.clone().into_os_string())
     })
     .unwrap();
-    assert_eq!(paths, CredentialPaths::instance_dir(&inst.dir));
+    assert_eq!(paths.certificate, inst.dir.join("instance.crt"));
+    assert_eq!(paths.private_key, inst.dir.join("instance.key"));
+    assert_eq!(
+        paths.trust_bundle,
+        inst.dir.join("system-certs/trust-bundle.crt")
+    );
     let creds = Credentials::open(paths, None).unwrap();
     let me = creds.identity().unwrap();
     assert_eq!(me.instance_guid.as_ref().unwrap().as_str(), inst.guid);
@@ -1192,7 +1197,7 @@ fn cf_env(dir: &Path) -> Vec<(&'static str, PathBuf)> {
     vec![
         ("CF_INSTANCE_CERT", dir.join("instance.crt")),
         ("CF_INSTANCE_KEY", dir.join("instance.key")),
-        ("CF_SYSTEM_CERT_PATH", dir.to_path_buf()),
+        ("CF_SYSTEM_CERT_PATH", dir.join("system-certs")),
     ]
 }
 

@@ -90,7 +90,7 @@ fn default_batch_window() -> ConfigDuration {
     ConfigDuration(Duration::from_millis(20))
 }
 
-const AGENT_KEYS: &[(&str, &str)] = &[
+pub(crate) const AGENT_KEYS: &[(&str, &str)] = &[
     ("", "server"),
     ("", "trust_bundle_file"),
     ("", "join_token_file"),

@@ -10,6 +10,10 @@ pub const CERT_FILE: &str = "instance.crt";
 pub const KEY_FILE: &str = "instance.key";
 /// Trust bundle file name.
 pub const BUNDLE_FILE: &str = "trust-bundle.crt";
+/// The directory `CF_SYSTEM_CERT_PATH` names: it holds only the trust bundle, so tooling that
+/// imports every file there as a trust anchor never picks up the instance's own certificate
+/// or key.
+pub const SYSTEM_CERTS_DIR: &str = "system-certs";
 
 /// How long a replaced version stays on disk for readers that resolved it just before the
 /// switch.
@@ -27,12 +31,14 @@ pub struct CredentialSet<'a> {
 
 /// Writes the set atomically; returns the previous version directory.
 pub fn write_set(dir: &Path, set: &CredentialSet<'_>) -> std::io::Result<Option<PathBuf>> {
+    let system_bundle = format!("{SYSTEM_CERTS_DIR}/{BUNDLE_FILE}");
     crate::atomic_dir::write_set(
         dir,
         &[
             (CERT_FILE, set.chain_pem.as_bytes(), 0o644),
             (KEY_FILE, set.key_pem.as_bytes(), 0o600),
             (BUNDLE_FILE, set.bundle_pem.as_bytes(), 0o644),
+            (&system_bundle, set.bundle_pem.as_bytes(), 0o644),
         ],
     )
 }

@@ -101,7 +101,7 @@ async fn put_instance(
         "environment": {
             "CF_INSTANCE_CERT": path(files::CERT_FILE),
             "CF_INSTANCE_KEY": path(files::KEY_FILE),
-            "CF_SYSTEM_CERT_PATH": dir.display().to_string(),
+            "CF_SYSTEM_CERT_PATH": dir.join(files::SYSTEM_CERTS_DIR).display().to_string(),
         },
     }))
     .into_response())

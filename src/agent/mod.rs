@@ -454,7 +454,7 @@ impl Agent {
             organization_guid: spec.organization_guid.clone(),
             container_ip: spec.container_ip.clone(),
             internal_routes: spec.internal_routes.clone(),
-            ttl_seconds: Some(self.config.instance_ttl.0.as_secs() as i64),
+            ttl_seconds: Some((self.config.instance_ttl.0.as_secs() as i64).into()),
         };
         let (tx, rx) = oneshot::channel();
         self.batches

@@ -331,6 +331,7 @@ fn join_allowed(st: &AppState, ip: IpAddr) -> bool {
 
 fn join_failed(st: &AppState, ip: IpAddr) {
     st.ca.metrics.join_failed();
+    // (The count lives for a minute from the first failure.)
     let mut m = st.join_failures.lock().unwrap_or_else(|p| p.into_inner());
     let e = m.entry(ip).or_insert((Instant::now(), 0));
     e.1 += 1;
@@ -340,29 +341,40 @@ async fn join(
     State(st): State<S>,
     caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<api::CsrRequest>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let ip = caller
         .map(|c| c.addr.ip())
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    if !join_allowed(&st, ip) {
-        return Err(CaError::RateLimited(
-            "too many failed join attempts from this address; wait a minute".into(),
-        )
-        .into());
-    }
+    // Authentication comes first: a bad or missing token is a 401 whatever the body says.
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string());
-    let Some(token) = token else {
-        join_failed(&st, ip);
-        return Err(CaError::Unauthenticated(
+    let token_ok = match &token {
+        Some(t) => {
+            let (ca, t) = (st.ca.clone(), t.clone());
+            blocking(move || ca.check_join_token(&t)).await
+        }
+        None => Err(ApiError(CaError::Unauthenticated(
             "a join token is required: `Authorization: Bearer <token>`".into(),
-        )
-        .into());
+        ))),
     };
+    if let Err(e) = token_ok {
+        // Only failures count, so a valid token is never slowed down by someone's guessing.
+        if !join_allowed(&st, ip) {
+            return Err(CaError::RateLimited(
+                "too many failed join attempts from this address; wait a minute".into(),
+            )
+            .into());
+        }
+        join_failed(&st, ip);
+        return Err(e);
+    }
+    let token = token.unwrap_or_default();
+    let bytes = super::problem::read_body(request).await?;
+    let req: api::CsrRequest = super::problem::parse_json(&bytes)?;
     let ca = st.ca.clone();
     match blocking(move || ca.join(&token, &req)).await {
         Ok(i) => Ok(created(&i)),
@@ -406,7 +418,11 @@ async fn authorities(
     Ok(Json(blocking(move || ca.authorities_view()).await?))
 }
 
-async fn prepare(State(st): State<S>, _op: OperatorCaller) -> Result<Response, ApiError> {
+async fn prepare(
+    State(st): State<S>,
+    _op: OperatorCaller,
+    OptionalJson(_body): OptionalJson<api::PrepareRequest>,
+) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
     let view = blocking(move || {
         let rec = ca.authority.prepare()?;
@@ -560,12 +576,15 @@ async fn trust_bundle(
     let m = query_map(q.as_deref())?;
     let wait = match m.get("wait") {
         None => 0,
-        Some(v) => v
-            .parse::<u64>()
-            .map_err(|_| {
-                CaError::invalid("wait", format!("`{v}` is not a whole number of seconds"))
-            })?
-            .min(MAX_WAIT),
+        // Any whole number counts, however large: above 300 it means 300.
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            v.parse::<u64>().unwrap_or(MAX_WAIT).min(MAX_WAIT)
+        }
+        Some(v) => {
+            return Err(
+                CaError::invalid("wait", format!("`{v}` is not a whole number of seconds")).into(),
+            )
+        }
     };
     let known = headers
         .get(header::IF_NONE_MATCH)

@@ -103,7 +103,13 @@ pub fn problem_response(p: &Problem) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        problem_response(&problem_of(&self.0))
+        let mut r = problem_response(&problem_of(&self.0));
+        if matches!(self.0, CaError::RateLimited(_)) {
+            // The join limiter counts failures per minute.
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        r
     }
 }
 

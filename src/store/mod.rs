@@ -67,6 +67,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a join token under the hash of its secret.
     fn insert_join_token(&self, hash: &[u8], token: &JoinTokenRecord) -> Result<(), StoreError>;
+    /// Reads a join token without spending it.
+    fn get_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
     /// Removes and returns a join token: a second call for the same hash gets `None`.
     fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
 }

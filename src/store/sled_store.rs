@@ -66,7 +66,17 @@ impl SledStore {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .open()
-            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", dir.display())))?;
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("could not acquire lock") {
+                    StoreError::Backend(format!(
+                        "the state in {} is in use by another lanyard process (is `lanyard serve` running?)",
+                        dir.display()
+                    ))
+                } else {
+                    StoreError::Backend(format!("cannot open {}: {text}", dir.display()))
+                }
+            })?;
         Self::from_db(db)
     }
 
@@ -272,6 +282,13 @@ impl Store for SledStore {
     fn insert_join_token(&self, hash: &[u8], token: &JoinTokenRecord) -> Result<(), StoreError> {
         self.tokens.insert(hash, encode(token)?).map_err(backend)?;
         self.durable()
+    }
+
+    fn get_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {
+        match self.tokens.get(hash).map_err(backend)? {
+            Some(v) => Ok(Some(decode(b"join_token", &v)?)),
+            None => Ok(None),
+        }
     }
 
     fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {

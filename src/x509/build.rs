@@ -264,11 +264,29 @@ pub fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> 
     Ok(cert.to_der()?)
 }
 
+/// The RFC 5280 reason code for a reason an operator gave by its RFC name
+/// (`keyCompromise`, `superseded`, ...); free text gets none.
+pub fn crl_reason(reason: &str) -> Option<x509_cert::ext::pkix::CrlReason> {
+    use x509_cert::ext::pkix::CrlReason as R;
+    Some(match reason.to_ascii_lowercase().as_str() {
+        "unspecified" => R::Unspecified,
+        "keycompromise" => R::KeyCompromise,
+        "cacompromise" => R::CaCompromise,
+        "affiliationchanged" => R::AffiliationChanged,
+        "superseded" => R::Superseded,
+        "cessationofoperation" => R::CessationOfOperation,
+        "certificatehold" => R::CertificateHold,
+        "privilegewithdrawn" => R::PrivilegeWithdrawn,
+        "aacompromise" => R::AaCompromise,
+        _ => return None,
+    })
+}
+
 /// Builds and signs a CRL (v2) for `signer` listing `revoked` (serial, revocation time), with
 /// the authority key identifier and a CRL number.
 pub fn sign_crl(
     signer: &Signer<'_>,
-    revoked: &[(Serial, SystemTime)],
+    revoked: &[(Serial, SystemTime, Option<String>)],
     this_update: SystemTime,
     next_update: SystemTime,
     number: u64,
@@ -276,11 +294,12 @@ pub fn sign_crl(
     use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
     use x509_cert::ext::pkix::CrlNumber;
     let mut entries = Vec::with_capacity(revoked.len());
-    for (serial, at) in revoked {
+    for (serial, at, reason) in revoked {
+        let code = reason.as_deref().and_then(crl_reason);
         entries.push(RevokedCert {
             serial_number: SerialNumber::new(serial.as_bytes())?,
             revocation_date: x509_time(*at)?,
-            crl_entry_extensions: None,
+            crl_entry_extensions: code.map(|c| ext(&c, false)).transpose()?.map(|e| vec![e]),
         });
     }
     let exts = vec![
