@@ -50,7 +50,15 @@ struct RsaPublicKey<'a> {
 /// Parses a PEM (or DER) CSR, checks its key, verifies its signature.
 pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
     let der = if input.trim_ascii_start().starts_with(b"-----BEGIN") {
-        let p = pem::parse(input).map_err(|e| X509Error::MalformedCsr(format!("not PEM: {e}")))?;
+        let mut blocks =
+            pem::parse_many(input).map_err(|e| X509Error::MalformedCsr(format!("not PEM: {e}")))?;
+        if blocks.len() != 1 {
+            return Err(X509Error::MalformedCsr(format!(
+                "expected exactly one PEM block, found {}",
+                blocks.len()
+            )));
+        }
+        let p = blocks.remove(0);
         if p.tag() != "CERTIFICATE REQUEST" && p.tag() != "NEW CERTIFICATE REQUEST" {
             return Err(X509Error::MalformedCsr(format!(
                 "PEM block is `{}`, expected `CERTIFICATE REQUEST`",
@@ -244,6 +252,15 @@ mod tests {
         assert!(
             matches!(e, X509Error::BadCsrSignature | X509Error::MalformedCsr(_)),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn two_requests_in_one_field_are_refused() {
+        let one = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let two = format!("{one}{one}");
+        assert!(
+            matches!(verify_csr(two.as_bytes()).unwrap_err(), X509Error::MalformedCsr(m) if m.contains("exactly one"))
         );
     }
 
