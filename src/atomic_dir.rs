@@ -1,8 +1,8 @@
 //! A directory whose files are replaced together, atomically, Kubernetes atomic-writer style.
 //!
 //! ```text
-//! <dir>/..2026_11_26_01_02_03.123456789_ab12/{cert.pem,key.pem,...}
-//! <dir>/..data -> ..2026_11_26_01_02_03.123456789_ab12
+//! <dir>/..2026_11_26_01_02_03.123456789_1a2b3c4d/{cert.pem,key.pem,...}
+//! <dir>/..data -> ..2026_11_26_01_02_03.123456789_1a2b3c4d
 //! <dir>/cert.pem -> ..data/cert.pem      (one link per file)
 //! ```
 //!

@@ -1,7 +1,8 @@
 //! The one module that owns CA signing keys.
 //!
-//! An [`Authority`] holds every generation's records, the decrypted key of the active
-//! intermediate (and nothing else in plaintext), signs leaves, and applies rotation steps.
+//! An [`Authority`] holds every generation's records, the KEK, and the decrypted key of the
+//! active intermediate (no other key stays in plaintext), signs leaves and CRLs, and applies
+//! rotation steps.
 //! Each change is written to the [`Store`] before the in-memory state moves, under the write
 //! lock, so what a caller sees has always been durable first.
 

@@ -88,7 +88,7 @@ pub enum Command {
     },
     /// Print the identity in a certificate file.
     Inspect {
-        /// PEM file (the first certificate is shown).
+        /// PEM file (the first certificate is shown) or a DER certificate.
         file: PathBuf,
         /// Print JSON.
         #[arg(long)]

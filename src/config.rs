@@ -109,7 +109,8 @@ pub struct Config {
 pub struct ListenConfig {
     /// Socket address of the HTTPS API.
     pub address: SocketAddr,
-    /// Extra DNS names for the server certificate (beside `localhost` and `127.0.0.1`).
+    /// Extra DNS names or IP addresses for the server certificate (beside `localhost` and
+    /// `127.0.0.1`).
     #[serde(default)]
     pub server_names: Vec<String>,
 }

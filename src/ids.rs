@@ -64,8 +64,8 @@ impl fmt::Display for Guid {
     }
 }
 
-/// The name of a cell, an operator or a system component: one DNS label, lowercase letters,
-/// digits and `-` (dots allowed for component names such as `gorouter.service.cf.internal`).
+/// The name of a cell, an operator, a system component or a route: a DNS name of lowercase
+/// letters, digits and `-`, in dot-separated labels (`gorouter.service.cf.internal`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Name(String);
@@ -121,10 +121,6 @@ impl fmt::Display for Name {
         f.write_str(&self.0)
     }
 }
-
-/// A DNS name used as an internal route (`billing.apps.internal`). Same rules as [`Name`],
-/// and at least one character long per label.
-pub type RouteName = Name;
 
 /// A certificate serial number: 16 bytes from the CSPRNG, positive, shown as lowercase hex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

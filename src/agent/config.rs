@@ -90,6 +90,7 @@ fn default_batch_window() -> ConfigDuration {
     ConfigDuration(Duration::from_millis(20))
 }
 
+/// Every key of [`AgentConfig`] an environment variable may override (`LANYARD_<KEY>`).
 pub(crate) const AGENT_KEYS: &[(&str, &str)] = &[
     ("", "server"),
     ("", "trust_bundle_file"),

@@ -372,7 +372,7 @@ impl Agent {
         Ok(true)
     }
 
-    /// Gets a new certificate for `guid` (new key, made here) and swaps its files.
+    /// Gets a new certificate for `guid` (for the instance's key) and swaps its files.
     async fn refresh_instance(self: &Arc<Self>, guid: &Guid) -> Result<SystemTime, PutError> {
         let (spec, ilock, renewing) = {
             let mut m = lock(&self.instances);

@@ -57,7 +57,7 @@ impl AppState {
 
 type S = Arc<AppState>;
 
-/// The API router; `main` and the tests use the same one.
+/// The API router, served by [`super::server::serve`].
 pub fn router(state: S) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -551,7 +551,7 @@ async fn revoke(
 async fn crl(State(st): State<S>, ApiPath(id): ApiPath) -> Result<Response, ApiError> {
     let id = parse_authority(&id)?;
     let ca = st.ca.clone();
-    // Short-lived CRLs: relying parties refetch often, and nothing here caches a signature.
+    // Short-lived CRLs: relying parties refetch often; the authority caches the signed CRL.
     let der = blocking(move || Ok(ca.authority.crl(id, Duration::from_secs(3600))?)).await?;
     let mut r = der.into_response();
     r.headers_mut().insert(

@@ -17,6 +17,7 @@ use super::credentials::Shared;
 pub(crate) struct CurrentCertificate(Arc<Shared>);
 
 impl CurrentCertificate {
+    /// Wraps the shared credential state.
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         CurrentCertificate(shared)
     }
@@ -57,6 +58,7 @@ pub(crate) struct CurrentClientVerifier {
 }
 
 impl CurrentClientVerifier {
+    /// Wraps the shared credential state; `provider` checks handshake signatures.
     pub(crate) fn new(shared: Arc<Shared>, provider: Arc<CryptoProvider>) -> Self {
         CurrentClientVerifier { shared, provider }
     }
@@ -134,6 +136,7 @@ impl ClientCertVerifier for CurrentClientVerifier {
 pub(crate) struct CurrentServerVerifier(Arc<Shared>);
 
 impl CurrentServerVerifier {
+    /// Wraps the shared credential state.
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         CurrentServerVerifier(shared)
     }

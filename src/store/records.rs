@@ -120,7 +120,8 @@ pub struct CertificateRecord {
     pub organization_guid: Option<Guid>,
     /// Name (cells, operators, components, server).
     pub name: Option<Name>,
-    /// Who asked: the caller's SPIFFE ID, `join-token` or `lanyard`.
+    /// Who asked: the caller's SPIFFE ID, `join-token created by <operator>`, `lanyard init`
+    /// or `lanyard server`.
     pub requested_by: String,
     /// Signing generation.
     pub authority_id: AuthorityId,

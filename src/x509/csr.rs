@@ -35,7 +35,7 @@ impl KeyKind {
 /// A request whose signature verified: what is left of it is its public key.
 #[derive(Debug, Clone)]
 pub struct VerifiedCsr {
-    /// The subject public key, copied as-is into the certificate.
+    /// The subject public key, re-encoded canonically for the certificate.
     pub public_key: SubjectPublicKeyInfoOwned,
     /// Its kind.
     pub key_kind: KeyKind,

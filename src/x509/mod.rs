@@ -1,5 +1,6 @@
-//! X.509 work that does not need a CA key: parsing and verifying CSRs, building and signing
-//! certificates (with `x509-cert` and `ring`), and reading identities out of certificates.
+//! X.509 encoding that owns no key: parsing and verifying CSRs, building certificates and
+//! CRLs (with `x509-cert`) and signing them with a key the caller passes in (`ring`), and
+//! reading identities out of certificates.
 
 pub mod build;
 pub mod csr;
