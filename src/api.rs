@@ -150,13 +150,22 @@ pub struct JoinTokenRequest {
     pub ttl_seconds: Option<JsonInt>,
 }
 
-/// `POST /v1/join-tokens` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /v1/join-tokens` answer. Its `Debug` hides the token.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct JoinTokenResponse {
     /// The secret, shown once.
     pub token: String,
     /// RFC 3339.
     pub expires_at: String,
+}
+
+impl std::fmt::Debug for JoinTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinTokenResponse")
+            .field("token", &"...")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// Body of prepare: empty, or `{}`.
