@@ -27,6 +27,10 @@ pub struct SledStore {
     leaf_max: sled::Tree,
     revoked: sled::Tree,
     tokens: sled::Tree,
+    /// Group commit: writes finished, and how many of them the last flush covered.
+    written: std::sync::atomic::AtomicU64,
+    flushed: std::sync::atomic::AtomicU64,
+    flush_lock: std::sync::Mutex<()>,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -101,12 +105,27 @@ impl SledStore {
             leaf_max: t("authority_last_leaf")?,
             revoked: t("revoked_by_authority")?,
             tokens: t("join_tokens")?,
+            written: Default::default(),
+            flushed: Default::default(),
+            flush_lock: Default::default(),
             db,
         })
     }
 
+    /// Makes every write so far durable. Concurrent callers share one fsync (group commit):
+    /// a flush that starts after a caller's writes covers them, so a caller that finds such
+    /// a flush already done returns without its own.
     fn durable(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+        use std::sync::atomic::Ordering;
+        let mine = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let _one = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.flushed.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        let covered = self.written.load(Ordering::SeqCst);
+        self.db.flush().map_err(backend)?;
+        self.flushed.store(covered, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -391,6 +410,39 @@ mod tests {
                 .unwrap()
                 .as_secs()
         );
+    }
+
+    #[test]
+    fn concurrent_writers_share_flushes_and_every_write_is_covered() {
+        use std::sync::atomic::Ordering;
+        let s = std::sync::Arc::new(SledStore::temporary().unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let r = record(&format!("a{t}"), &format!("b{i}"), SystemTime::now());
+                        s.insert_certificates(&[r]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.written.load(Ordering::SeqCst), 200);
+        assert_eq!(
+            s.flushed.load(Ordering::SeqCst),
+            200,
+            "the last flush covers every write"
+        );
+        let all = s
+            .query_certificates(&CertificateQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 200);
     }
 
     #[test]
