@@ -841,19 +841,33 @@ mod tests {
 
     #[test]
     fn no_stored_ca_key_is_plaintext() {
-        let (store, a) = setup();
+        let (store, _a) = setup();
+        let kek = Kek::from_bytes([1; 32]);
         let (gens, _) = store.load_authorities().unwrap();
-        let _ = a;
         for g in gens {
-            // A PKCS#8 EC key starts with SEQUENCE, INTEGER 0; sealed blobs are random.
-            for k in std::iter::once(&g.root).chain(g.intermediates.iter()) {
-                assert!(
-                    !k.sealed_key.windows(3).any(|w| w == [0x02, 0x01, 0x00])
-                        || k.sealed_key.len() > 100
-                );
-                assert!(Kek::from_bytes([1; 32])
-                    .open("wrong purpose", &k.sealed_key)
-                    .is_err());
+            let sealed = std::iter::once((purpose_root(g.id), &g.root)).chain(
+                g.intermediates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (purpose_intermediate(g.id, i + 1), k)),
+            );
+            for (purpose, k) in sealed {
+                // The plaintext is a real PKCS#8 key, and not one byte run of it is stored.
+                let plain = kek.open(&purpose, &k.sealed_key).unwrap();
+                assert!(EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P256_SHA256_ASN1_SIGNING,
+                    &plain,
+                    &SystemRandom::new()
+                )
+                .is_ok());
+                let stored = serde_json::to_vec(&g).unwrap();
+                let b64 =
+                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &plain[..]);
+                assert!(!stored
+                    .windows(16)
+                    .any(|w| plain.windows(16).any(|p| p == w)));
+                assert!(!String::from_utf8_lossy(&stored).contains(&b64[..24]));
+                assert!(kek.open("wrong purpose", &k.sealed_key).is_err());
             }
         }
     }

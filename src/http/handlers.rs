@@ -109,10 +109,16 @@ impl FromRequestParts<S> for Authenticated {
             )
             .into());
         };
-        let ca = st.ca.clone();
-        let identity = tokio::task::spawn_blocking(move || caller.current_identity(&ca))
-            .await
-            .map_err(|e| CaError::Internal(format!("worker failed: {e}")))?;
+        // The usual case (same bundle as at the handshake) is a revocation lookup, cheap
+        // enough for the request path; a changed bundle re-verifies the chain off it.
+        let identity = if caller.needs_chain_check(&st.ca) {
+            let ca = st.ca.clone();
+            tokio::task::spawn_blocking(move || caller.current_identity(&ca))
+                .await
+                .map_err(|e| CaError::Internal(format!("worker failed: {e}")))?
+        } else {
+            caller.current_identity(&st.ca)
+        };
         match identity {
             PeerIdentity::Verified { role, .. } => Ok(Authenticated(role)),
             PeerIdentity::Untrusted(why) => Err(CaError::Unauthenticated(why).into()),

@@ -192,6 +192,13 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether [`Caller::current_identity`] would verify the chain again (the bundle
+    /// changed since the handshake), which is CPU work to keep off the async runtime.
+    pub fn needs_chain_check(&self, ca: &Ca) -> bool {
+        matches!(&self.identity, PeerIdentity::Verified { bundle_sequence, .. }
+            if *bundle_sequence != ca.authority.bundle().sequence)
+    }
+
     /// The caller's identity *now*: a connection may outlive its certificate, its root (a
     /// retirement) or its revocation, so every request re-checks expiry and revocation, and
     /// re-verifies the chain when the bundle changed since the handshake.
