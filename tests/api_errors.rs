@@ -342,29 +342,11 @@ async fn a_revoked_credential_is_refused_and_recorded() {
     .unwrap()
     .serial;
     // A kept-alive connection from before the revocation loses access too.
-    let (_k, csr) = new_key_and_csr().unwrap();
-    let _: api::IssuedCertificate = cell
-        .client
-        .post(
-            "/v1/instance-certificates",
-            &instance_request(&csr, 1),
-            None,
-        )
-        .await
-        .unwrap();
+    let _ = cell.issue_instance(1).await.unwrap();
     let (code, out, err) = ca.cli(&["revoke", &serial, "--reason", "keyCompromise"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("revoked_at"), "{out}");
-    let (_k, csr) = new_key_and_csr().unwrap();
-    let e = cell
-        .client
-        .post::<_, api::IssuedCertificate>(
-            "/v1/instance-certificates",
-            &instance_request(&csr, 1),
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = cell.issue_instance(1).await.unwrap_err();
     assert!(e.to_string().contains("revoked"), "{e}");
     let (code, _, err) = ca.cli(&["revoke", &serial]);
     assert_eq!(code, 1);

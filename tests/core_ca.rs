@@ -200,16 +200,7 @@ async fn an_instance_certificate_has_exactly_the_contract_profile() {
 async fn openssl_verifies_instance_certificates_strictly_for_client_and_server_use() {
     let ca = TestCa::start();
     let cell = ca.join_cell("cell-1").await;
-    let (_key, csr) = new_key_and_csr().unwrap();
-    let r: api::IssuedCertificate = cell
-        .client
-        .post(
-            "/v1/instance-certificates",
-            &instance_request(&csr, 2),
-            None,
-        )
-        .await
-        .unwrap();
+    let r = cell.issue_instance(2).await.unwrap();
     let (_, bundle) = ca
         .anonymous()
         .trust_bundle(None, 0, false)
@@ -456,16 +447,7 @@ async fn the_trust_bundle_comes_as_pem_or_spiffe_json_with_an_etag_and_long_poll
 async fn records_bundle_and_old_leaves_survive_a_restart() {
     let mut ca = TestCa::start();
     let cell = ca.join_cell("cell-1").await;
-    let (_k, csr) = new_key_and_csr().unwrap();
-    let r: api::IssuedCertificate = cell
-        .client
-        .post(
-            "/v1/instance-certificates",
-            &instance_request(&csr, 5),
-            None,
-        )
-        .await
-        .unwrap();
+    let r = cell.issue_instance(5).await.unwrap();
     let bundle_before = ca.bundle_pem();
     ca.restart();
     let list: api::CertificatesResponse = ca
@@ -487,16 +469,7 @@ async fn records_bundle_and_old_leaves_survive_a_restart() {
     let (ok, out) = openssl_verify(&bundle_after, &r.certificate_chain, "sslclient");
     assert!(ok, "{out}");
     // The cell credential from before the restart still works.
-    let (_k, csr) = new_key_and_csr().unwrap();
-    let _: api::IssuedCertificate = cell
-        .client
-        .post(
-            "/v1/instance-certificates",
-            &instance_request(&csr, 6),
-            None,
-        )
-        .await
-        .unwrap();
+    let _ = cell.issue_instance(6).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -49,16 +49,7 @@ async fn bundle_roots(ca: &TestCa) -> (u64, Vec<Vec<u8>>) {
 async fn a_manual_rotation_survives_restarts_at_every_step() {
     let mut ca = TestCa::start();
     let cell = ca.join_cell("cell-1").await;
-    let (_k, csr) = new_key_and_csr().unwrap();
-    let old_leaf: api::IssuedCertificate = cell
-        .client
-        .post(
-            "/v1/instance-certificates",
-            &instance_request(&csr, 1),
-            None,
-        )
-        .await
-        .unwrap();
+    let old_leaf = cell.issue_instance(1).await.unwrap();
 
     // prepare
     let (code, out, err) = ca.cli(&["authority", "prepare", "--json"]);
@@ -98,16 +89,7 @@ async fn a_manual_rotation_survives_restarts_at_every_step() {
     // New leaves come from generation 2. The cell's client picks up the new bundle first,
     // as the agent does through its long poll: the server now presents a generation 2 chain.
     let cell = Credential::new(&ca, cell.chain_pem, cell.key_pem);
-    let (_k, csr) = new_key_and_csr().unwrap();
-    let new_leaf: api::IssuedCertificate = cell
-        .client
-        .post(
-            "/v1/instance-certificates",
-            &instance_request(&csr, 2),
-            None,
-        )
-        .await
-        .unwrap();
+    let new_leaf = cell.issue_instance(2).await.unwrap();
     assert_eq!(new_leaf.authority_id, "2");
     assert_eq!(new_leaf.trust_bundle_sequence, 3);
 

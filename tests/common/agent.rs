@@ -1,10 +1,10 @@
 //! A real `lanyard agent` process next to a [`TestCa`].
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::{free_port, TestCa, BIN};
+use super::{free_port, TestCa};
 
 pub struct TestAgent {
     pub dir: tempfile::TempDir,
@@ -55,21 +55,12 @@ impl TestAgent {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["agent", "--config"])
-            .arg(&self.config)
-            .env("LANYARD_LOG", "info,lanyard=debug")
-            .env_remove("LANYARD_JOIN_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.child = Some(super::spawn_logged(
+            "agent",
+            &self.config,
+            &self.log,
+            "LANYARD_JOIN_TOKEN",
+        ));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(c) = self.child.as_mut() {

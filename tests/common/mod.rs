@@ -106,21 +106,12 @@ impl TestCa {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env_remove("LANYARD_KEK")
-            .env("LANYARD_LOG", "info,lanyard=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.child = Some(spawn_logged(
+            "serve",
+            &self.config,
+            &self.log,
+            "LANYARD_KEK",
+        ));
         self.wait_ready();
     }
 
@@ -249,6 +240,21 @@ pub struct Credential {
 }
 
 impl Credential {
+    /// Asks for an instance certificate (GUIDs from `n`) with a fresh key, as a cell does.
+    pub async fn issue_instance(
+        &self,
+        n: u32,
+    ) -> Result<api::IssuedCertificate, lanyard::client::ClientError> {
+        let (_key, csr) = new_key_and_csr().unwrap();
+        self.client
+            .post(
+                "/v1/instance-certificates",
+                &instance_request(&csr, n),
+                None,
+            )
+            .await
+    }
+
     pub fn new(ca: &TestCa, chain_pem: String, key_pem: String) -> Credential {
         let tls = tls_config(ca.bundle_pem().as_bytes(), Some((&chain_pem, &key_pem))).unwrap();
         let client = ApiClient::new(&ca.url(), tls).unwrap();
@@ -406,4 +412,23 @@ pub fn openssl_csr(dir: &std::path::Path, key_args: &[&str], extra: &[&str]) -> 
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Starts `lanyard <command> --config <config>` with debug logs appended to `log` and
+/// `clear` removed from its environment (so the caller's environment cannot leak in).
+pub fn spawn_logged(command: &str, config: &Path, log: &Path, clear: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(BIN)
+        .args([command, "--config"])
+        .arg(config)
+        .env_remove(clear)
+        .env("LANYARD_LOG", "info,lanyard=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
