@@ -13,6 +13,9 @@ use crate::ca::CaError;
 /// How long a client has to send its whole body.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Largest oversized body still read (and dropped) before answering 413.
+const DRAIN_LIMIT: usize = 4 * MAX_BODY;
+
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1024 * 1024;
 
@@ -113,6 +116,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Reads and drops a body frame by frame (nothing is buffered), up to [`DRAIN_LIMIT`].
+async fn drain(mut body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len());
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
 /// Reads a body of at most [`MAX_BODY`] bytes (413 beyond).
 pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
     if let Some(len) = req
@@ -122,6 +137,12 @@ pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > MAX_BODY as u64 {
+            // A client still writing its body when the answer comes back sees a broken pipe
+            // instead of the 413. Bodies a few times the limit are read and dropped first, so
+            // ordinary clients get the problem; anything larger is cut off at once.
+            if len <= DRAIN_LIMIT as u64 {
+                let _ = tokio::time::timeout(BODY_TIMEOUT, drain(req.into_body())).await;
+            }
             return Err(CaError::TooLarge(format!(
                 "the body is {len} bytes; the limit is {MAX_BODY}"
             ))
