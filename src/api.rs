@@ -276,3 +276,10 @@ pub struct SpiffeKey {
     /// The root certificate, base64 DER.
     pub x5c: Vec<String>,
 }
+
+/// Most requests one `POST /v1/instance-certificates/batch` may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// The component name in the API server's certificate (`spiffe://<td>/component/lanyard-server`);
+/// clients of the API require it, and nobody else can get a certificate with it.
+pub const SERVER_NAME: &str = "lanyard-server";

@@ -11,6 +11,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::api::Problem;
+use crate::credential_dir::{BUNDLE_FILE, CERT_FILE, KEY_FILE};
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
 
 /// The longest any call but a long poll may take; a hung CA must not stall the agent.
@@ -75,7 +76,7 @@ impl rustls::client::danger::ServerCertVerifier for LanyardServerVerifier {
             ocsp_response,
             now,
         )?;
-        let suffix = format!("/component/{}", crate::ca::SERVER_NAME);
+        let suffix = format!("/component/{}", crate::api::SERVER_NAME);
         let is_server = CertInfo::from_der(end_entity)
             .map(|i| {
                 i.uris.len() == 1
@@ -128,7 +129,7 @@ pub fn tls_config(
             .add(CertificateDer::from(der))
             .map_err(|e| ClientError::Setup(format!("trust bundle: {e}")))?;
     }
-    let provider = crate::http::tls::provider();
+    let provider = crate::tls_provider::provider();
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
@@ -178,12 +179,11 @@ impl CredentialFiles {
     /// Reads a directory; the bundle is required, the certificate and key optional.
     pub fn read(dir: &Path) -> Result<Self, ClientError> {
         let read = |n: &str| std::fs::read_to_string(dir.join(n));
-        let bundle_pem = read("trust-bundle.pem").map_err(|e| {
-            ClientError::Setup(format!("{}: {e}", dir.join("trust-bundle.pem").display()))
-        })?;
+        let bundle_pem = read(BUNDLE_FILE)
+            .map_err(|e| ClientError::Setup(format!("{}: {e}", dir.join(BUNDLE_FILE).display())))?;
         Ok(CredentialFiles {
-            chain_pem: read("cert.pem").ok(),
-            key_pem: read("key.pem").ok().map(Zeroizing::new),
+            chain_pem: read(CERT_FILE).ok(),
+            key_pem: read(KEY_FILE).ok().map(Zeroizing::new),
             bundle_pem,
         })
     }

@@ -11,10 +11,96 @@ use axum::{Json, Router};
 
 use super::config::Listen;
 use super::{files, Agent, AgentError, InstanceSpec, PutError};
-use crate::ca::CaError;
-use crate::http::problem::{ApiError, ApiJson, ApiPath};
 use crate::ids::Guid;
+use crate::problem::{ApiJson, ApiPath, Problem};
 use crate::timefmt::rfc3339;
+
+/// Failures of a local API request; each variant is one status.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalApiError {
+    /// 400: the CA found the request malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404: no such instance or endpoint.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the endpoint exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the instance changed under the request.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: a well-formed but invalid value; names the field.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// 503: the CA did not issue, so the agent cannot serve this now.
+    #[error("{0}")]
+    NotReady(String),
+    /// 500: the agent's own fault (disk, shutdown); logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl LocalApiError {
+    /// A 422 for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        LocalApiError::Invalid {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The status of each error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            LocalApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            LocalApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            LocalApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            LocalApiError::Conflict(_) => StatusCode::CONFLICT,
+            LocalApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            LocalApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LocalApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<LocalApiError> for Problem {
+    fn from(e: LocalApiError) -> Self {
+        match e {
+            LocalApiError::Internal(cause) => Problem::internal(cause),
+            other => Problem::new(other.status(), other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for LocalApiError {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
+    }
+}
+
+impl From<PutError> for LocalApiError {
+    fn from(e: PutError) -> Self {
+        match e {
+            // A refusal by the CA keeps its meaning; anything else (unreachable, 5xx, our
+            // own credential refused) means the agent cannot serve this now.
+            PutError::Ca(r) => match r.status {
+                Some(422) => LocalApiError::invalid("instance", r.message),
+                Some(400) => LocalApiError::BadRequest(r.message),
+                _ => LocalApiError::NotReady(format!("the CA did not issue a certificate: {r}")),
+            },
+            PutError::Local(m) => LocalApiError::Internal(m),
+            PutError::Gone => LocalApiError::Conflict(
+                "the instance was deleted while its certificate was issued".into(),
+            ),
+        }
+    }
+}
 
 /// The local API router.
 pub fn router(agent: Arc<Agent>) -> Router {
@@ -28,18 +114,16 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/instances/{guid}",
             put(put_instance).delete(delete_instance),
         )
-        .fallback(|| async { ApiError(CaError::NotFound("no such endpoint".into())) })
+        .fallback(|| async { LocalApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
-            ApiError(CaError::MethodNotAllowed(
-                "this endpoint does not take that method".into(),
-            ))
+            LocalApiError::MethodNotAllowed("this endpoint does not take that method".into())
         })
         .with_state(agent)
 }
 
-fn parse_guid(s: &str) -> Result<Guid, ApiError> {
+fn parse_guid(s: &str) -> Result<Guid, LocalApiError> {
     s.parse()
-        .map_err(|e| ApiError(CaError::invalid("instance_guid", e)))
+        .map_err(|e| LocalApiError::invalid("instance_guid", e))
 }
 
 async fn list(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
@@ -50,7 +134,7 @@ async fn put_instance(
     State(agent): State<Arc<Agent>>,
     ApiPath(guid): ApiPath,
     ApiJson(spec): ApiJson<InstanceSpec>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, LocalApiError> {
     let guid = parse_guid(&guid)?;
     for (field, v) in [
         ("app_guid", &spec.app_guid),
@@ -58,36 +142,21 @@ async fn put_instance(
         ("organization_guid", &spec.organization_guid),
     ] {
         v.parse::<Guid>()
-            .map_err(|e| ApiError(CaError::invalid(field, e)))?;
+            .map_err(|e| LocalApiError::invalid(field, e))?;
     }
     if let Some(ip) = &spec.container_ip {
         ip.parse::<std::net::IpAddr>().map_err(|_| {
-            ApiError(CaError::invalid(
+            LocalApiError::invalid(
                 "container_ip",
                 format!("`{ip}` is not an IPv4 or IPv6 address"),
-            ))
+            )
         })?;
     }
     for (i, r) in spec.internal_routes.iter().flatten().enumerate() {
         r.parse::<crate::ids::Name>()
-            .map_err(|e| ApiError(CaError::invalid(format!("internal_routes[{i}]"), e)))?;
+            .map_err(|e| LocalApiError::invalid(format!("internal_routes[{i}]"), e))?;
     }
-    let not_after = agent
-        .put_instance(guid.clone(), spec)
-        .await
-        .map_err(|e| match e {
-            // A refusal by the CA keeps its meaning; anything else (unreachable, 5xx, our
-            // own credential refused) means the agent cannot serve this now.
-            PutError::Ca(r) => match r.status {
-                Some(422) => CaError::invalid("instance", r.message),
-                Some(400) => CaError::BadRequest(r.message),
-                _ => CaError::NotReady(format!("the CA did not issue a certificate: {r}")),
-            },
-            PutError::Local(m) => CaError::Internal(m),
-            PutError::Gone => CaError::Conflict(
-                "the instance was deleted while its certificate was issued".into(),
-            ),
-        })?;
+    let not_after = agent.put_instance(guid.clone(), spec).await?;
     let dir = agent.instance_dir(&guid);
     let path = |n: &str| dir.join(n).display().to_string();
     Ok(Json(serde_json::json!({
@@ -110,12 +179,12 @@ async fn put_instance(
 async fn delete_instance(
     State(agent): State<Arc<Agent>>,
     ApiPath(guid): ApiPath,
-) -> Result<Response, ApiError> {
+) -> Result<Response, LocalApiError> {
     let guid = parse_guid(&guid)?;
     match agent.delete_instance(&guid).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Ok(false) => Err(ApiError(CaError::NotFound(format!("no instance {guid}")))),
-        Err(e) => Err(ApiError(CaError::Internal(e))),
+        Ok(false) => Err(LocalApiError::NotFound(format!("no instance {guid}"))),
+        Err(e) => Err(LocalApiError::Internal(e)),
     }
 }
 
@@ -131,7 +200,11 @@ pub async fn serve(
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| AgentError::Runtime(format!("cannot listen on {addr}: {e}")))?;
-            tracing::info!(address = %addr, "agent local API listening");
+            let local = l
+                .local_addr()
+                .map_err(|e| AgentError::Runtime(format!("cannot listen on {addr}: {e}")))?;
+            tracing::info!(address = %local, "agent local API listening");
+            crate::runtime::announce_listening(&format!("http://{local}"));
             axum::serve(l, app)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -151,6 +224,7 @@ pub async fn serve(
                 let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660));
             }
             tracing::info!(socket = %path.display(), "agent local API listening");
+            crate::runtime::announce_listening(&format!("unix:{}", path.display()));
             let r = axum::serve(l, app)
                 .with_graceful_shutdown(shutdown)
                 .await

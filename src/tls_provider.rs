@@ -1,0 +1,10 @@
+//! The crypto provider of client-side TLS configurations.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+
+/// The ring provider: the one the whole process installs, so no config can pick another.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
