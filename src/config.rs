@@ -532,6 +532,13 @@ mod tests {
     }
 
     #[test]
+    fn port_zero_lets_the_system_pick_the_port() {
+        let f = write(&DEV.replace("127.0.0.1:8443", "127.0.0.1:0"));
+        let c = Config::load(f.path()).unwrap();
+        assert_eq!(c.listen.address.port(), 0);
+    }
+
+    #[test]
     fn an_unknown_key_is_an_error_naming_it() {
         let f = write(&DEV.replace("[issuance]", "[issuance]\nbogus = 1"));
         let e = Config::load(f.path()).unwrap_err().to_string();

@@ -190,6 +190,11 @@ mod tests {
             Listen::parse("127.0.0.1:9000").unwrap(),
             Listen::Tcp(_)
         ));
+        // Port 0: the system picks one and the agent prints the bound address.
+        assert!(matches!(
+            Listen::parse("127.0.0.1:0").unwrap(),
+            Listen::Tcp(a) if a.port() == 0
+        ));
         assert!(Listen::parse("0.0.0.0:9000").is_err());
         assert!(Listen::parse("unix:").is_err());
         assert!(Listen::parse("localhost").is_err());

@@ -234,3 +234,47 @@ pub async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_like_the_cas() {
+        let d = Problem::from(LocalApiError::invalid("instance_guid", "not a GUID")).document();
+        assert_eq!(d.status, 422);
+        assert_eq!(d.type_, "https://lanyard.dev/problems/invalid-value");
+        assert_eq!(d.detail, "instance_guid: not a GUID");
+        let d = Problem::from(LocalApiError::NotFound("no such endpoint".into())).document();
+        assert_eq!((d.status, d.title.as_str()), (404, "Not found"));
+        let d = Problem::from(LocalApiError::Internal("disk /x full".into())).document();
+        assert_eq!(d.status, 500);
+        assert!(!d.detail.contains("disk"), "{}", d.detail);
+    }
+
+    #[test]
+    fn a_ca_refusal_keeps_its_meaning_and_anything_else_is_503() {
+        let refusal = |status| {
+            PutError::Ca(crate::agent::CaRefusal {
+                status,
+                message: "app_guid: bad".into(),
+            })
+        };
+        assert_eq!(
+            LocalApiError::from(refusal(Some(422))).status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            LocalApiError::from(refusal(Some(400))).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            LocalApiError::from(refusal(None)).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            LocalApiError::from(PutError::Gone).status(),
+            StatusCode::CONFLICT
+        );
+    }
+}

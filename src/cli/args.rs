@@ -1,0 +1,168 @@
+//! The command line's shape: every command, flag and default, as clap types.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Lanyard: an instance-identity certificate authority for container platforms.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard", version, about)]
+pub struct Cli {
+    /// Configuration file (default: $LANYARD_CONFIG, else ca-config/lanyard.toml; the agent:
+    /// ca-config/agent.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// CA URL for client commands (default: from the config).
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Credential directory for client commands (default: from the config).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub credential: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the state: KEK (dev), first authority generation, server certificate,
+    /// operator credential.
+    Init,
+    /// Serve the API.
+    Serve,
+    /// Run the cell agent.
+    Agent,
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Authority generations and root rotation.
+    #[command(subcommand)]
+    Authority(AuthorityCommand),
+    /// Certificates for system components.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Operator credentials.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Print the trust bundle.
+    Bundle {
+        /// pem or spiffe.
+        #[arg(long, default_value = "pem", value_parser = ["pem", "spiffe"])]
+        format: String,
+        /// Print each new version as it is published.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Revoke one certificate.
+    Revoke {
+        /// Serial, lowercase hex.
+        serial: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Load generator against a running CA: issuance throughput and latency.
+    Bench {
+        /// Certificates to issue.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Concurrent workers.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Certificates per request (more than 1 uses the batch endpoint).
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        /// Trust bundle long polls to hold open during the run.
+        #[arg(long, default_value_t = 0)]
+        watchers: usize,
+    },
+    /// Print the identity in a certificate file.
+    Inspect {
+        /// PEM file (the first certificate is shown) or a DER certificate.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lanyard token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a one-time join token.
+    Create {
+        /// Only `cell`.
+        #[arg(long, default_value = "cell")]
+        role: String,
+        /// The cell's name.
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. 15m.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+    },
+}
+
+/// `lanyard authority ...`
+#[derive(Debug, Subcommand)]
+pub enum AuthorityCommand {
+    /// List generations.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prepare a new generation.
+    Prepare {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Activate a prepared generation.
+    Activate {
+        /// Generation id.
+        id: String,
+        /// Skip the propagation delay.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire a retiring generation.
+    Retire {
+        /// Generation id.
+        id: String,
+        /// Retire although it signed certificates that are still valid.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `lanyard cert ...`
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Issue a component certificate: key made here, CSR sent, files written.
+    Component {
+        /// Component name, e.g. gorouter.
+        #[arg(long)]
+        name: String,
+        /// Output directory (cert.pem, key.pem, trust-bundle.pem).
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, e.g. 24h.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+/// `lanyard credential ...`
+#[derive(Debug, Subcommand)]
+pub enum CredentialCommand {
+    /// Renew an operator credential directory in place (new key, same name).
+    Renew,
+}

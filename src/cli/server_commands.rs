@@ -1,0 +1,51 @@
+//! Commands that run the CA itself: `init` and `serve`.
+
+use std::sync::Arc;
+
+use super::args::Cli;
+use super::{load_config, Failure};
+use crate::ca::Ca;
+
+/// `lanyard init`.
+pub(super) fn init(cli: &Cli) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let (_, report) = Ca::init(&config)?;
+    print_init_report(&report);
+    Ok(())
+}
+
+fn print_init_report(r: &crate::ca::InitReport) {
+    if let Some(k) = &r.generated_kek {
+        eprintln!(
+            "lanyard: generated a new key-encryption key in {} (mode 0600); keep it safe, the state cannot be opened without it",
+            k.display()
+        );
+    }
+    eprintln!(
+        "lanyard: initialized; operator credential in {}",
+        r.operator_credential.display()
+    );
+}
+
+/// `lanyard serve`: opens the CA and serves until SIGINT/SIGTERM.
+pub(super) async fn serve(cli: &Cli) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let addr = config.listen.address;
+    let (ca, report) = tokio::task::spawn_blocking(move || Ca::open(&config))
+        .await
+        .map_err(Failure::runtime)??;
+    if let Some(r) = &report {
+        print_init_report(r);
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::runtime(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(Failure::runtime)?;
+    tracing::info!(address = %local, trust_domain = %ca.config.trust_domain, "lanyard serving on https://{local}");
+    crate::runtime::announce_listening(&format!("https://{local}"));
+    crate::http::serve(Arc::new(ca), listener, crate::runtime::shutdown_signal())
+        .await
+        .map_err(Failure::runtime)?;
+    tracing::info!("lanyard stopped");
+    Ok(())
+}
