@@ -109,6 +109,8 @@ impl Agent {
     }
 }
 
+/// Gathers requests for up to `window` after the first; holds only a weak reference so the
+/// agent can drop.
 pub(super) async fn batcher(
     agent: std::sync::Weak<Agent>,
     mut rx: mpsc::Receiver<BatchItem>,

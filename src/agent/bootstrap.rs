@@ -42,6 +42,7 @@ impl CellCredential {
     }
 }
 
+/// Renews the cell credential at its renewal time, and after a failure with backoff.
 pub(super) async fn cell_renewal_loop(agent: Arc<Agent>) {
     let mut failures = 0u32;
     loop {

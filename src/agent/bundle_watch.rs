@@ -8,6 +8,8 @@ use super::renewal::backoff;
 use super::Agent;
 use crate::x509::inspect::parse_pem_certs;
 
+/// Follows the CA's bundle for the agent's life; failures back off, capped at 10s so a
+/// rotation is noticed soon after the CA comes back.
 pub(super) async fn bundle_loop(agent: Arc<Agent>) {
     let mut failures = 0u32;
     loop {

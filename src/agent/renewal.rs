@@ -27,6 +27,8 @@ pub(super) fn backoff(failures: u32, max: Duration) -> Duration {
     jitter(exp.min(max))
 }
 
+/// Renews every instance whose time has come, each in its own task so one slow renewal
+/// never delays the others.
 pub(super) async fn renewal_loop(agent: Arc<Agent>) {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
