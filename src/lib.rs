@@ -1,29 +1,57 @@
 //! Lanyard: an instance-identity certificate authority for container platforms.
 //!
 //! See `ARCHITECTURE.md` for the map of this crate.
+//!
+//! Features: `full` (the default) builds everything. An app that only needs manual mTLS
+//! builds `default-features = false, features = ["mtls"]`: [`mtls`] and the [`ids`],
+//! [`timefmt`] and [`x509`] modules it stands on, without the server's dependencies.
 #![forbid(unsafe_code)]
 
-pub mod agent;
-pub mod api;
-pub mod atomic_dir;
-pub mod authority;
-pub mod bench;
-pub mod ca;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod credential_dir;
-pub mod duration;
-pub mod fsutil;
-pub mod http;
+// The kit: what an app links (`mtls`), and the modules every build shares.
 pub mod ids;
-pub mod keys;
-pub mod metrics;
+#[cfg(feature = "mtls")]
 pub mod mtls;
-pub mod problem;
-pub mod rotation;
-pub mod runtime;
-pub mod store;
 pub mod timefmt;
-pub mod tls_provider;
 pub mod x509;
+
+// The product: CA server, agent, CLI and client (`full`).
+#[cfg(feature = "full")]
+pub mod agent;
+#[cfg(feature = "full")]
+pub mod api;
+#[cfg(feature = "full")]
+pub mod atomic_dir;
+#[cfg(feature = "full")]
+pub mod authority;
+#[cfg(feature = "full")]
+pub mod bench;
+#[cfg(feature = "full")]
+pub mod ca;
+#[cfg(feature = "full")]
+pub mod cli;
+#[cfg(feature = "full")]
+pub mod client;
+#[cfg(feature = "full")]
+pub mod config;
+#[cfg(feature = "full")]
+pub mod credential_dir;
+#[cfg(feature = "full")]
+pub mod duration;
+#[cfg(feature = "full")]
+pub mod fsutil;
+#[cfg(feature = "full")]
+pub mod http;
+#[cfg(feature = "full")]
+pub mod keys;
+#[cfg(feature = "full")]
+pub mod metrics;
+#[cfg(feature = "full")]
+pub mod problem;
+#[cfg(feature = "full")]
+pub mod rotation;
+#[cfg(feature = "full")]
+pub mod runtime;
+#[cfg(feature = "full")]
+pub mod store;
+#[cfg(feature = "full")]
+pub mod tls_provider;

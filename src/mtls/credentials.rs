@@ -10,7 +10,9 @@ use tokio::sync::watch;
 
 use super::files::{self, CredentialPaths, Material};
 use super::identity::PeerIdentity;
-use super::verify::{CurrentCertificate, CurrentClientVerifier, CurrentServerVerifier};
+use super::verify::{
+    CurrentCertificate, CurrentClientVerifier, CurrentServerVerifier, MaterialSource,
+};
 use super::{provider, MtlsError};
 
 /// How often [`Credentials`] looks at its files by default. The agent renews certificates
@@ -58,7 +60,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// State shared by the handle, the watcher and the rustls callbacks.
-pub(crate) struct Shared {
+struct Shared {
     paths: CredentialPaths,
     current: RwLock<Arc<Material>>,
     status: watch::Sender<CertificateStatus>,
@@ -68,15 +70,16 @@ pub(crate) struct Shared {
     reloading: Mutex<Option<[u8; 32]>>,
 }
 
-impl Shared {
-    /// The set in use.
-    pub(crate) fn material(&self) -> Arc<Material> {
+impl MaterialSource for Shared {
+    fn material(&self) -> Arc<Material> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
 
+impl Shared {
     /// Loads the files if their content differs from the set in use; `Ok(true)` when a new
     /// set was swapped in. `retry_rejected` decides whether content that already failed to
     /// load is tried again (the watcher does not; an explicit reload does).

@@ -1,4 +1,8 @@
 //! rustls callbacks that consult the current credential set on every handshake.
+//!
+//! They see the credential only through [`MaterialSource`], so this module depends on the
+//! files layer alone and `credentials` (which owns the swapping) depends on it, not the
+//! other way round.
 
 use std::sync::Arc;
 
@@ -11,14 +15,24 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use super::credentials::Shared;
+use super::files::Material;
+
+/// Where the callbacks get the credential set in use; implemented by the live credential.
+pub(crate) trait MaterialSource: Send + Sync {
+    /// The set in use now. Called once per handshake step, so it must be cheap.
+    fn material(&self) -> Arc<Material>;
+}
+
+/// The shared handle the callbacks keep. Holding it (not a copy of the set) is what lets a
+/// configuration follow the files, and keeps the credential's watcher alive.
+type Source = Arc<dyn MaterialSource>;
 
 /// Presents the current certificate, as a server and as a client.
-pub(crate) struct CurrentCertificate(Arc<Shared>);
+pub(crate) struct CurrentCertificate(Source);
 
 impl CurrentCertificate {
     /// Wraps the shared credential state.
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Source) -> Self {
         CurrentCertificate(shared)
     }
 }
@@ -53,13 +67,13 @@ impl ResolvesClientCert for CurrentCertificate {
 /// Requires a client certificate and verifies it with a WebPKI verifier built from the
 /// current trust bundle.
 pub(crate) struct CurrentClientVerifier {
-    shared: Arc<Shared>,
+    shared: Source,
     provider: Arc<CryptoProvider>,
 }
 
 impl CurrentClientVerifier {
     /// Wraps the shared credential state; `provider` checks handshake signatures.
-    pub(crate) fn new(shared: Arc<Shared>, provider: Arc<CryptoProvider>) -> Self {
+    pub(crate) fn new(shared: Source, provider: Arc<CryptoProvider>) -> Self {
         CurrentClientVerifier { shared, provider }
     }
 }
@@ -133,11 +147,11 @@ impl ClientCertVerifier for CurrentClientVerifier {
 }
 
 /// Verifies a server's chain and name with a WebPKI verifier built from the current bundle.
-pub(crate) struct CurrentServerVerifier(Arc<Shared>);
+pub(crate) struct CurrentServerVerifier(Source);
 
 impl CurrentServerVerifier {
     /// Wraps the shared credential state.
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Source) -> Self {
         CurrentServerVerifier(shared)
     }
 }

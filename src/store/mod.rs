@@ -1,6 +1,8 @@
 //! Durable state behind a trait, so the embedded store (sled) and a shared SQL store can sit
 //! behind the same CA. Every write method returns only once the change is durable.
 
+#[cfg(any(test, feature = "store-conformance"))]
+pub mod conformance;
 mod records;
 mod sled_store;
 
@@ -20,6 +22,9 @@ pub enum StoreError {
     /// A certificate with this serial is already recorded.
     #[error("serial {0} is already recorded")]
     SerialExists(Serial),
+    /// No certificate with this serial is recorded.
+    #[error("no certificate with serial {0} is recorded")]
+    NotFound(Serial),
     /// The backend failed (I/O, lock held by another process, ...).
     #[error("storage backend: {0}")]
     Backend(String),
@@ -33,42 +38,54 @@ pub enum StoreError {
     },
 }
 
-/// What every storage backend provides. Write methods are durable before they return.
+/// What every storage backend provides. Write methods are durable before they return: what
+/// they wrote is there after the process stops and the store is opened again.
+///
+/// The `conformance` module (compiled for unit tests and with the `store-conformance`
+/// feature) checks each promise below; every backend runs it.
 pub trait Store: Send + Sync + 'static {
-    /// Reads a small metadata value (`initialized`, `kek_check`, ...).
+    /// Reads a small metadata value (`initialized`, `kek_check`, ...); `None` if never written.
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Writes a small metadata value.
+    /// Writes a small metadata value, replacing the previous one.
     fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
 
-    /// All authority generations, oldest first, and the trust bundle sequence.
+    /// All authority generations, oldest (lowest id) first, and the trust bundle sequence
+    /// (0 in a fresh store).
     fn load_authorities(&self) -> Result<(Vec<AuthorityRecord>, u64), StoreError>;
-    /// Writes changed generations and the bundle sequence in one atomic, durable step.
+    /// Writes changed generations (replacing those with the same id; others stay) and the
+    /// bundle sequence in one atomic, durable step.
     fn save_authorities(
         &self,
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
     ) -> Result<(), StoreError>;
 
-    /// Records issued certificates. Fails without writing anything if a serial is taken.
+    /// Records issued certificates, all or none: if a serial is already recorded, or named
+    /// twice in `records`, it fails with [`StoreError::SerialExists`] and writes nothing.
     fn insert_certificates(&self, records: &[CertificateRecord]) -> Result<(), StoreError>;
-    /// One certificate record.
+    /// One certificate record; `None` for a serial never recorded.
     fn get_certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError>;
-    /// Replaces an existing record (revocation).
+    /// Replaces an existing record (revocation), keeping it findable by the same queries;
+    /// [`StoreError::NotFound`] (writing nothing) if the serial was never recorded.
     fn update_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError>;
-    /// Records matching `query`, newest first.
+    /// Records matching every filter of `query`, newest (latest notBefore) first, at most
+    /// `query.limit`.
     fn query_certificates(
         &self,
         query: &CertificateQuery,
     ) -> Result<Vec<CertificateRecord>, StoreError>;
-    /// Revoked certificates a generation signed: serial and revocation time.
+    /// Revoked certificates a generation signed: serial and revocation time, as the current
+    /// records say.
     fn revoked(&self, id: AuthorityId) -> Result<Vec<(Serial, SystemTime)>, StoreError>;
-    /// The latest notAfter among certificates a generation signed.
+    /// The latest notAfter among every certificate a generation signed (credentials
+    /// included, revoked or not); `None` before its first.
     fn last_leaf_not_after(&self, id: AuthorityId) -> Result<Option<SystemTime>, StoreError>;
 
     /// Stores a join token under the hash of its secret.
     fn insert_join_token(&self, hash: &[u8], token: &JoinTokenRecord) -> Result<(), StoreError>;
     /// Reads a join token without spending it.
     fn get_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
-    /// Removes and returns a join token: a second call for the same hash gets `None`.
+    /// Removes and returns a join token: of any number of calls for the same hash, even
+    /// concurrent ones, exactly one gets it; the others get `None`.
     fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
 }

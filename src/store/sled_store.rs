@@ -7,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
 
 use super::{
     AuthorityRecord, CertificateQuery, CertificateRecord, JoinTokenRecord, Store, StoreError,
@@ -170,47 +172,51 @@ impl Store for SledStore {
     }
 
     fn insert_certificates(&self, records: &[CertificateRecord]) -> Result<(), StoreError> {
-        let mut inserted: Vec<Serial> = Vec::with_capacity(records.len());
-        for r in records {
-            let res = self
-                .certs
-                .compare_and_swap(r.serial.as_bytes(), None as Option<&[u8]>, Some(encode(r)?))
-                .map_err(backend)?;
-            if res.is_err() {
-                // Undo what this call wrote so a failed batch leaves no trace.
-                for s in &inserted {
-                    let _ = self.certs.remove(s.as_bytes());
-                }
-                return Err(StoreError::SerialExists(r.serial));
-            }
-            inserted.push(r.serial);
-        }
-        for r in records {
-            if let Some(g) = &r.instance_guid {
-                self.by_instance
-                    .insert(index_key(g.as_str(), &r.serial), &[])
-                    .map_err(backend)?;
-            }
-            if let Some(g) = &r.app_guid {
-                self.by_app
-                    .insert(index_key(g.as_str(), &r.serial), &[])
-                    .map_err(backend)?;
-            }
-            let mut tk = nanos(r.not_before).to_be_bytes().to_vec();
-            tk.extend_from_slice(r.serial.as_bytes());
-            self.by_time.insert(tk, &[]).map_err(backend)?;
-            let na = nanos(r.not_after);
-            self.leaf_max
-                .fetch_and_update(r.authority_id.0.to_be_bytes(), |old| {
-                    let cur = old
-                        .and_then(|o| <[u8; 8]>::try_from(o).ok())
+        let encoded = records.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        // One transaction over the record and every index: a taken serial aborts it with
+        // nothing written, a crash cannot leave a record without its indexes, and no reader
+        // sees a batch half written. The transaction reads its own writes, so a serial named
+        // twice in one batch aborts it too.
+        let result = (
+            &self.certs,
+            &self.by_instance,
+            &self.by_app,
+            &self.by_time,
+            &self.leaf_max,
+        )
+            .transaction(|(certs, by_instance, by_app, by_time, leaf_max)| {
+                for (r, value) in records.iter().zip(&encoded) {
+                    if certs.get(r.serial.as_bytes())?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(r.serial));
+                    }
+                    certs.insert(&r.serial.as_bytes()[..], value.as_slice())?;
+                    if let Some(g) = &r.instance_guid {
+                        by_instance.insert(index_key(g.as_str(), &r.serial), &[][..])?;
+                    }
+                    if let Some(g) = &r.app_guid {
+                        by_app.insert(index_key(g.as_str(), &r.serial), &[][..])?;
+                    }
+                    let mut tk = nanos(r.not_before).to_be_bytes().to_vec();
+                    tk.extend_from_slice(r.serial.as_bytes());
+                    by_time.insert(tk, &[][..])?;
+                    let key = r.authority_id.0.to_be_bytes();
+                    let current = leaf_max
+                        .get(key)?
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
                         .map(u64::from_be_bytes)
                         .unwrap_or(0);
-                    Some(cur.max(na).to_be_bytes().to_vec())
-                })
-                .map_err(backend)?;
+                    let na = nanos(r.not_after);
+                    if na > current {
+                        leaf_max.insert(&key[..], &na.to_be_bytes()[..])?;
+                    }
+                }
+                Ok(())
+            });
+        match result {
+            Ok(()) => self.durable(),
+            Err(TransactionError::Abort(serial)) => Err(StoreError::SerialExists(serial)),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
         }
-        self.durable()
     }
 
     fn get_certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError> {
@@ -221,20 +227,31 @@ impl Store for SledStore {
     }
 
     fn update_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError> {
-        self.certs
-            .insert(record.serial.as_bytes(), encode(record)?)
-            .map_err(backend)?;
-        let mut key = record.authority_id.0.to_be_bytes().to_vec();
-        key.extend_from_slice(record.serial.as_bytes());
-        match record.revoked_at {
-            Some(at) => self
-                .revoked
-                .insert(key, &nanos(at).to_be_bytes())
-                .map(|_| ()),
-            None => self.revoked.remove(key).map(|_| ()),
+        let value = encode(record)?;
+        let mut revoked_key = record.authority_id.0.to_be_bytes().to_vec();
+        revoked_key.extend_from_slice(record.serial.as_bytes());
+        // The record and the revocation index change together, and only for a recorded
+        // serial: an update must never create a record that the indexes do not know.
+        let result = (&self.certs, &self.revoked).transaction(|(certs, revoked)| {
+            if certs.get(record.serial.as_bytes())?.is_none() {
+                return Err(ConflictableTransactionError::Abort(record.serial));
+            }
+            certs.insert(&record.serial.as_bytes()[..], value.as_slice())?;
+            match record.revoked_at {
+                Some(at) => {
+                    revoked.insert(revoked_key.as_slice(), &nanos(at).to_be_bytes()[..])?;
+                }
+                None => {
+                    revoked.remove(revoked_key.as_slice())?;
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => self.durable(),
+            Err(TransactionError::Abort(serial)) => Err(StoreError::NotFound(serial)),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
         }
-        .map_err(backend)?;
-        self.durable()
     }
 
     fn query_certificates(
@@ -339,7 +356,6 @@ fn scan_index(tree: &sled::Tree, prefix: &str) -> Result<Vec<Serial>, StoreError
 mod tests {
     use super::*;
     use crate::store::{CertificateKind, GenerationState};
-    use std::time::Duration;
 
     fn record(instance: &str, app: &str, not_after: SystemTime) -> CertificateRecord {
         CertificateRecord {
@@ -357,59 +373,6 @@ mod tests {
             revoked_at: None,
             revocation_reason: None,
         }
-    }
-
-    #[test]
-    fn a_serial_can_be_recorded_only_once() {
-        let s = SledStore::temporary().unwrap();
-        let r = record("a1", "b1", SystemTime::now());
-        s.insert_certificates(std::slice::from_ref(&r)).unwrap();
-        assert!(matches!(
-            s.insert_certificates(&[r]).unwrap_err(),
-            StoreError::SerialExists(_)
-        ));
-    }
-
-    #[test]
-    fn records_are_found_by_instance_and_app_newest_first() {
-        let s = SledStore::temporary().unwrap();
-        let now = SystemTime::now();
-        let a = record("a1", "b1", now);
-        let mut b = record("a1", "b2", now + Duration::from_secs(100));
-        b.not_before = now + Duration::from_secs(1);
-        let c = record("a2", "b2", now);
-        s.insert_certificates(&[a.clone(), b.clone(), c.clone()])
-            .unwrap();
-        let q = |i: Option<&str>, app: Option<&str>| CertificateQuery {
-            instance_guid: i.map(|x| x.parse().unwrap()),
-            app_guid: app.map(|x| x.parse().unwrap()),
-            limit: 100,
-        };
-        let r = s.query_certificates(&q(Some("a1"), None)).unwrap();
-        assert_eq!(
-            r.iter().map(|r| r.serial).collect::<Vec<_>>(),
-            vec![b.serial, a.serial]
-        );
-        assert_eq!(s.query_certificates(&q(None, Some("b2"))).unwrap().len(), 2);
-        assert_eq!(
-            s.query_certificates(&q(Some("a1"), Some("b2")))
-                .unwrap()
-                .len(),
-            1
-        );
-        assert_eq!(s.query_certificates(&q(None, None)).unwrap().len(), 3);
-        assert_eq!(
-            s.last_leaf_not_after(AuthorityId(1))
-                .unwrap()
-                .unwrap()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-            (now + Duration::from_secs(100))
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        );
     }
 
     #[test]
@@ -445,18 +408,45 @@ mod tests {
         assert_eq!(all.len(), 200);
     }
 
-    #[test]
-    fn a_join_token_can_be_taken_once() {
-        let s = SledStore::temporary().unwrap();
-        let t = JoinTokenRecord {
-            name: "cell-1".parse().unwrap(),
-            created_by: "op".into(),
-            created_at: SystemTime::now(),
-            expires_at: SystemTime::now(),
-        };
-        s.insert_join_token(b"h", &t).unwrap();
-        assert!(s.take_join_token(b"h").unwrap().is_some());
-        assert!(s.take_join_token(b"h").unwrap().is_none());
+    /// Fresh stores in numbered directories under one temporary directory; a reopen drops
+    /// the store (releasing sled's lock) and opens its directory again.
+    struct SledHarness {
+        root: tempfile::TempDir,
+        opened: usize,
+        current: Option<std::path::PathBuf>,
+    }
+
+    impl SledHarness {
+        fn new() -> Self {
+            SledHarness {
+                root: tempfile::tempdir().unwrap(),
+                opened: 0,
+                current: None,
+            }
+        }
+    }
+
+    impl crate::store::conformance::Harness for SledHarness {
+        type Store = SledStore;
+
+        fn open_fresh(&mut self) -> Result<SledStore, StoreError> {
+            self.opened += 1;
+            let dir = self.root.path().join(format!("store-{}", self.opened));
+            let store = SledStore::open(&dir)?;
+            self.current = Some(dir);
+            Ok(store)
+        }
+
+        fn reopen(&mut self, store: SledStore) -> Result<SledStore, StoreError> {
+            drop(store);
+            let dir = self.current.clone().expect("reopen after open_fresh");
+            SledStore::open(&dir)
+        }
+    }
+
+    mod conformance {
+        use super::SledHarness;
+        crate::store_conformance_tests!(SledHarness::new());
     }
 
     #[test]

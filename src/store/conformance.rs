@@ -1,0 +1,977 @@
+//! The promises every [`Store`] backend keeps, as checks any backend can run.
+//!
+//! A backend provides a [`Harness`] (open a fresh, empty store; reopen the same data) and
+//! generates one `#[test]` per promise with [`store_conformance_tests!`](crate::store_conformance_tests),
+//! so a failure names the promise that broke:
+//!
+//! ```ignore
+//! #[cfg(test)]
+//! mod conformance {
+//!     lanyard::store_conformance_tests!(MyHarness::new());
+//! }
+//! ```
+//!
+//! The checks write only whole-second times, the precision every store keeps (records carry
+//! RFC 3339 times without fractions). They return a [`Violation`] instead of panicking, so
+//! they can also run outside a test harness (behind the `store-conformance` feature), for
+//! example against a live database in an integration test.
+
+use std::collections::HashSet;
+use std::sync::Barrier;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{
+    AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
+    GenerationState, JoinTokenRecord, Store, StoreError,
+};
+use crate::ids::{AuthorityId, Guid, Name, Serial};
+
+/// Opens stores of one backend for the checks.
+pub trait Harness {
+    /// The backend under test.
+    type Store: Store;
+
+    /// Opens a fresh, empty store. Every call must give a store that shares nothing with the
+    /// stores of earlier calls.
+    fn open_fresh(&mut self) -> Result<Self::Store, StoreError>;
+
+    /// Closes `store` (drops it, ends its connections) and opens the same data again, as a
+    /// restarted process would.
+    fn reopen(&mut self, store: Self::Store) -> Result<Self::Store, StoreError>;
+}
+
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Violation {
+    /// The backend answered an error where the promise says it succeeds.
+    #[error("unexpected store error: {0}")]
+    Store(#[from] StoreError),
+    /// The backend answered, but not what the promise says.
+    #[error("{0}")]
+    Broken(String),
+    /// The check could not build its test data (a bug in the check, not in the backend).
+    #[error("test setup: {0}")]
+    Setup(String),
+}
+
+/// Fails the check with a message unless `cond` holds.
+macro_rules! promise {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(Violation::Broken(format!($($msg)+)));
+        }
+    };
+}
+
+/// Generates one `#[test]` per store promise, each running its check against a harness made
+/// by `$harness` (an expression evaluated once per test).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($harness:expr) => {
+        $crate::store_conformance_tests!(@each $harness;
+            meta_values_read_back_and_keys_are_independent,
+            authorities_start_empty_with_sequence_zero,
+            saved_authorities_and_the_sequence_read_back_together,
+            authorities_are_listed_oldest_first,
+            inserted_certificates_read_back_field_for_field,
+            a_taken_serial_fails_the_whole_batch_and_writes_nothing,
+            a_serial_repeated_within_one_batch_fails_and_writes_nothing,
+            updating_a_certificate_replaces_it_and_keeps_it_findable,
+            updating_an_unknown_serial_fails_and_writes_nothing,
+            queries_filter_by_instance_and_app,
+            queries_answer_newest_first_within_the_limit,
+            revoked_lists_the_revocations_of_that_generation_only,
+            last_leaf_not_after_is_the_latest_of_each_generation,
+            a_join_token_is_read_without_spending_it_and_taken_once,
+            of_concurrent_takes_of_one_join_token_exactly_one_wins,
+            everything_written_is_there_after_reopening,
+        );
+    };
+    (@each $harness:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let mut harness = $harness;
+                if let Err(violation) = $crate::store::conformance::$check(&mut harness) {
+                    panic!("{}: {}", stringify!($check), violation);
+                }
+            }
+        )*
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Test data. Whole seconds from a fixed origin, so every backend can keep them exactly.
+
+fn at(seconds: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+}
+
+fn guid(s: &str) -> Result<Guid, Violation> {
+    s.parse()
+        .map_err(|e| Violation::Setup(format!("GUID {s}: {e}")))
+}
+
+fn name(s: &str) -> Result<Name, Violation> {
+    s.parse()
+        .map_err(|e| Violation::Setup(format!("name {s}: {e}")))
+}
+
+fn serial() -> Result<Serial, Violation> {
+    Serial::random().map_err(|_| Violation::Setup("no random serial".into()))
+}
+
+/// An instance certificate of `instance`/`app` signed by `authority`.
+fn instance(
+    instance: &str,
+    app: &str,
+    authority: u32,
+    not_before: u64,
+    not_after: u64,
+) -> Result<CertificateRecord, Violation> {
+    Ok(CertificateRecord {
+        serial: serial()?,
+        kind: CertificateKind::Instance,
+        instance_guid: Some(guid(instance)?),
+        app_guid: Some(guid(app)?),
+        space_guid: Some(guid("5ace")?),
+        organization_guid: Some(guid("0a9")?),
+        name: None,
+        requested_by: "spiffe://lanyard.internal/lanyard/cell/cell-1".into(),
+        authority_id: AuthorityId(authority),
+        not_before: at(not_before),
+        not_after: at(not_after),
+        revoked_at: None,
+        revocation_reason: None,
+    })
+}
+
+/// A cell credential (no instance, no app) signed by `authority`.
+fn credential(
+    cell: &str,
+    authority: u32,
+    not_before: u64,
+    not_after: u64,
+) -> Result<CertificateRecord, Violation> {
+    Ok(CertificateRecord {
+        serial: serial()?,
+        kind: CertificateKind::Cell,
+        instance_guid: None,
+        app_guid: None,
+        space_guid: None,
+        organization_guid: None,
+        name: Some(name(cell)?),
+        requested_by: "join-token created by operator".into(),
+        authority_id: AuthorityId(authority),
+        not_before: at(not_before),
+        not_after: at(not_after),
+        revoked_at: None,
+        revocation_reason: None,
+    })
+}
+
+fn ca_key(tag: u8, not_after: u64) -> CaKeyRecord {
+    CaKeyRecord {
+        certificate: vec![0x30, tag, 1, 2, 3],
+        sealed_key: vec![tag; 40],
+        not_after: at(not_after),
+        issued_at: Some(at(0)),
+    }
+}
+
+fn authority(id: u32, state: GenerationState) -> AuthorityRecord {
+    let tag = id as u8;
+    AuthorityRecord {
+        id: AuthorityId(id),
+        state,
+        created_at: at(u64::from(id)),
+        published_at: Some(at(u64::from(id) + 1)),
+        activated_at: None,
+        retiring_at: None,
+        retired_at: None,
+        root: ca_key(tag, 1_000_000),
+        intermediates: vec![ca_key(tag.wrapping_add(100), 100_000)],
+    }
+}
+
+fn token(cell: &str, expires: u64) -> Result<JoinTokenRecord, Violation> {
+    Ok(JoinTokenRecord {
+        name: name(cell)?,
+        created_by: "spiffe://lanyard.internal/lanyard/operator/admin".into(),
+        created_at: at(0),
+        expires_at: at(expires),
+    })
+}
+
+fn query(
+    instance: Option<&str>,
+    app: Option<&str>,
+    limit: usize,
+) -> Result<CertificateQuery, Violation> {
+    Ok(CertificateQuery {
+        instance_guid: instance.map(guid).transpose()?,
+        app_guid: app.map(guid).transpose()?,
+        limit,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Comparisons (the records do not derive `PartialEq`: a sealed key is not compared lightly
+// in production code).
+
+fn same_ca_key(a: &CaKeyRecord, b: &CaKeyRecord) -> bool {
+    a.certificate == b.certificate
+        && a.sealed_key == b.sealed_key
+        && a.not_after == b.not_after
+        && a.issued_at == b.issued_at
+}
+
+fn same_authority(a: &AuthorityRecord, b: &AuthorityRecord) -> bool {
+    a.id == b.id
+        && a.state == b.state
+        && a.created_at == b.created_at
+        && a.published_at == b.published_at
+        && a.activated_at == b.activated_at
+        && a.retiring_at == b.retiring_at
+        && a.retired_at == b.retired_at
+        && same_ca_key(&a.root, &b.root)
+        && a.intermediates.len() == b.intermediates.len()
+        && a.intermediates
+            .iter()
+            .zip(&b.intermediates)
+            .all(|(x, y)| same_ca_key(x, y))
+}
+
+fn same_cert(a: &CertificateRecord, b: &CertificateRecord) -> bool {
+    a.serial == b.serial
+        && a.kind == b.kind
+        && a.instance_guid == b.instance_guid
+        && a.app_guid == b.app_guid
+        && a.space_guid == b.space_guid
+        && a.organization_guid == b.organization_guid
+        && a.name == b.name
+        && a.requested_by == b.requested_by
+        && a.authority_id == b.authority_id
+        && a.not_before == b.not_before
+        && a.not_after == b.not_after
+        && a.revoked_at == b.revoked_at
+        && a.revocation_reason == b.revocation_reason
+}
+
+fn same_token(a: &JoinTokenRecord, b: &JoinTokenRecord) -> bool {
+    a.name == b.name
+        && a.created_by == b.created_by
+        && a.created_at == b.created_at
+        && a.expires_at == b.expires_at
+}
+
+fn serials(records: &[CertificateRecord]) -> Vec<Serial> {
+    records.iter().map(|r| r.serial).collect()
+}
+
+/// The stored record for `expected.serial` equals `expected`.
+fn stored_as<S: Store>(store: &S, expected: &CertificateRecord) -> Result<(), Violation> {
+    match store.get_certificate(&expected.serial)? {
+        Some(got) => {
+            promise!(
+                same_cert(&got, expected),
+                "certificate {} reads back as {got:?}, expected {expected:?}",
+                expected.serial
+            );
+            Ok(())
+        }
+        None => Err(Violation::Broken(format!(
+            "certificate {} was recorded but is not found",
+            expected.serial
+        ))),
+    }
+}
+
+/// Nothing at all is stored for `serial`: not the record, and not in any query or index.
+fn absent<S: Store>(store: &S, serial: &Serial, what: &str) -> Result<(), Violation> {
+    promise!(
+        store.get_certificate(serial)?.is_none(),
+        "{what}: certificate {serial} must not be recorded"
+    );
+    let all = store.query_certificates(&query(None, None, 10_000)?)?;
+    promise!(
+        !all.iter().any(|r| r.serial == *serial),
+        "{what}: certificate {serial} must not appear in queries"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Metadata.
+
+/// `get_meta` answers `None` for a key never written and the last value written otherwise;
+/// keys do not affect each other.
+pub fn meta_values_read_back_and_keys_are_independent<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    promise!(
+        s.get_meta("initialized")?.is_none(),
+        "a key never written reads as None"
+    );
+    s.put_meta("initialized", b"1")?;
+    s.put_meta("kek_check", &[0, 255, 7])?;
+    s.put_meta("empty", b"")?;
+    promise!(
+        s.get_meta("initialized")?.as_deref() == Some(&b"1"[..]),
+        "a written value reads back"
+    );
+    promise!(
+        s.get_meta("kek_check")?.as_deref() == Some(&[0, 255, 7][..]),
+        "binary values read back byte for byte"
+    );
+    promise!(
+        s.get_meta("empty")?.as_deref() == Some(&b""[..]),
+        "an empty value is stored, not the same as no value"
+    );
+    s.put_meta("initialized", b"2")?;
+    promise!(
+        s.get_meta("initialized")?.as_deref() == Some(&b"2"[..]),
+        "a second put replaces the value"
+    );
+    promise!(
+        s.get_meta("kek_check")?.as_deref() == Some(&[0, 255, 7][..]),
+        "writing one key leaves another alone"
+    );
+    promise!(
+        s.get_meta("initialize")?.is_none(),
+        "a prefix of a key is a different key"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Authorities.
+
+/// A fresh store has no generations and bundle sequence 0.
+pub fn authorities_start_empty_with_sequence_zero<H: Harness>(h: &mut H) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let (all, seq) = s.load_authorities()?;
+    promise!(
+        all.is_empty() && seq == 0,
+        "a fresh store loads no generations and sequence 0, got {} and {seq}",
+        all.len()
+    );
+    Ok(())
+}
+
+/// `save_authorities` writes the changed generations and the sequence together; unchanged
+/// generations stay as they were; saving none still moves the sequence.
+pub fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let mut one = authority(1, GenerationState::Active);
+    one.activated_at = Some(at(5));
+    s.save_authorities(std::slice::from_ref(&one), 1)?;
+    let (all, seq) = s.load_authorities()?;
+    promise!(
+        seq == 1 && all.len() == 1 && same_authority(&all[0], &one),
+        "the saved generation and sequence read back (got {} generations, sequence {seq})",
+        all.len()
+    );
+
+    let two = authority(2, GenerationState::Prepared);
+    s.save_authorities(std::slice::from_ref(&two), 2)?;
+    let (all, seq) = s.load_authorities()?;
+    promise!(
+        seq == 2 && all.len() == 2,
+        "saving another generation keeps the first (got {} generations, sequence {seq})",
+        all.len()
+    );
+    promise!(
+        same_authority(&all[0], &one) && same_authority(&all[1], &two),
+        "both generations read back as saved"
+    );
+
+    // Activation: both change in one step.
+    let mut one_retiring = one.clone();
+    one_retiring.state = GenerationState::Retiring;
+    one_retiring.retiring_at = Some(at(50));
+    let mut two_active = two.clone();
+    two_active.state = GenerationState::Active;
+    two_active.activated_at = Some(at(50));
+    two_active.intermediates.push(ca_key(77, 200_000));
+    s.save_authorities(&[one_retiring.clone(), two_active.clone()], 3)?;
+    let (all, seq) = s.load_authorities()?;
+    promise!(
+        seq == 3
+            && all.len() == 2
+            && same_authority(&all[0], &one_retiring)
+            && same_authority(&all[1], &two_active),
+        "a save of two changed generations replaces both and the sequence"
+    );
+
+    s.save_authorities(&[], 4)?;
+    let (all, seq) = s.load_authorities()?;
+    promise!(
+        seq == 4 && all.len() == 2 && same_authority(&all[1], &two_active),
+        "saving no generation moves only the sequence"
+    );
+    Ok(())
+}
+
+/// `load_authorities` lists generations by id, oldest first, whatever order they were saved in
+/// (and past 9, so an ordering by text would show).
+pub fn authorities_are_listed_oldest_first<H: Harness>(h: &mut H) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    for (i, id) in [10, 2, 1, 11, 3].into_iter().enumerate() {
+        s.save_authorities(&[authority(id, GenerationState::Retired)], i as u64 + 1)?;
+    }
+    let (all, seq) = s.load_authorities()?;
+    let ids: Vec<u32> = all.iter().map(|a| a.id.0).collect();
+    promise!(
+        ids == [1, 2, 3, 10, 11],
+        "generations load oldest first, got {ids:?}"
+    );
+    promise!(seq == 5, "the last sequence saved wins, got {seq}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Certificates.
+
+/// Every field of an inserted record reads back; an unknown serial reads as `None`.
+pub fn inserted_certificates_read_back_field_for_field<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let a = instance("a1", "b1", 1, 10, 100)?;
+    let b = credential("cell-1", 1, 11, 200)?;
+    let mut c = instance("a2", "b1", 2, 12, 300)?;
+    c.revoked_at = Some(at(20));
+    c.revocation_reason = Some("key compromise".into());
+    s.insert_certificates(&[a.clone(), b.clone()])?;
+    s.insert_certificates(std::slice::from_ref(&c))?;
+    s.insert_certificates(&[])?;
+    for r in [&a, &b, &c] {
+        stored_as(&s, r)?;
+    }
+    promise!(
+        s.get_certificate(&serial()?)?.is_none(),
+        "an unknown serial reads as None"
+    );
+    Ok(())
+}
+
+/// `insert_certificates` with a serial already recorded fails with `SerialExists` and writes
+/// none of the batch: no record, no query hit, no effect on `last_leaf_not_after`; the record
+/// already there is not replaced.
+pub fn a_taken_serial_fails_the_whole_batch_and_writes_nothing<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let first = instance("a1", "b1", 1, 10, 100)?;
+    s.insert_certificates(std::slice::from_ref(&first))?;
+
+    // The taken serial in the middle of the batch, then first.
+    for position in [1, 0, 2] {
+        let mut batch = vec![
+            instance("a2", "b2", 1, 20, 5_000)?,
+            credential("cell-2", 1, 21, 6_000)?,
+        ];
+        let mut dup = instance("a3", "b3", 1, 22, 7_000)?;
+        dup.serial = first.serial;
+        dup.requested_by = "someone else".into();
+        batch.insert(position, dup);
+        match s.insert_certificates(&batch) {
+            Err(StoreError::SerialExists(taken)) => promise!(
+                taken == first.serial,
+                "SerialExists names the taken serial {}, got {taken}",
+                first.serial
+            ),
+            Err(e) => return Err(e.into()),
+            Ok(()) => {
+                return Err(Violation::Broken(format!(
+                    "a batch with a taken serial (at position {position}) was accepted"
+                )))
+            }
+        }
+        for r in batch.iter().filter(|r| r.serial != first.serial) {
+            absent(&s, &r.serial, "a failed batch")?;
+        }
+        stored_as(&s, &first)?;
+        let by_instance = s.query_certificates(&query(Some("a3"), None, 100)?)?;
+        promise!(
+            by_instance.is_empty(),
+            "a failed batch leaves nothing in the instance index"
+        );
+        let last = s.last_leaf_not_after(AuthorityId(1))?;
+        promise!(
+            last == Some(at(100)),
+            "a failed batch does not move last_leaf_not_after (got {last:?})"
+        );
+    }
+    Ok(())
+}
+
+/// A batch that names one serial twice fails with `SerialExists` and writes nothing.
+pub fn a_serial_repeated_within_one_batch_fails_and_writes_nothing<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let a = instance("a1", "b1", 1, 10, 100)?;
+    let b = instance("a2", "b1", 1, 11, 200)?;
+    let mut again = instance("a3", "b1", 1, 12, 300)?;
+    again.serial = a.serial;
+    match s.insert_certificates(&[a.clone(), b.clone(), again]) {
+        Err(StoreError::SerialExists(taken)) => {
+            promise!(taken == a.serial, "SerialExists names the repeated serial")
+        }
+        Err(e) => return Err(e.into()),
+        Ok(()) => {
+            return Err(Violation::Broken(
+                "a batch naming one serial twice was accepted".into(),
+            ))
+        }
+    }
+    absent(&s, &a.serial, "a batch with a repeated serial")?;
+    absent(&s, &b.serial, "a batch with a repeated serial")?;
+    promise!(
+        s.last_leaf_not_after(AuthorityId(1))?.is_none(),
+        "a failed batch does not set last_leaf_not_after"
+    );
+    // The serial is still free.
+    s.insert_certificates(std::slice::from_ref(&a))?;
+    stored_as(&s, &a)?;
+    Ok(())
+}
+
+/// `update_certificate` replaces the record (revocation and back); the record stays findable
+/// by its instance and app, once; `revoked` follows the record.
+pub fn updating_a_certificate_replaces_it_and_keeps_it_findable<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let mut r = instance("a1", "b1", 1, 10, 100)?;
+    let other = instance("a1", "b1", 1, 11, 100)?;
+    s.insert_certificates(&[r.clone(), other.clone()])?;
+    r.revoked_at = Some(at(50));
+    r.revocation_reason = Some("superseded".into());
+    s.update_certificate(&r)?;
+    stored_as(&s, &r)?;
+    stored_as(&s, &other)?;
+    let found = s.query_certificates(&query(Some("a1"), Some("b1"), 100)?)?;
+    promise!(
+        serials(&found) == [other.serial, r.serial],
+        "an updated record is found once by its instance and app"
+    );
+    promise!(
+        found.get(1).is_some_and(|f| same_cert(f, &r)),
+        "queries answer the updated record"
+    );
+    let revoked = s.revoked(AuthorityId(1))?;
+    promise!(
+        revoked == [(r.serial, at(50))],
+        "revoked lists the revocation, got {revoked:?}"
+    );
+
+    r.revoked_at = None;
+    r.revocation_reason = None;
+    s.update_certificate(&r)?;
+    stored_as(&s, &r)?;
+    promise!(
+        s.revoked(AuthorityId(1))?.is_empty(),
+        "revoked follows the record when a revocation is undone"
+    );
+    Ok(())
+}
+
+/// `update_certificate` of a serial never recorded fails with `NotFound` and records nothing.
+pub fn updating_an_unknown_serial_fails_and_writes_nothing<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let mut r = instance("a1", "b1", 1, 10, 100)?;
+    r.revoked_at = Some(at(20));
+    match s.update_certificate(&r) {
+        Err(StoreError::NotFound(missing)) => {
+            promise!(missing == r.serial, "NotFound names the serial")
+        }
+        Err(e) => return Err(e.into()),
+        Ok(()) => {
+            return Err(Violation::Broken(
+                "updating a serial never recorded succeeded".into(),
+            ))
+        }
+    }
+    absent(&s, &r.serial, "a failed update")?;
+    promise!(
+        s.revoked(AuthorityId(1))?.is_empty(),
+        "a failed update records no revocation"
+    );
+    Ok(())
+}
+
+/// Queries filter by instance, by app, by both (and), or not at all.
+pub fn queries_filter_by_instance_and_app<H: Harness>(h: &mut H) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let a1b1 = instance("a1", "b1", 1, 10, 100)?;
+    let a1b2 = instance("a1", "b2", 1, 11, 100)?;
+    let a2b2 = instance("a2", "b2", 1, 12, 100)?;
+    // A GUID that extends another must not match it.
+    let a11b1 = instance("a1-1", "b1-1", 1, 13, 100)?;
+    let cell = credential("cell-1", 1, 14, 100)?;
+    s.insert_certificates(&[a1b1.clone(), a1b2.clone(), a2b2.clone()])?;
+    s.insert_certificates(&[a11b1.clone(), cell.clone()])?;
+
+    let cases: [(Option<&str>, Option<&str>, Vec<Serial>); 7] = [
+        (Some("a1"), None, vec![a1b2.serial, a1b1.serial]),
+        (Some("a2"), None, vec![a2b2.serial]),
+        (None, Some("b2"), vec![a2b2.serial, a1b2.serial]),
+        (None, Some("b1"), vec![a1b1.serial]),
+        (Some("a1"), Some("b2"), vec![a1b2.serial]),
+        (Some("a2"), Some("b1"), vec![]),
+        (Some("ffff"), None, vec![]),
+    ];
+    for (i, a, expected) in cases {
+        let got = serials(&s.query_certificates(&query(i, a, 100)?)?);
+        promise!(
+            got == expected,
+            "query instance={i:?} app={a:?} answers {got:?}, expected {expected:?}"
+        );
+    }
+    let all = s.query_certificates(&query(None, None, 100)?)?;
+    promise!(
+        serials(&all)
+            == [
+                cell.serial,
+                a11b1.serial,
+                a2b2.serial,
+                a1b2.serial,
+                a1b1.serial
+            ],
+        "a query without filters answers every record, credentials included"
+    );
+    Ok(())
+}
+
+/// Queries answer the newest records first (latest notBefore), at most `limit` of them, and
+/// the limit keeps the newest, not the first inserted.
+pub fn queries_answer_newest_first_within_the_limit<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let mut by_age = Vec::new();
+    for nb in 0..6u64 {
+        by_age.push(instance("a1", "b1", 1, 100 + nb * 10, 10_000)?);
+    }
+    // Inserted out of order, across batches.
+    let order = [3usize, 0, 5, 1, 4, 2];
+    s.insert_certificates(&[by_age[order[0]].clone(), by_age[order[1]].clone()])?;
+    for &i in &order[2..] {
+        s.insert_certificates(std::slice::from_ref(&by_age[i]))?;
+    }
+    let newest: Vec<Serial> = by_age.iter().rev().map(|r| r.serial).collect();
+
+    for (i, a) in [
+        (None, None),
+        (Some("a1"), None),
+        (None, Some("b1")),
+        (Some("a1"), Some("b1")),
+    ] {
+        for limit in [0usize, 1, 3, 6, 100] {
+            let got = serials(&s.query_certificates(&query(i, a, limit)?)?);
+            let expected = &newest[..limit.min(newest.len())];
+            promise!(
+                got == expected,
+                "query instance={i:?} app={a:?} limit={limit} answers {got:?}, expected the \
+                 newest first {expected:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `revoked` lists serial and revocation time of the revoked certificates of one generation,
+/// and nothing of other generations or of certificates not revoked.
+pub fn revoked_lists_the_revocations_of_that_generation_only<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let g1a = instance("a1", "b1", 1, 10, 100)?;
+    let g1b = credential("cell-1", 1, 11, 100)?;
+    let g1c = instance("a2", "b1", 1, 12, 100)?;
+    let g2a = instance("a3", "b1", 2, 13, 100)?;
+    s.insert_certificates(&[g1a.clone(), g1b.clone(), g1c.clone(), g2a.clone()])?;
+    promise!(
+        s.revoked(AuthorityId(1))?.is_empty(),
+        "nothing is revoked before a revocation"
+    );
+    let revoke = |mut r: CertificateRecord, when: u64| -> Result<(), Violation> {
+        r.revoked_at = Some(at(when));
+        s.update_certificate(&r)?;
+        Ok(())
+    };
+    revoke(g1a.clone(), 40)?;
+    revoke(g1b.clone(), 41)?;
+    revoke(g2a.clone(), 42)?;
+
+    let mut one = s.revoked(AuthorityId(1))?;
+    one.sort();
+    let mut expected = vec![(g1a.serial, at(40)), (g1b.serial, at(41))];
+    expected.sort();
+    promise!(
+        one == expected,
+        "revoked(1) answers {one:?}, expected {expected:?}"
+    );
+    let two = s.revoked(AuthorityId(2))?;
+    promise!(two == [(g2a.serial, at(42))], "revoked(2) answers {two:?}");
+    promise!(
+        s.revoked(AuthorityId(3))?.is_empty(),
+        "a generation that signed nothing has no revocations"
+    );
+    Ok(())
+}
+
+/// `last_leaf_not_after` is the latest notAfter among every certificate a generation signed
+/// (credentials included), `None` before the first; an earlier one does not lower it, and a
+/// revocation does not change it.
+pub fn last_leaf_not_after_is_the_latest_of_each_generation<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    promise!(
+        s.last_leaf_not_after(AuthorityId(1))?.is_none(),
+        "a generation that signed nothing has no last notAfter"
+    );
+    let g1 = instance("a1", "b1", 1, 10, 1_000)?;
+    s.insert_certificates(std::slice::from_ref(&g1))?;
+    s.insert_certificates(&[
+        instance("a2", "b1", 1, 11, 500)?,
+        instance("a3", "b1", 2, 12, 9_000)?,
+    ])?;
+    let got = s.last_leaf_not_after(AuthorityId(1))?;
+    promise!(
+        got == Some(at(1_000)),
+        "an earlier notAfter does not lower it (got {got:?})"
+    );
+    let cell = credential("cell-1", 1, 13, 3_000)?;
+    s.insert_certificates(std::slice::from_ref(&cell))?;
+    let got = s.last_leaf_not_after(AuthorityId(1))?;
+    promise!(
+        got == Some(at(3_000)),
+        "credentials count like instance certificates (got {got:?})"
+    );
+    let got = s.last_leaf_not_after(AuthorityId(2))?;
+    promise!(
+        got == Some(at(9_000)),
+        "each generation has its own (got {got:?})"
+    );
+    let mut revoked = cell.clone();
+    revoked.revoked_at = Some(at(20));
+    s.update_certificate(&revoked)?;
+    let got = s.last_leaf_not_after(AuthorityId(1))?;
+    promise!(
+        got == Some(at(3_000)),
+        "a revocation does not change it (got {got:?})"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Join tokens.
+
+/// A join token reads back under its hash as often as asked; `take` answers it once and
+/// then `None`, and afterwards it cannot be read either. Tokens do not affect each other.
+pub fn a_join_token_is_read_without_spending_it_and_taken_once<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    promise!(
+        s.get_join_token(b"missing")?.is_none(),
+        "an unknown hash reads as None"
+    );
+    promise!(
+        s.take_join_token(b"missing")?.is_none(),
+        "an unknown hash is taken as None"
+    );
+    let t1 = token("cell-1", 900)?;
+    let t2 = token("cell-2", 1_800)?;
+    s.insert_join_token(&[1; 32], &t1)?;
+    s.insert_join_token(&[2; 32], &t2)?;
+    for _ in 0..2 {
+        let got = s.get_join_token(&[1; 32])?;
+        promise!(
+            got.as_ref().is_some_and(|g| same_token(g, &t1)),
+            "get reads the token without spending it (got {got:?})"
+        );
+    }
+    let got = s.take_join_token(&[1; 32])?;
+    promise!(
+        got.as_ref().is_some_and(|g| same_token(g, &t1)),
+        "the first take answers the token (got {got:?})"
+    );
+    promise!(
+        s.take_join_token(&[1; 32])?.is_none(),
+        "a second take answers None"
+    );
+    promise!(
+        s.get_join_token(&[1; 32])?.is_none(),
+        "a taken token cannot be read"
+    );
+    let got = s.get_join_token(&[2; 32])?;
+    promise!(
+        got.as_ref().is_some_and(|g| same_token(g, &t2)),
+        "taking one token leaves another"
+    );
+    Ok(())
+}
+
+/// Threads that take the same join token at the same moment: exactly one gets it.
+pub fn of_concurrent_takes_of_one_join_token_exactly_one_wins<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const THREADS: usize = 8;
+    const ROUNDS: u8 = 10;
+    let s = h.open_fresh()?;
+    for round in 0..ROUNDS {
+        let hash = [round; 32];
+        s.insert_join_token(&hash, &token("cell-1", 900)?)?;
+        let start = Barrier::new(THREADS);
+        let answers: Vec<Result<bool, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        s.take_join_token(&hash).map(|t| t.is_some())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|t| match t.join() {
+                    Ok(answer) => answer.map_err(|e| e.to_string()),
+                    Err(_) => Err("a taking thread panicked".to_string()),
+                })
+                .collect()
+        });
+        let mut winners = 0;
+        for a in answers {
+            match a {
+                Ok(true) => winners += 1,
+                Ok(false) => {}
+                Err(e) => return Err(Violation::Broken(format!("a concurrent take failed: {e}"))),
+            }
+        }
+        promise!(
+            winners == 1,
+            "{winners} of {THREADS} concurrent takes got the token (round {round})"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Durability.
+
+/// Everything a write method returned from is there after the store is closed and opened
+/// again: metadata, generations and sequence, records with their indexes, revocations,
+/// notAfter bounds, join tokens (and the absence of taken ones); serials stay taken.
+pub fn everything_written_is_there_after_reopening<H: Harness>(h: &mut H) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.put_meta("initialized", b"yes")?;
+    let one = authority(1, GenerationState::Retiring);
+    let two = authority(2, GenerationState::Active);
+    s.save_authorities(&[one.clone(), two.clone()], 7)?;
+    let a = instance("a1", "b1", 1, 10, 1_000)?;
+    let b = instance("a2", "b1", 2, 20, 2_000)?;
+    let mut c = credential("cell-1", 2, 30, 3_000)?;
+    s.insert_certificates(&[a.clone(), b.clone()])?;
+    s.insert_certificates(std::slice::from_ref(&c))?;
+    c.revoked_at = Some(at(40));
+    c.revocation_reason = Some("cell decommissioned".into());
+    s.update_certificate(&c)?;
+    let kept = token("cell-2", 900)?;
+    s.insert_join_token(b"kept", &kept)?;
+    s.insert_join_token(b"spent", &token("cell-3", 900)?)?;
+    promise!(
+        s.take_join_token(b"spent")?.is_some(),
+        "the token to spend is there"
+    );
+
+    let s = h.reopen(s)?;
+    promise!(
+        s.get_meta("initialized")?.as_deref() == Some(&b"yes"[..]),
+        "metadata survives a reopen"
+    );
+    let (all, seq) = s.load_authorities()?;
+    promise!(
+        seq == 7
+            && all.len() == 2
+            && same_authority(&all[0], &one)
+            && same_authority(&all[1], &two),
+        "generations and the sequence survive a reopen (got {} and {seq})",
+        all.len()
+    );
+    for r in [&a, &b, &c] {
+        stored_as(&s, r)?;
+    }
+    let found = serials(&s.query_certificates(&query(None, Some("b1"), 100)?)?);
+    promise!(
+        found == [b.serial, a.serial],
+        "the app index survives a reopen (got {found:?})"
+    );
+    let found = serials(&s.query_certificates(&query(Some("a1"), None, 100)?)?);
+    promise!(
+        found == [a.serial],
+        "the instance index survives a reopen (got {found:?})"
+    );
+    let found = serials(&s.query_certificates(&query(None, None, 100)?)?);
+    promise!(
+        found == [c.serial, b.serial, a.serial],
+        "the time order survives a reopen (got {found:?})"
+    );
+    let revoked = s.revoked(AuthorityId(2))?;
+    promise!(
+        revoked == [(c.serial, at(40))],
+        "revocations survive a reopen (got {revoked:?})"
+    );
+    promise!(
+        s.last_leaf_not_after(AuthorityId(1))? == Some(at(1_000))
+            && s.last_leaf_not_after(AuthorityId(2))? == Some(at(3_000)),
+        "last notAfter bounds survive a reopen"
+    );
+    let got = s.get_join_token(b"kept")?;
+    promise!(
+        got.as_ref().is_some_and(|g| same_token(g, &kept)),
+        "an unspent join token survives a reopen"
+    );
+    promise!(
+        s.take_join_token(b"spent")?.is_none(),
+        "a spent join token stays spent after a reopen"
+    );
+    let mut again = instance("a9", "b9", 2, 50, 50)?;
+    again.serial = a.serial;
+    promise!(
+        matches!(
+            s.insert_certificates(&[again]),
+            Err(StoreError::SerialExists(_))
+        ),
+        "a recorded serial stays taken after a reopen"
+    );
+
+    // And what is written after a reopen survives the next one.
+    let d = instance("a4", "b4", 2, 60, 4_000)?;
+    s.insert_certificates(std::slice::from_ref(&d))?;
+    let s = h.reopen(s)?;
+    stored_as(&s, &d)?;
+    promise!(
+        s.last_leaf_not_after(AuthorityId(2))? == Some(at(4_000)),
+        "writes after a reopen survive the next reopen"
+    );
+    let distinct: HashSet<Serial> = serials(&s.query_certificates(&query(None, None, 100)?)?)
+        .into_iter()
+        .collect();
+    promise!(
+        distinct.len() == 4,
+        "each record is there once after two reopens (got {})",
+        distinct.len()
+    );
+    Ok(())
+}
