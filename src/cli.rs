@@ -355,7 +355,7 @@ async fn serve(cli: &Cli) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(Failure::runtime)?;
-    tracing::info!(address = %local, trust_domain = %ca.config.trust_domain, "lanyard serving on https://{local}");
+    tracing::info!(address = %local, trust_domain = %ca.config().trust_domain, "lanyard serving on https://{local}");
     crate::http::serve(Arc::new(ca), listener, shutdown_signal())
         .await
         .map_err(Failure::runtime)?;
@@ -539,7 +539,7 @@ async fn client_command(cli: &Cli) -> Result<(), Failure> {
             print!("{}", report.render(&opts));
         }
         Command::Revoke { serial, reason } => {
-            let r: crate::store::CertificateRecord = client
+            let r: api::CertificateView = client
                 .post(
                     &format!("/v1/certificates/{serial}/revoke"),
                     &api::RevokeRequest {
