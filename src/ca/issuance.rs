@@ -90,7 +90,7 @@ impl Ca {
 
     /// Validates an instance request into a [`LeafRequest`] (verifying the CSR last, as it
     /// is the most expensive check).
-    pub fn instance_leaf(
+    fn instance_leaf(
         &self,
         caller: &Role,
         r: &api::InstanceCertificateRequest,

@@ -9,7 +9,7 @@
 //! `error.rs` holds the errors, `issuance.rs` certificate requests, `join.rs` join tokens,
 //! `certificates.rs` records and revocation, `authorities.rs` generations, rotation steps, the
 //! bundle and CRLs, `local_credentials.rs` the server certificate and operator credential,
-//! `status.rs` readiness and metrics; this file opens and initializes the state.
+//! `status.rs` metrics; this file opens and initializes the state.
 
 mod authorities;
 mod certificates;
