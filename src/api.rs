@@ -1,7 +1,9 @@
 //! Wire types of the HTTP API, shared by the server, the CLI, the agent and tests.
 //!
 //! Requests keep identifiers as strings: a request that parses as JSON but carries a bad
-//! GUID is a 422 naming the field, not a 400, so parsing into newtypes happens in [`crate::ca`].
+//! GUID is a 422 naming the field, not a 400, so parsing into newtypes happens in the CA
+//! service. Answers are plain data too, never storage records: the server converts its
+//! records into these, so the wire format changes only when this file does.
 
 use serde::{Deserialize, Serialize};
 
@@ -231,7 +233,41 @@ pub struct AuthoritiesResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CertificatesResponse {
     /// Records, newest first.
-    pub certificates: Vec<crate::store::CertificateRecord>,
+    pub certificates: Vec<CertificateView>,
+}
+
+/// An issued certificate's record as the API shows it (`GET /v1/certificates`, and the
+/// answer of revoke).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// Lowercase hex serial.
+    pub serial: String,
+    /// `instance`, `cell`, `operator`, `component` or `server`.
+    pub kind: String,
+    /// Instance GUID (instances), or null.
+    pub instance_guid: Option<String>,
+    /// App GUID (instances), or null.
+    pub app_guid: Option<String>,
+    /// Space GUID (instances), or null.
+    pub space_guid: Option<String>,
+    /// Organization GUID (instances), or null.
+    pub organization_guid: Option<String>,
+    /// Name (cells, operators, components, server), or null.
+    pub name: Option<String>,
+    /// Who asked: a SPIFFE ID, `join-token created by <operator>`, `lanyard init` or
+    /// `lanyard server`.
+    pub requested_by: String,
+    /// Signing generation.
+    pub authority_id: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// RFC 3339 or null.
+    pub revoked_at: Option<String>,
+    /// The operator's reason; absent unless revoked with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<String>,
 }
 
 /// RFC 9457 problem details.

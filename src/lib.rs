@@ -12,6 +12,8 @@ pub mod ids;
 #[cfg(feature = "mtls")]
 pub mod mtls;
 pub mod timefmt;
+#[cfg(feature = "mtls")]
+pub mod tls_provider;
 pub mod x509;
 
 // The product: CA server, agent, CLI and client (`full`).
@@ -53,5 +55,3 @@ pub mod rotation;
 pub mod runtime;
 #[cfg(feature = "full")]
 pub mod store;
-#[cfg(feature = "full")]
-pub mod tls_provider;

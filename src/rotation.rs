@@ -1,7 +1,9 @@
-//! The rotation state machine (contract section 4) as pure functions over generation records.
+//! The rotation state machine (prepared, active, retiring, retired) as pure functions over
+//! generation records.
 //!
-//! Nothing here touches keys or storage: [`crate::authority::Authority`] calls these under its
-//! write lock and persists the result before answering, which keeps the rules testable alone.
+//! Nothing here touches keys or storage, and nothing here calls back into the authority: the
+//! authority calls these under its write lock and persists the result before answering, which
+//! keeps the rules testable alone and the dependency one-way.
 
 use std::time::{Duration, SystemTime};
 

@@ -1,4 +1,5 @@
-//! The crypto provider of client-side TLS configurations.
+//! The one crypto provider (ring) of every TLS configuration in the crate: the server, the
+//! clients and the mTLS kit.
 
 use std::sync::Arc;
 

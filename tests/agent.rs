@@ -352,10 +352,7 @@ async fn a_restarted_agent_resumes_without_joining_again() {
     let cells = records
         .certificates
         .iter()
-        .filter(|c| {
-            c.kind == lanyard::store::CertificateKind::Cell
-                && c.name.as_ref().map(|n| n.as_str()) == Some("cell-r")
-        })
+        .filter(|c| c.kind == "cell" && c.name.as_deref() == Some("cell-r"))
         .count();
     assert_eq!(cells, 1, "the restart minted a new cell credential");
 }

@@ -591,7 +591,7 @@ async fn nobody_but_the_ca_can_get_a_certificate_that_passes_for_the_ca_server()
         .collect();
     let key =
         rustls::pki_types::PrivateKeyDer::Pkcs8(pem::parse(&key).unwrap().into_contents().into());
-    let cfg = rustls::ServerConfig::builder_with_provider(lanyard::http::tls::provider())
+    let cfg = rustls::ServerConfig::builder_with_provider(lanyard::tls_provider::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

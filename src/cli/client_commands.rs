@@ -156,7 +156,7 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
             print!("{}", report.render(&opts));
         }
         Command::Revoke { serial, reason } => {
-            let r: crate::store::CertificateRecord = client
+            let r: api::CertificateView = client
                 .post(
                     &format!("/v1/certificates/{serial}/revoke"),
                     &api::RevokeRequest {

@@ -41,7 +41,7 @@ pub(super) async fn serve(cli: &Cli) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(Failure::runtime)?;
-    tracing::info!(address = %local, trust_domain = %ca.config.trust_domain, "lanyard serving on https://{local}");
+    tracing::info!(address = %local, trust_domain = %ca.config().trust_domain, "lanyard serving on https://{local}");
     crate::runtime::announce_listening(&format!("https://{local}"));
     crate::http::serve(Arc::new(ca), listener, crate::runtime::shutdown_signal())
         .await

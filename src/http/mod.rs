@@ -1,9 +1,16 @@
 //! The HTTPS API: routes, handlers, the TLS accept loop.
+//!
+//! This layer talks to [`crate::ca::Ca`] only: `handlers/` (one file per resource) parse and
+//! authorize requests, `views.rs` turns the CA's data into wire types, `problem.rs` maps
+//! errors to statuses, `tls.rs` holds the server certificate and identifies peers,
+//! `server.rs` is the accept loop and `maintenance.rs` the background duties.
 
 pub mod handlers;
+mod maintenance;
 pub mod problem;
 pub mod server;
 pub mod tls;
+pub mod views;
 
 pub use handlers::{router, AppState};
 pub use server::serve;
@@ -12,12 +19,9 @@ pub use server::serve;
 /// steps); request failures are [`crate::ca::CaError`]s rendered by [`problem`].
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Issuing or storing one of the server's own credentials failed.
+    /// A CA use case failed: one of the server's own credentials, or a rotation step.
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
-    /// A rotation step failed.
-    #[error(transparent)]
-    Authority(#[from] crate::authority::AuthorityError),
     /// A certificate or key could not be loaded into rustls.
     #[error("TLS credential: {0}")]
     Credential(String),

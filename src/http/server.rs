@@ -1,5 +1,5 @@
-//! The accept loop and the server's background duties: keeping its own certificate and the
-//! local operator credential fresh, and running the automatic rotation schedule.
+//! The accept loop: TLS handshakes, the peer's identity, HTTP/1.1 connections, and a graceful
+//! stop. The background duties it starts live in [`super::maintenance`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +10,10 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::handlers::{router, AppState};
+use super::maintenance::{maintenance_loop, rotation_loop};
 use super::tls::{identify, server_config, Caller, ServerCert};
 use super::ServeError;
 use crate::ca::Ca;
-use crate::rotation::Step;
 
 /// Most connections served at once; beyond it, accepting waits (back-pressure instead of
 /// running out of file descriptors).
@@ -37,11 +37,11 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let state = Arc::new(AppState::new(ca.clone(), server_cert));
     let app = router(state.clone());
-    refresh_local_credentials(&state).await;
+    state.refresh_local_credentials().await;
 
     let maintenance = tokio::spawn(maintenance_loop(state.clone()));
     let scheduler = ca
-        .config
+        .config()
         .rotation
         .automatic
         .then(|| tokio::spawn(rotation_loop(state.clone())));
@@ -136,137 +136,3 @@ pub async fn serve(
 
 /// How long a stopping server waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Re-issues the server certificate and the local operator credential when they are past
-/// two thirds of their life or signed by a generation that is no longer active, and keeps
-/// the operator's `trust-bundle.pem` equal to the published bundle.
-pub async fn refresh_local_credentials(st: &Arc<AppState>) {
-    let st2 = st.clone();
-    let res = tokio::task::spawn_blocking(move || refresh_blocking(&st2)).await;
-    match res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "refreshing local credentials failed; will retry"),
-        Err(e) => tracing::warn!(error = %e, "refresh task failed"),
-    }
-}
-
-/// Renews the active intermediate under the same root when a third of its life is left, so
-/// issuance never runs into its end, whether or not the rotation schedule is on.
-fn renew_intermediate_if_due(st: &AppState) -> Result<(), ServeError> {
-    let (gens, _) = st.ca.authority.generations()?;
-    let now = std::time::SystemTime::now();
-    let due = gens
-        .iter()
-        .find(|(g, _)| g.state == crate::store::GenerationState::Active)
-        .and_then(|(g, _)| crate::rotation::intermediate_due(g, now).map(|why| (g.id, why)));
-    if let Some((id, why)) = due {
-        st.ca.authority.renew_intermediate(id)?;
-        tracing::info!(authority = %id, reason = %why, "intermediate renewed");
-    }
-    Ok(())
-}
-
-fn refresh_blocking(st: &AppState) -> Result<(), ServeError> {
-    // The activate handler and the maintenance loop may both refresh at once; one at a time,
-    // or both would reissue and their files could interleave.
-    let _one_at_a_time = st.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
-    renew_intermediate_if_due(st)?;
-    let ca = &st.ca;
-    if !ca.credential_is_fresh(&st.server_cert.record()) {
-        let cred = ca.issue_server_certificate()?;
-        ca.store_server_certificate(&cred)?;
-        st.server_cert.replace(&cred)?;
-        tracing::info!(serial = %cred.record.serial, authority = %cred.record.authority_id, "server certificate renewed");
-    }
-    let dir = ca.config.operator_credential_dir();
-    let cert_path = dir.join("cert.pem");
-    let Ok(pem_text) = std::fs::read(&cert_path) else {
-        return Ok(());
-    };
-    let bundle_pem = ca.authority.bundle().pem();
-    let needs_new = match crate::x509::inspect::parse_pem_certs(&pem_text)
-        .ok()
-        .and_then(|c| c.into_iter().next())
-        .and_then(|d| crate::x509::inspect::CertInfo::from_der(&d).ok())
-        .and_then(|i| i.serial.parse::<crate::ids::Serial>().ok())
-        .and_then(|s| ca.store.get_certificate(&s).ok().flatten())
-    {
-        Some(rec) => {
-            if ca.credential_is_fresh(&rec) {
-                None
-            } else {
-                rec.name
-            }
-        }
-        None => None,
-    };
-    if let Some(name) = needs_new {
-        let rec = ca.write_operator_credential(&dir, &name, "lanyard server")?;
-        tracing::info!(serial = %rec.serial, authority = %rec.authority_id, dir = %dir.display(), "local operator credential renewed");
-    } else if std::fs::read_to_string(dir.join("trust-bundle.pem"))
-        .ok()
-        .as_deref()
-        != Some(bundle_pem.as_str())
-    {
-        crate::fsutil::write_atomic(&dir.join("trust-bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
-    }
-    Ok(())
-}
-
-async fn maintenance_loop(st: Arc<AppState>) {
-    let mut rx = st.ca.authority.subscribe();
-    let every = st
-        .ca
-        .config
-        .rotation
-        .check_interval
-        .0
-        .min(Duration::from_secs(30));
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            r = rx.changed() => if r.is_err() { return },
-        }
-        refresh_local_credentials(&st).await;
-    }
-}
-
-async fn rotation_loop(st: Arc<AppState>) {
-    let every = st.ca.config.rotation.check_interval.0;
-    loop {
-        tokio::time::sleep(every).await;
-        let ca = st.ca.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<Option<Step>, ServeError> {
-            let step = ca.authority.next_scheduled_step()?;
-            match &step {
-                Some(Step::Prepare(why)) => {
-                    let g = ca.authority.prepare()?;
-                    tracing::info!(authority = %g.id, reason = %why, "automatic rotation: prepared");
-                }
-                Some(Step::Activate(id, why, deadline)) => {
-                    // The rules are checked again under the authority's lock; only the
-                    // five-sixths deadline may override the propagation delay.
-                    ca.authority.activate(*id, *deadline)?;
-                    tracing::info!(authority = %id, reason = %why, "automatic rotation: activated");
-                }
-                Some(Step::Retire(id, why)) => {
-                    ca.authority.retire(*id, false)?;
-                    tracing::info!(authority = %id, reason = %why, "automatic rotation: retired");
-                }
-                Some(Step::RenewIntermediate(id, why)) => {
-                    ca.authority.renew_intermediate(*id)?;
-                    tracing::info!(authority = %id, reason = %why, "automatic rotation: intermediate renewed");
-                }
-                None => {}
-            }
-            Ok(step)
-        })
-        .await;
-        match res {
-            Ok(Ok(Some(_))) => refresh_local_credentials(&st).await,
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "automatic rotation step failed; will retry"),
-            Err(e) => tracing::warn!(error = %e, "rotation task failed"),
-        }
-    }
-}

@@ -14,14 +14,10 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 use super::ServeError;
-use crate::ca::{Ca, LocalCredential};
+use crate::ca::{Ca, CertificateRecord, LocalCredential};
 use crate::ids::{Role, Serial};
+use crate::tls_provider::provider;
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
-
-/// The ring crypto provider, shared by every TLS config in the crate.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// Builds a rustls `CertifiedKey` from a PEM chain and a PKCS#8 PEM key.
 pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, ServeError> {
@@ -44,7 +40,7 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, Ser
 #[derive(Debug)]
 pub struct ServerCert {
     current: RwLock<Arc<CertifiedKey>>,
-    record: RwLock<crate::store::CertificateRecord>,
+    record: RwLock<CertificateRecord>,
 }
 
 impl ServerCert {
@@ -65,7 +61,7 @@ impl ServerCert {
     }
 
     /// The record of the certificate in use.
-    pub fn record(&self) -> crate::store::CertificateRecord {
+    pub fn record(&self) -> CertificateRecord {
         self.record
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -196,7 +192,7 @@ impl Caller {
     /// changed since the handshake), which is CPU work to keep off the async runtime.
     pub fn needs_chain_check(&self, ca: &Ca) -> bool {
         matches!(&self.identity, PeerIdentity::Verified { bundle_sequence, .. }
-            if *bundle_sequence != ca.authority.bundle().sequence)
+            if *bundle_sequence != ca.bundle().sequence)
     }
 
     /// The caller's identity *now*: a connection may outlive its certificate, its root (a
@@ -213,7 +209,7 @@ impl Caller {
                 if std::time::SystemTime::now() >= *not_after {
                     return PeerIdentity::Untrusted("client certificate has expired".into());
                 }
-                if *bundle_sequence != ca.authority.bundle().sequence {
+                if *bundle_sequence != ca.bundle().sequence {
                     return identify(ca, &self.certs);
                 }
                 if let Some(s) = serial {
@@ -241,7 +237,7 @@ pub fn identify(ca: &Ca, certs: &[CertificateDer<'static>]) -> PeerIdentity {
     let Some((leaf, intermediates)) = certs.split_first() else {
         return PeerIdentity::Anonymous;
     };
-    let bundle = ca.authority.bundle();
+    let bundle = ca.bundle();
     let anchors: Vec<_> = bundle
         .roots
         .iter()
@@ -279,10 +275,11 @@ pub fn identify(ca: &Ca, certs: &[CertificateDer<'static>]) -> PeerIdentity {
     if info.uris.len() != 1 {
         return PeerIdentity::Untrusted("client certificate must carry exactly one URI SAN".into());
     }
-    let Some(role) = Role::from_spiffe_id(&info.uris[0], &ca.config.trust_domain) else {
+    let Some(role) = Role::from_spiffe_id(&info.uris[0], &ca.config().trust_domain) else {
         return PeerIdentity::Untrusted(format!(
             "client certificate's SPIFFE ID {} names no role in {}",
-            info.uris[0], ca.config.trust_domain
+            info.uris[0],
+            ca.config().trust_domain
         ));
     };
     let serial: Option<Serial> = info.serial.parse().ok();

@@ -13,7 +13,8 @@ use super::identity::PeerIdentity;
 use super::verify::{
     CurrentCertificate, CurrentClientVerifier, CurrentServerVerifier, MaterialSource,
 };
-use super::{provider, MtlsError};
+use super::MtlsError;
+use crate::tls_provider::provider;
 
 /// How often [`Credentials`] looks at its files by default. The agent renews certificates
 /// long before they expire and publishes a new root long before it signs anything, so a

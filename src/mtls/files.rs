@@ -16,7 +16,8 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use zeroize::Zeroizing;
 
-use super::{provider, MtlsError};
+use super::MtlsError;
+use crate::tls_provider::provider;
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
 
 /// The certificate file in an instance credential directory: leaf, then intermediate.

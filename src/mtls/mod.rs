@@ -98,10 +98,6 @@ pub enum MtlsError {
     Watcher(std::io::Error),
 }
 
-/// The ring crypto provider; every configuration of this module uses it.
-fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// The guide for apps, compiled so that its Rust snippets stay true (`cargo test --doc`).
 #[doc = include_str!("../../docs/apps.md")]

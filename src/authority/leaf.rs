@@ -1,0 +1,235 @@
+//! Leaf issuance: what to sign (decided by the caller from validated input), the signing
+//! with the active intermediate, and the durable record.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use x509_cert::spki::SubjectPublicKeyInfoOwned;
+
+use super::keys::LoadedCa;
+use super::{read_lock, Authority, AuthorityError};
+use crate::ids::{AuthorityId, Guid, Serial};
+use crate::keys::KeyError;
+use crate::store::{CertificateKind, CertificateRecord, StoreError};
+use crate::x509::build::{self, Attr, CertSpec, Profile, Signer};
+
+/// Everything about one leaf to sign, decided by the caller from validated input.
+#[derive(Debug, Clone)]
+pub struct LeafRequest {
+    /// Record kind.
+    pub kind: CertificateKind,
+    /// Subject key (from a verified CSR or a locally generated key).
+    pub public_key: SubjectPublicKeyInfoOwned,
+    /// RSA subject keys get keyEncipherment.
+    pub key_encipherment: bool,
+    /// Subject attributes, in order.
+    pub subject: Vec<(SubjectAttr, String)>,
+    /// DNS SANs.
+    pub dns: Vec<String>,
+    /// IP SANs.
+    pub ips: Vec<IpAddr>,
+    /// The SPIFFE ID.
+    pub uri: String,
+    /// Requested lifetime (already checked against the configured limits).
+    pub ttl: Duration,
+    /// Instance identity, for the record.
+    pub instance: Option<InstanceIds>,
+    /// Name (cells, operators, components, server), for the record.
+    pub name: Option<crate::ids::Name>,
+    /// Who asked, for the record.
+    pub requested_by: String,
+}
+
+/// Subject attribute kinds a leaf may carry.
+#[derive(Debug, Clone, Copy)]
+pub enum SubjectAttr {
+    /// organizationalUnitName.
+    Ou,
+    /// commonName.
+    Cn,
+}
+
+/// The GUIDs of an app instance.
+#[derive(Debug, Clone)]
+pub struct InstanceIds {
+    /// Instance GUID.
+    pub instance: Guid,
+    /// App GUID.
+    pub app: Guid,
+    /// Space GUID.
+    pub space: Guid,
+    /// Organization GUID.
+    pub organization: Guid,
+}
+
+/// A signed and recorded leaf.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Leaf DER.
+    pub leaf: Vec<u8>,
+    /// PEM: leaf then intermediate.
+    pub chain_pem: String,
+    /// The durable record.
+    pub record: CertificateRecord,
+    /// The SPIFFE ID in the certificate.
+    pub spiffe_id: String,
+    /// Bundle sequence at signing time.
+    pub trust_bundle_sequence: u64,
+}
+
+impl Authority {
+    /// Signs every request with the active intermediate and records them all durably, in one
+    /// store write, before returning. Validity: notBefore = now - backdate, notAfter = now +
+    /// ttl but never after the intermediate's notAfter.
+    pub fn issue(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
+        // The read lock is held until the records are durable, so a rotation step (which
+        // takes the write lock) never misses a certificate that is being signed.
+        let inner = read_lock(&self.inner);
+        let (id, ca) = inner.active.as_ref().ok_or(AuthorityError::NoActive)?;
+        let now = SystemTime::now();
+        // A leaf is clamped to the intermediate's end; below the shortest allowed lifetime
+        // that would hand out certificates that are useless or already expired.
+        if ca.not_after < now + self.opts.min_leaf_ttl {
+            return Err(AuthorityError::IntermediateExpiring(
+                *id,
+                crate::timefmt::rfc3339(ca.not_after),
+            ));
+        }
+        for _attempt in 0..3 {
+            let mut out = Vec::with_capacity(requests.len());
+            for r in requests {
+                out.push(sign_leaf(
+                    *id,
+                    ca,
+                    r,
+                    now,
+                    self.opts.backdate,
+                    inner.sequence,
+                )?);
+            }
+            let records: Vec<CertificateRecord> = out.iter().map(|i| i.record.clone()).collect();
+            match self.store.insert_certificates(&records) {
+                Ok(()) => return Ok(out),
+                // 126 random bits make this all but impossible; draw new serials and re-sign.
+                Err(StoreError::SerialExists(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Backend("could not find a free serial number".into()).into())
+    }
+}
+
+fn sign_leaf(
+    id: AuthorityId,
+    ca: &LoadedCa,
+    r: &LeafRequest,
+    now: SystemTime,
+    backdate: Duration,
+    sequence: u64,
+) -> Result<Issued, AuthorityError> {
+    let attrs: Vec<Attr<'_>> = r
+        .subject
+        .iter()
+        .map(|(k, v)| match k {
+            SubjectAttr::Ou => Attr::Ou(v),
+            SubjectAttr::Cn => Attr::Cn(v),
+        })
+        .collect();
+    let not_before = now - backdate;
+    let not_after = (now + r.ttl).min(ca.not_after);
+    let serial = Serial::random().map_err(|_| KeyError::Random)?;
+    let spec = CertSpec {
+        serial,
+        subject: build::subject(&attrs)?,
+        public_key: r.public_key.clone(),
+        not_before,
+        not_after,
+        profile: Profile::Leaf {
+            key_encipherment: r.key_encipherment,
+            dns: r.dns.clone(),
+            ips: r.ips.clone(),
+            uri: r.uri.clone(),
+        },
+    };
+    let leaf = build::sign(
+        &spec,
+        &Signer {
+            name: &ca.name,
+            key_id: &ca.key_id,
+            key: &ca.key,
+        },
+    )?;
+    let chain_pem = build::pem_chain([leaf.as_slice(), ca.cert.as_slice()]);
+    // Validity is stored as encoded (whole seconds), so records and certificates agree.
+    let secs = |t: SystemTime| {
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs())
+    };
+    let inst = r.instance.as_ref();
+    let record = CertificateRecord {
+        serial,
+        kind: r.kind,
+        instance_guid: inst.map(|i| i.instance.clone()),
+        app_guid: inst.map(|i| i.app.clone()),
+        space_guid: inst.map(|i| i.space.clone()),
+        organization_guid: inst.map(|i| i.organization.clone()),
+        name: r.name.clone(),
+        requested_by: r.requested_by.clone(),
+        authority_id: id,
+        not_before: secs(not_before),
+        not_after: secs(not_after),
+        revoked_at: None,
+        revocation_reason: None,
+    };
+    Ok(Issued {
+        leaf,
+        chain_pem,
+        record,
+        spiffe_id: r.uri.clone(),
+        trust_bundle_sequence: sequence,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::super::tests::{request, setup};
+    use crate::x509::inspect::CertInfo;
+
+    #[test]
+    fn a_leaf_is_backdated_and_its_record_is_durable() {
+        let (store, a) = setup();
+        let before = SystemTime::now();
+        let issued = a
+            .issue(&[request(Duration::from_secs(3600))])
+            .unwrap()
+            .remove(0);
+        let info = CertInfo::from_der(&issued.leaf).unwrap();
+        let nb = before.duration_since(info.not_before).unwrap();
+        assert!(
+            nb >= Duration::from_secs(59) && nb <= Duration::from_secs(62),
+            "{nb:?}"
+        );
+        let life = info.not_after.duration_since(info.not_before).unwrap();
+        assert!(life >= Duration::from_secs(3659) && life <= Duration::from_secs(3661));
+        let rec = store
+            .get_certificate(&issued.record.serial)
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.not_after, info.not_after);
+    }
+
+    #[test]
+    fn a_leaf_never_outlives_its_intermediate() {
+        let (_, a) = setup();
+        let (_, im_end) = a.active().unwrap();
+        let issued = a
+            .issue(&[request(Duration::from_secs(400 * 86400))])
+            .unwrap()
+            .remove(0);
+        let info = CertInfo::from_der(&issued.leaf).unwrap();
+        let end = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(end(info.not_after), end(im_end));
+    }
+}

@@ -1,0 +1,301 @@
+//! Certificate requests: validation of instance, component and own-credential requests into
+//! leaves, and issuance (signing and the durable record) through the authority.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use x509_cert::spki::SubjectPublicKeyInfoOwned;
+
+use super::{Ca, CaError};
+use crate::api::SERVER_NAME;
+use crate::api;
+use crate::authority::{InstanceIds, Issued, LeafRequest, SubjectAttr};
+use crate::ids::{Guid, Name, Role};
+use crate::store::CertificateKind;
+use crate::x509::csr::verify_csr;
+
+/// A credential named after its holder (cell, operator, component, server): CN = name.
+#[derive(Debug, Clone)]
+pub(super) struct NamedCredential {
+    /// Record kind.
+    pub(super) kind: CertificateKind,
+    /// The role, which gives the SPIFFE ID.
+    pub(super) role: Role,
+    /// The name (CN).
+    pub(super) name: Name,
+    /// DNS SANs.
+    pub(super) dns: Vec<String>,
+    /// IP SANs.
+    pub(super) ips: Vec<IpAddr>,
+    /// Lifetime.
+    pub(super) ttl: Duration,
+    /// Who asked, for the record.
+    pub(super) requested_by: String,
+}
+
+impl Ca {
+    pub(super) fn ttl(&self, requested: Option<api::JsonInt>) -> Result<Duration, CaError> {
+        let i = &self.config.issuance;
+        let Some(api::JsonInt(secs)) = requested else {
+            return Ok(i.default_ttl.0);
+        };
+        let (min, max) = (i.min_ttl.0.as_secs(), i.max_ttl.0.as_secs());
+        match u64::try_from(secs) {
+            Ok(s) if (min..=max).contains(&s) => Ok(Duration::from_secs(s)),
+            _ => Err(CaError::invalid(
+                "ttl_seconds",
+                format!("{} is out of range ({min} to {max})", display_int(secs)),
+            )),
+        }
+    }
+
+    pub(super) fn public_key(csr: &str) -> Result<(SubjectPublicKeyInfoOwned, bool), CaError> {
+        let v = verify_csr(csr.as_bytes())?;
+        Ok((v.public_key, v.key_kind.is_rsa()))
+    }
+
+    pub(super) fn named_leaf(
+        &self,
+        c: NamedCredential,
+        key: (SubjectPublicKeyInfoOwned, bool),
+    ) -> LeafRequest {
+        let name = c.name.clone();
+        LeafRequest {
+            kind: c.kind,
+            public_key: key.0,
+            key_encipherment: key.1,
+            subject: vec![(SubjectAttr::Cn, name.to_string())],
+            dns: c.dns,
+            ips: c.ips,
+            uri: c.role.spiffe_id(self.td()),
+            ttl: c.ttl,
+            instance: None,
+            name: Some(name),
+            requested_by: c.requested_by,
+        }
+    }
+
+    pub(super) fn issue_many(&self, reqs: &[LeafRequest]) -> Result<Vec<Issued>, CaError> {
+        let issued = self.authority.issue(reqs)?;
+        for i in &issued {
+            self.metrics.issued(i.record.kind);
+        }
+        Ok(issued)
+    }
+
+    pub(super) fn issue_one(&self, req: LeafRequest) -> Result<Issued, CaError> {
+        let mut v = self.issue_many(std::slice::from_ref(&req))?;
+        v.pop()
+            .ok_or_else(|| CaError::Internal("issuance returned nothing".into()))
+    }
+
+    /// Validates an instance request into a [`LeafRequest`] (verifying the CSR last, as it
+    /// is the most expensive check).
+    fn instance_leaf(
+        &self,
+        caller: &Role,
+        r: &api::InstanceCertificateRequest,
+    ) -> Result<LeafRequest, CaError> {
+        let guid = |field: &str, v: &str| -> Result<Guid, CaError> {
+            v.parse::<Guid>().map_err(|e| CaError::invalid(field, e))
+        };
+        let ids = InstanceIds {
+            instance: guid("instance_guid", &r.instance_guid)?,
+            app: guid("app_guid", &r.app_guid)?,
+            space: guid("space_guid", &r.space_guid)?,
+            organization: guid("organization_guid", &r.organization_guid)?,
+        };
+        let mut ips = Vec::new();
+        if let Some(ip) = &r.container_ip {
+            let addr = ip.parse::<IpAddr>().map_err(|_| {
+                CaError::invalid(
+                    "container_ip",
+                    format!("`{ip}` is not an IPv4 or IPv6 address"),
+                )
+            })?;
+            // A container never owns these; a certificate naming them could pass for a
+            // local service (the CA's own API listens on loopback).
+            let loopback = addr.is_loopback() && !self.config.issuance.allow_loopback_ips;
+            if loopback || addr.is_unspecified() || addr.is_multicast() {
+                return Err(CaError::invalid(
+                    "container_ip",
+                    format!("`{ip}` is a loopback, unspecified or multicast address"),
+                ));
+            }
+            ips.push(addr);
+        }
+        let mut dns = vec![ids.instance.to_string()];
+        let routes = r.internal_routes.as_deref().unwrap_or(&[]);
+        if routes.len() > 100 {
+            return Err(CaError::invalid("internal_routes", "at most 100 routes"));
+        }
+        for (i, route) in routes.iter().enumerate() {
+            let n: Name = route.parse().map_err(|e| {
+                CaError::invalid(
+                    format!("internal_routes[{i}]"),
+                    format!("`{route}` is not a DNS name: {e}"),
+                )
+            })?;
+            if self.is_reserved_name(n.as_str()) {
+                return Err(CaError::invalid(
+                    format!("internal_routes[{i}]"),
+                    format!("`{route}` is reserved for the CA and cannot be an app route"),
+                ));
+            }
+            if !dns.contains(&n.to_string()) {
+                dns.push(n.to_string());
+            }
+        }
+        let ttl = self.ttl(r.ttl_seconds)?;
+        let (public_key, rsa) = Self::public_key(&r.csr)?;
+        let role = Role::Workload {
+            org: ids.organization.clone(),
+            space: ids.space.clone(),
+            app: ids.app.clone(),
+        };
+        Ok(LeafRequest {
+            kind: CertificateKind::Instance,
+            public_key,
+            key_encipherment: rsa,
+            subject: vec![
+                (
+                    SubjectAttr::Ou,
+                    format!("organization:{}", ids.organization),
+                ),
+                (SubjectAttr::Ou, format!("space:{}", ids.space)),
+                (SubjectAttr::Ou, format!("app:{}", ids.app)),
+                (SubjectAttr::Cn, ids.instance.to_string()),
+            ],
+            dns,
+            ips,
+            uri: role.spiffe_id(self.td()),
+            ttl,
+            instance: Some(ids),
+            name: None,
+            requested_by: caller.spiffe_id(self.td()),
+        })
+    }
+
+    /// Names only the CA itself may carry: `localhost`, its `listen.server_names`, the trust
+    /// domain, and the server's component name.
+    pub(super) fn is_reserved_name(&self, n: &str) -> bool {
+        n == "localhost"
+            || n.ends_with(".localhost")
+            || n == self.config.trust_domain
+            || n == SERVER_NAME
+            || self.config.listen.server_names.iter().any(|s| s == n)
+    }
+
+    /// `POST /v1/instance-certificates`.
+    pub fn issue_instance(
+        &self,
+        caller: &Role,
+        r: &api::InstanceCertificateRequest,
+    ) -> Result<Issued, CaError> {
+        let leaf = self.instance_leaf(caller, r)?;
+        self.issue_one(leaf)
+    }
+
+    /// `POST /v1/instance-certificates/batch`: each item validated alone, the valid ones
+    /// signed and recorded together (one durable write).
+    pub fn issue_instance_batch(
+        &self,
+        caller: &Role,
+        items: Vec<Result<api::InstanceCertificateRequest, CaError>>,
+    ) -> Result<Vec<Result<Issued, CaError>>, CaError> {
+        let mut leaves = Vec::new();
+        let mut slots: Vec<Result<usize, CaError>> = Vec::with_capacity(items.len());
+        for item in items {
+            match item.and_then(|r| self.instance_leaf(caller, &r)) {
+                Ok(l) => {
+                    slots.push(Ok(leaves.len()));
+                    leaves.push(l);
+                }
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        let mut issued: Vec<Option<Issued>> = if leaves.is_empty() {
+            vec![]
+        } else {
+            self.issue_many(&leaves)?.into_iter().map(Some).collect()
+        };
+        Ok(slots
+            .into_iter()
+            .map(|s| {
+                s.and_then(|i| {
+                    issued
+                        .get_mut(i)
+                        .and_then(Option::take)
+                        .ok_or_else(|| CaError::Internal("batch slot missing".into()))
+                })
+            })
+            .collect())
+    }
+
+    /// `POST /v1/component-certificates`.
+    pub fn issue_component(
+        &self,
+        caller: &Role,
+        r: &api::ComponentCertificateRequest,
+    ) -> Result<Issued, CaError> {
+        let name: Name = r.name.parse().map_err(|e| CaError::invalid("name", e))?;
+        if self.is_reserved_name(name.as_str()) {
+            return Err(CaError::invalid(
+                "name",
+                format!("`{name}` is reserved for the CA's own server certificate"),
+            ));
+        }
+        let ttl = self.ttl(r.ttl_seconds)?;
+        let key = Self::public_key(&r.csr)?;
+        let spec = NamedCredential {
+            kind: CertificateKind::Component,
+            role: Role::Component(name.clone()),
+            dns: vec![name.to_string()],
+            ips: vec![],
+            ttl,
+            requested_by: caller.spiffe_id(self.td()),
+            name,
+        };
+        let leaf = self.named_leaf(spec, key);
+        self.issue_one(leaf)
+    }
+
+    /// `POST /v1/cell-credentials` and `/v1/operator-credentials`: renew the caller's own
+    /// credential under the active generation, same name.
+    pub fn renew_own_credential(
+        &self,
+        caller: &Role,
+        r: &api::CsrRequest,
+    ) -> Result<Issued, CaError> {
+        let key = Self::public_key(&r.csr)?;
+        let (kind, name, ttl) = match caller {
+            Role::Cell(n) => (CertificateKind::Cell, n, self.config.issuance.default_ttl.0),
+            Role::Operator(n) => (CertificateKind::Operator, n, self.config.issuance.max_ttl.0),
+            _ => {
+                return Err(CaError::Forbidden(
+                    "only cells and operators renew credentials".into(),
+                ))
+            }
+        };
+        let spec = NamedCredential {
+            kind,
+            role: caller.clone(),
+            name: name.clone(),
+            dns: vec![],
+            ips: vec![],
+            ttl,
+            requested_by: caller.spiffe_id(self.td()),
+        };
+        let leaf = self.named_leaf(spec, key);
+        self.issue_one(leaf)
+    }
+}
+
+/// An integer for a message; the saturated extremes of [`api::JsonInt`] read as "huge".
+pub(super) fn display_int(v: i128) -> String {
+    match v {
+        i128::MAX => "a huge number".into(),
+        i128::MIN => "a huge negative number".into(),
+        v => v.to_string(),
+    }
+}

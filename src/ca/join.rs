@@ -1,0 +1,115 @@
+//! Join tokens: an operator creates one for a cell name, and the cell spends it once for its
+//! first credential. Only the SHA-256 of a token is stored.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::issuance::{display_int, NamedCredential};
+use super::{Ca, CaError};
+use crate::api;
+use crate::authority::Issued;
+use crate::ids::{Name, Role};
+use crate::store::{CertificateKind, JoinTokenRecord};
+use crate::timefmt::rfc3339;
+
+impl Ca {
+    /// `POST /v1/join-tokens`: returns the secret once; only its hash is stored.
+    pub fn create_join_token(
+        &self,
+        caller: &Role,
+        r: &api::JoinTokenRequest,
+    ) -> Result<api::JoinTokenResponse, CaError> {
+        if r.role != "cell" {
+            return Err(CaError::invalid(
+                "role",
+                format!("`{}` is not a joinable role (only \"cell\")", r.role),
+            ));
+        }
+        let name: Name = r.name.parse().map_err(|e| CaError::invalid("name", e))?;
+        let ttl = r.ttl_seconds.map(|t| t.0).unwrap_or(900);
+        if !(1..=86400).contains(&ttl) {
+            return Err(CaError::invalid(
+                "ttl_seconds",
+                format!("{} is out of range (1 to 86400)", display_int(ttl)),
+            ));
+        }
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(&mut secret[..])
+            .map_err(|_| CaError::Internal("random generator failed".into()))?;
+        let token = format!(
+            "lyt_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret[..])
+        );
+        let now = SystemTime::now();
+        let expires_at = now + Duration::from_secs(ttl as u64);
+        self.store.insert_join_token(
+            &token_hash(&token),
+            &JoinTokenRecord {
+                name,
+                created_by: caller.spiffe_id(self.td()),
+                created_at: now,
+                expires_at,
+            },
+        )?;
+        self.metrics.join_token_created();
+        Ok(api::JoinTokenResponse {
+            token,
+            expires_at: rfc3339(expires_at),
+        })
+    }
+
+    /// Whether `token` is a live join token (without spending it).
+    pub fn check_join_token(&self, token: &str) -> Result<(), CaError> {
+        let rec = self
+            .store
+            .get_join_token(&token_hash(token))?
+            .ok_or_else(|| {
+                CaError::Unauthenticated("the join token is unknown or already used".into())
+            })?;
+        if SystemTime::now() >= rec.expires_at {
+            return Err(CaError::Unauthenticated(format!(
+                "the join token expired at {}",
+                rfc3339(rec.expires_at)
+            )));
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/join`: spends the token, issues the cell credential.
+    pub fn join(&self, token: &str, r: &api::CsrRequest) -> Result<Issued, CaError> {
+        let key = Self::public_key(&r.csr)?;
+        let rec = self
+            .store
+            .take_join_token(&token_hash(token))?
+            .ok_or_else(|| {
+                CaError::Unauthenticated("the join token is unknown or already used".into())
+            })?;
+        if SystemTime::now() >= rec.expires_at {
+            return Err(CaError::Unauthenticated(format!(
+                "the join token expired at {}",
+                rfc3339(rec.expires_at)
+            )));
+        }
+        let spec = NamedCredential {
+            kind: CertificateKind::Cell,
+            role: Role::Cell(rec.name.clone()),
+            dns: vec![],
+            ips: vec![],
+            ttl: self.config.issuance.default_ttl.0,
+            requested_by: format!("join-token created by {}", rec.created_by),
+            name: rec.name,
+        };
+        let leaf = self.named_leaf(spec, key);
+        self.issue_one(leaf)
+    }
+}
+
+/// SHA-256 of a join token: the store key.
+fn token_hash(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}

@@ -1,0 +1,268 @@
+//! The CA's own credentials, issued with keys generated here: the API server's certificate
+//! (its key sealed under the KEK in the store) and the local operator credential directory.
+//! Both are re-issued when past two thirds of their life or signed by a generation that is no
+//! longer active.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use der::Decode;
+use x509_cert::spki::SubjectPublicKeyInfoOwned;
+
+use super::issuance::NamedCredential;
+use super::{Ca, CaError};
+use crate::api::SERVER_NAME;
+use crate::credential_dir::write_credential_dir;
+use crate::ids::{IdError, Name, Role, Serial};
+use crate::store::{CertificateKind, CertificateRecord};
+use crate::x509::inspect::{parse_pem_certs, CertInfo};
+
+const META_SERVER_TLS: &str = "server_tls";
+
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredServerCert {
+    chain_pem: String,
+    #[serde(with = "serde_bytes_b64")]
+    sealed_key: Vec<u8>,
+    serial: Serial,
+}
+
+mod serde_bytes_b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        base64::engine::general_purpose::STANDARD
+            .decode(String::deserialize(d)?)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A signed leaf with a locally generated key (server certificate, operator credential).
+pub struct LocalCredential {
+    /// PEM chain (leaf, intermediate).
+    pub chain_pem: String,
+    /// PKCS#8 PEM private key.
+    pub key_pem: zeroize::Zeroizing<String>,
+    /// The record.
+    pub record: CertificateRecord,
+}
+
+impl std::fmt::Debug for LocalCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCredential")
+            .field("serial", &self.record.serial)
+            .field("key_pem", &"...")
+            .finish()
+    }
+}
+
+impl Ca {
+    /// Issues a credential with a key generated here (server certificate, operator
+    /// credential). The key never leaves this process except into the caller's files.
+    fn issue_local(&self, spec: NamedCredential) -> Result<LocalCredential, CaError> {
+        self.issue_local_with_key(spec, None)
+    }
+
+    /// Like [`Ca::issue_local`], keeping `existing_key` (PKCS#8 PEM) when it parses.
+    fn issue_local_with_key(
+        &self,
+        spec: NamedCredential,
+        existing_key: Option<&str>,
+    ) -> Result<LocalCredential, CaError> {
+        let kp = match existing_key.and_then(|k| rcgen::KeyPair::from_pem(k).ok()) {
+            Some(kp) => kp,
+            None => rcgen::KeyPair::generate()
+                .map_err(|e| CaError::Internal(format!("key generation: {e}")))?,
+        };
+        let spki = SubjectPublicKeyInfoOwned::from_der(&kp.public_key_der())
+            .map_err(|e| CaError::Internal(e.to_string()))?;
+        let leaf = self.named_leaf(spec, (spki, false));
+        let issued = self.issue_one(leaf)?;
+        Ok(LocalCredential {
+            chain_pem: issued.chain_pem,
+            key_pem: zeroize::Zeroizing::new(kp.serialize_pem()),
+            record: issued.record,
+        })
+    }
+
+    /// Writes an operator credential directory (`cert.pem`, `key.pem` 0600,
+    /// `trust-bundle.pem`) for `name`, replacing what is there.
+    ///
+    /// The key already in the directory is kept (as the agent keeps instance keys), so a
+    /// CLI that reads `cert.pem` and `key.pem` during a refresh still gets a matching pair;
+    /// `lanyard credential renew` is the way to a new key.
+    pub(super) fn write_operator_credential(
+        &self,
+        dir: &std::path::Path,
+        name: &Name,
+        by: &str,
+    ) -> Result<CertificateRecord, CaError> {
+        let existing = std::fs::read_to_string(dir.join("key.pem"))
+            .ok()
+            .map(zeroize::Zeroizing::new);
+        let spec = NamedCredential {
+            kind: CertificateKind::Operator,
+            role: Role::Operator(name.clone()),
+            name: name.clone(),
+            dns: vec![],
+            ips: vec![],
+            ttl: self.config.issuance.max_ttl.0,
+            requested_by: by.to_string(),
+        };
+        let cred = self.issue_local_with_key(spec, existing.as_deref().map(String::as_str))?;
+        write_credential_dir(
+            dir,
+            &cred.chain_pem,
+            &cred.key_pem,
+            &self.authority.bundle().pem(),
+        )
+        .map_err(|e| CaError::Internal(format!("writing {}: {e}", dir.display())))?;
+        Ok(cred.record)
+    }
+
+    /// The API server's own certificate: names `localhost`, `127.0.0.1` and
+    /// `listen.server_names`.
+    pub(super) fn issue_server_certificate(&self) -> Result<LocalCredential, CaError> {
+        let mut dns = vec!["localhost".to_string()];
+        let mut ips: Vec<IpAddr> = vec![
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ];
+        for n in &self.config.listen.server_names {
+            match n.parse::<IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !dns.contains(n) => dns.push(n.clone()),
+                Err(_) => {}
+            }
+        }
+        let name: Name = SERVER_NAME
+            .parse()
+            .map_err(|e: IdError| CaError::Internal(e.0))?;
+        self.issue_local(NamedCredential {
+            kind: CertificateKind::Server,
+            role: Role::Component(name.clone()),
+            name,
+            dns,
+            ips,
+            ttl: self.config.issuance.default_ttl.0,
+            requested_by: "lanyard server".into(),
+        })
+    }
+
+    /// The server certificate stored at init (or by an earlier run), if it is still good:
+    /// signed by the active generation and not past two thirds of its life. Otherwise a new
+    /// one is issued and stored (key sealed under the KEK).
+    pub fn load_or_issue_server_certificate(&self) -> Result<LocalCredential, CaError> {
+        if let Some(c) = self.stored_server_certificate()? {
+            if self.credential_is_fresh(&c.record) {
+                return Ok(c);
+            }
+        }
+        let c = self.issue_server_certificate()?;
+        self.store_server_certificate(&c)?;
+        Ok(c)
+    }
+
+    /// Whether a credential is signed by the active generation and before 2/3 of its life.
+    fn credential_is_fresh(&self, r: &CertificateRecord) -> bool {
+        let active = self.authority.active().map(|a| a.0);
+        // notBefore is backdated; the life that counts starts when it was issued.
+        let issued = r.not_before + self.config.issuance.backdate.0;
+        let life = r.not_after.duration_since(issued).unwrap_or_default();
+        let renew_at = issued + life * 2 / 3;
+        active == Some(r.authority_id) && SystemTime::now() < renew_at
+    }
+
+    fn stored_server_certificate(&self) -> Result<Option<LocalCredential>, CaError> {
+        let Some(raw) = self.store.get_meta(META_SERVER_TLS)? else {
+            return Ok(None);
+        };
+        let stored: StoredServerCert = serde_json::from_slice(&raw)
+            .map_err(|e| CaError::Internal(format!("stored server certificate: {e}")))?;
+        let key = self
+            .authority
+            .open_secret("server-tls", &stored.sealed_key)?;
+        let key_pem = String::from_utf8(key.to_vec())
+            .map_err(|_| CaError::Internal("stored server key is not PEM".into()))?;
+        let Some(record) = self.store.get_certificate(&stored.serial)? else {
+            return Ok(None);
+        };
+        Ok(Some(LocalCredential {
+            chain_pem: stored.chain_pem,
+            key_pem: zeroize::Zeroizing::new(key_pem),
+            record,
+        }))
+    }
+
+    /// Persists the server credential, its key sealed under the KEK.
+    pub(super) fn store_server_certificate(&self, c: &LocalCredential) -> Result<(), CaError> {
+        let stored = StoredServerCert {
+            chain_pem: c.chain_pem.clone(),
+            sealed_key: self
+                .authority
+                .seal_secret("server-tls", c.key_pem.as_bytes())?,
+            serial: c.record.serial,
+        };
+        let raw = serde_json::to_vec(&stored).map_err(|e| CaError::Internal(e.to_string()))?;
+        self.store.put_meta(META_SERVER_TLS, &raw)?;
+        Ok(())
+    }
+
+    /// A new server certificate, issued and stored, when `current` (the one in use) is no
+    /// longer fresh; `None` while it is. The caller swaps it in.
+    pub fn refresh_server_certificate(
+        &self,
+        current: &CertificateRecord,
+    ) -> Result<Option<LocalCredential>, CaError> {
+        if self.credential_is_fresh(current) {
+            return Ok(None);
+        }
+        let cred = self.issue_server_certificate()?;
+        self.store_server_certificate(&cred)?;
+        tracing::info!(serial = %cred.record.serial, authority = %cred.record.authority_id, "server certificate renewed");
+        Ok(Some(cred))
+    }
+
+    /// Re-issues the local operator credential (same name, same key) when it is no longer
+    /// fresh, and otherwise keeps its `trust-bundle.pem` equal to the published bundle. A
+    /// directory without `cert.pem`, or with a certificate this CA has no record of, is left
+    /// alone: it is not ours to manage.
+    pub fn refresh_operator_credential(&self) -> Result<(), CaError> {
+        let dir = self.config.operator_credential_dir();
+        let Ok(pem_text) = std::fs::read(dir.join("cert.pem")) else {
+            return Ok(());
+        };
+        let bundle_pem = self.authority.bundle().pem();
+        let needs_new = match parse_pem_certs(&pem_text)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .and_then(|d| CertInfo::from_der(&d).ok())
+            .and_then(|i| i.serial.parse::<Serial>().ok())
+            .and_then(|s| self.store.get_certificate(&s).ok().flatten())
+        {
+            Some(rec) if !self.credential_is_fresh(&rec) => rec.name,
+            _ => None,
+        };
+        if let Some(name) = needs_new {
+            let rec = self.write_operator_credential(&dir, &name, "lanyard server")?;
+            tracing::info!(serial = %rec.serial, authority = %rec.authority_id, dir = %dir.display(), "local operator credential renewed");
+        } else if std::fs::read_to_string(dir.join("trust-bundle.pem"))
+            .ok()
+            .as_deref()
+            != Some(bundle_pem.as_str())
+        {
+            let path = dir.join("trust-bundle.pem");
+            crate::fsutil::write_atomic(&path, bundle_pem.as_bytes(), 0o644)
+                .map_err(|e| CaError::Internal(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+}
+

@@ -1,0 +1,222 @@
+//! The CA service: who may ask for what, input validation, and every use case the API offers.
+//!
+//! [`Ca`] is the one door to the authority (keys, generations) and the store (records): its
+//! fields are private and callers use its methods. Everything here is synchronous (signing
+//! and fsync are blocking work) and returns [`CaError`], which the HTTP layer maps to a status
+//! in one place. API views are not built here: the types below are handed out as they are and
+//! the caller decides what the wire shows.
+//!
+//! `error.rs` holds the errors, `issuance.rs` certificate requests, `join.rs` join tokens,
+//! `certificates.rs` records and revocation, `authorities.rs` generations, rotation steps, the
+//! bundle and CRLs, `local_credentials.rs` the server certificate and operator credential,
+//! `status.rs` metrics; this file opens and initializes the state.
+
+mod authorities;
+mod certificates;
+mod error;
+mod issuance;
+mod join;
+mod local_credentials;
+mod status;
+
+pub use error::{CaError, StartError};
+pub use local_credentials::LocalCredential;
+
+// The data the use cases hand out, re-exported so that callers depend on `ca` alone.
+pub use crate::authority::{GenerationStatus, Issued, TrustBundle};
+pub use crate::store::{AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::authority::{Authority, AuthorityOptions};
+use crate::config::Config;
+use crate::ids::IdError;
+use crate::keys::Kek;
+use crate::metrics::Metrics;
+use crate::store::{SledStore, Store};
+
+const META_INITIALIZED: &str = "initialized";
+const META_KEK_CHECK: &str = "kek_check";
+const KEK_CHECK_PURPOSE: &str = "lanyard/kek-check";
+
+/// The running CA: configuration, store and authority, reachable only through its methods.
+pub struct Ca {
+    /// Validated configuration.
+    config: Config,
+    /// Durable state.
+    store: Arc<dyn Store>,
+    /// Signing keys and generations.
+    authority: Authority,
+    /// Counters for `/metrics`.
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("trust_domain", &self.config.trust_domain)
+            .finish()
+    }
+}
+
+fn authority_options(c: &Config) -> AuthorityOptions {
+    AuthorityOptions {
+        trust_domain: c.trust_domain.clone(),
+        root_ttl: c.authority.root_ttl.0,
+        intermediate_ttl: c.authority.intermediate_ttl.0,
+        backdate: c.issuance.backdate.0,
+        propagation_delay: c.rotation.propagation_delay.0,
+        min_leaf_ttl: c.issuance.min_ttl.0,
+    }
+}
+
+fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let dir = config.state_dir.join("store");
+    Ok(Arc::new(SledStore::open(&dir)?))
+}
+
+/// What `init` did, for its report.
+#[derive(Debug)]
+pub struct InitReport {
+    /// Whether a KEK file was generated.
+    pub generated_kek: Option<PathBuf>,
+    /// Where the operator credential was written.
+    pub operator_credential: PathBuf,
+}
+
+impl Ca {
+    /// `lanyard init`: creates the KEK (dev), generation 1, the server certificate and the
+    /// operator credential. Refuses an initialized state.
+    pub fn init(config: &Config) -> Result<(Ca, InitReport), StartError> {
+        let store = open_store(config)?;
+        Self::init_with_store(config, store)
+    }
+
+    fn init_with_store(
+        config: &Config,
+        store: Arc<dyn Store>,
+    ) -> Result<(Ca, InitReport), StartError> {
+        if store.get_meta(META_INITIALIZED)?.is_some() {
+            return Err(StartError::AlreadyInitialized(config.state_dir.clone()));
+        }
+        let mut generated_kek = None;
+        let kek = match Kek::load(config.kek_file())? {
+            Some(k) => k,
+            None => {
+                // Only an empty state gets a new KEK: anything already sealed would be lost.
+                if store.get_meta(META_KEK_CHECK)?.is_some()
+                    || !store.load_authorities()?.0.is_empty()
+                {
+                    return Err(StartError::Config(
+                        "the state already holds sealed keys but no key-encryption key was found (LANYARD_KEK or keys.kek_file); refusing to create a new one".into(),
+                    ));
+                }
+                let Some(path) = config.kek_file() else {
+                    return Err(StartError::Config(
+                        "no key-encryption key: set LANYARD_KEK or keys.kek_file".into(),
+                    ));
+                };
+                let k = Kek::generate()?;
+                k.write_new_file(path)?;
+                generated_kek = Some(path.to_path_buf());
+                k
+            }
+        };
+        // A crash after this point and before `initialized` leaves a state that init resumes:
+        // the check value and generation 1 are reused, never regenerated.
+        match store.get_meta(META_KEK_CHECK)? {
+            Some(sealed) => {
+                kek.open(KEK_CHECK_PURPOSE, &sealed)
+                    .map_err(|e| StartError::Config(e.to_string()))?;
+            }
+            None => store.put_meta(META_KEK_CHECK, &kek.seal(KEK_CHECK_PURPOSE, b"lanyard")?)?,
+        }
+        if store.load_authorities()?.0.is_empty() {
+            Authority::initialize(&store, &kek, &authority_options(config), SystemTime::now())?;
+        }
+        let authority = Authority::open(store.clone(), kek, authority_options(config))?;
+        let ca = Ca {
+            config: config.clone(),
+            store,
+            authority,
+            metrics: Default::default(),
+        };
+        let dir = config.operator_credential_dir();
+        ca.write_operator_credential(
+            &dir,
+            &"admin"
+                .parse()
+                .map_err(|e: IdError| StartError::Runtime(e.0))?,
+            "lanyard init",
+        )
+        .map_err(|e| StartError::Runtime(format!("operator credential: {e}")))?;
+        ca.issue_server_certificate()
+            .and_then(|c| ca.store_server_certificate(&c))
+            .map_err(|e| StartError::Runtime(format!("server certificate: {e}")))?;
+        ca.store.put_meta(META_INITIALIZED, b"1")?;
+        Ok((
+            ca,
+            InitReport {
+                generated_kek,
+                operator_credential: dir,
+            },
+        ))
+    }
+
+    /// Opens an initialized state (or initializes it when `auto_init` is set).
+    pub fn open(config: &Config) -> Result<(Ca, Option<InitReport>), StartError> {
+        if !config.auto_init && !config.state_dir.join("store").exists() {
+            // Nothing to open, and nothing should be created without `init`.
+            return Err(StartError::Runtime(format!(
+                "the state in {} is not initialized; run `lanyard init` first",
+                config.state_dir.display()
+            )));
+        }
+        let store = open_store(config)?;
+        if store.get_meta(META_INITIALIZED)?.is_none() {
+            if config.auto_init {
+                let (ca, report) = Self::init_with_store(config, store)?;
+                return Ok((ca, Some(report)));
+            }
+            return Err(StartError::Runtime(format!(
+                "the state in {} is not initialized; run `lanyard init` first",
+                config.state_dir.display()
+            )));
+        }
+        let kek = Kek::load(config.kek_file())?.ok_or_else(|| {
+            StartError::Config(format!(
+                "no key-encryption key: LANYARD_KEK is unset and {} does not exist (an initialized state never gets a new one)",
+                config
+                    .kek_file()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "keys.kek_file".into())
+            ))
+        })?;
+        if let Some(sealed) = store.get_meta(META_KEK_CHECK)? {
+            kek.open(KEK_CHECK_PURPOSE, &sealed)
+                .map_err(|e| StartError::Config(e.to_string()))?;
+        }
+        let authority = Authority::open(store.clone(), kek, authority_options(config))?;
+        Ok((
+            Ca {
+                config: config.clone(),
+                store,
+                authority,
+                metrics: Default::default(),
+            },
+            None,
+        ))
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The trust domain, for SPIFFE IDs.
+    pub(super) fn td(&self) -> &str {
+        &self.config.trust_domain
+    }
+}

@@ -1,0 +1,105 @@
+//! `GET /v1/trust-bundle`: the published roots as PEM or a SPIFFE bundle, with the bundle
+//! sequence as ETag and an optional long poll (`?wait=`) for the next sequence.
+
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::{query_map, S};
+use crate::ca::CaError;
+use crate::http::problem::ApiError;
+use crate::http::views::spiffe_bundle;
+
+/// Longest a bundle long poll is held.
+pub const MAX_WAIT: u64 = 300;
+
+pub(super) async fn trust_bundle(
+    State(st): State<S>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let m = query_map(q.as_deref())?;
+    let wait = match m.get("wait") {
+        None => 0,
+        // Any whole number counts, however large: above 300 it means 300.
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            v.parse::<u64>().unwrap_or(MAX_WAIT).min(MAX_WAIT)
+        }
+        Some(v) => {
+            return Err(
+                CaError::invalid("wait", format!("`{v}` is not a whole number of seconds")).into(),
+            )
+        }
+    };
+    let known = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+        });
+    let json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
+    let mut rx = st.ca.subscribe_bundle();
+    let mut bundle = rx.borrow_and_update().clone();
+    if let Some(n) = known {
+        if bundle.sequence <= n {
+            if wait == 0 {
+                return Ok(not_modified(bundle.sequence));
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+            let mut stopping = st.stopping.subscribe();
+            loop {
+                if *stopping.borrow_and_update() {
+                    return Ok(not_modified(bundle.sequence));
+                }
+                tokio::select! {
+                    r = tokio::time::timeout_at(deadline, rx.changed()) => match r {
+                        Ok(Ok(())) => {
+                            bundle = rx.borrow_and_update().clone();
+                            if bundle.sequence > n {
+                                break;
+                            }
+                        }
+                        _ => return Ok(not_modified(bundle.sequence)),
+                    },
+                    _ = stopping.changed() => return Ok(not_modified(bundle.sequence)),
+                }
+            }
+        }
+    }
+    let refresh = (st.ca.config().rotation.propagation_delay.0.as_secs() / 3).clamp(1, 300);
+    let mut resp = if json {
+        Json(spiffe_bundle(&bundle, refresh)?).into_response()
+    } else {
+        let mut r = bundle.pem().into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-pem-file"),
+        );
+        r
+    };
+    set_etag(resp.headers_mut(), bundle.sequence);
+    Ok(resp)
+}
+
+fn set_etag(h: &mut HeaderMap, seq: u64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{seq}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+fn not_modified(seq: u64) -> Response {
+    let mut r = StatusCode::NOT_MODIFIED.into_response();
+    set_etag(r.headers_mut(), seq);
+    r
+}

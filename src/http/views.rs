@@ -1,0 +1,177 @@
+//! What the API shows of the CA's data: conversions from the service's types into the wire
+//! types of [`crate::api`]. Records never go on the wire as they are stored.
+
+use std::time::SystemTime;
+
+use base64::Engine;
+use der::Decode;
+
+use crate::api;
+use crate::ca::{
+    AuthorityRecord, CaError, CertificateKind, CertificateRecord, GenerationStatus, Issued,
+    TrustBundle,
+};
+use crate::timefmt::rfc3339;
+
+/// `GET /v1/authorities`: every generation and the bundle sequence.
+pub fn authorities_view(gens: &[GenerationStatus], sequence: u64) -> api::AuthoritiesResponse {
+    api::AuthoritiesResponse {
+        authorities: gens.iter().map(|(g, l)| authority_view(g, *l)).collect(),
+        trust_bundle_sequence: sequence,
+    }
+}
+
+/// One generation, with the latest notAfter it signed.
+pub fn authority_view(g: &AuthorityRecord, last_leaf: Option<SystemTime>) -> api::AuthorityView {
+    let opt = |t: Option<SystemTime>| t.map(rfc3339);
+    api::AuthorityView {
+        id: g.id.to_string(),
+        state: g.state.as_str().to_string(),
+        created_at: rfc3339(g.created_at),
+        published_at: opt(g.published_at),
+        activated_at: opt(g.activated_at),
+        retiring_at: opt(g.retiring_at),
+        retired_at: opt(g.retired_at),
+        root_not_after: rfc3339(g.root.not_after),
+        intermediate_not_after: g
+            .intermediates
+            .last()
+            .map(|i| rfc3339(i.not_after))
+            .unwrap_or_default(),
+        last_leaf_not_after: opt(last_leaf),
+        root_certificate: crate::x509::build::pem_chain([g.root.certificate.as_slice()]),
+    }
+}
+
+/// The answer of every endpoint that issues a certificate.
+pub fn issued_view(i: &Issued) -> api::IssuedCertificate {
+    api::IssuedCertificate {
+        certificate_chain: i.chain_pem.clone(),
+        serial: i.record.serial.to_string(),
+        not_before: rfc3339(i.record.not_before),
+        not_after: rfc3339(i.record.not_after),
+        spiffe_id: i.spiffe_id.clone(),
+        authority_id: i.record.authority_id.to_string(),
+        trust_bundle_sequence: i.trust_bundle_sequence,
+    }
+}
+
+/// A certificate record as `GET /v1/certificates` and revoke show it.
+pub fn certificate_view(r: &CertificateRecord) -> api::CertificateView {
+    let text = |v: Option<&dyn std::fmt::Display>| v.map(ToString::to_string);
+    api::CertificateView {
+        serial: r.serial.to_string(),
+        kind: kind_name(r.kind).to_string(),
+        instance_guid: text(r.instance_guid.as_ref().map(|g| g as _)),
+        app_guid: text(r.app_guid.as_ref().map(|g| g as _)),
+        space_guid: text(r.space_guid.as_ref().map(|g| g as _)),
+        organization_guid: text(r.organization_guid.as_ref().map(|g| g as _)),
+        name: text(r.name.as_ref().map(|n| n as _)),
+        requested_by: r.requested_by.clone(),
+        authority_id: r.authority_id.to_string(),
+        not_before: rfc3339(r.not_before),
+        not_after: rfc3339(r.not_after),
+        revoked_at: r.revoked_at.map(rfc3339),
+        revocation_reason: r.revocation_reason.clone(),
+    }
+}
+
+/// A certificate kind's name on the wire.
+fn kind_name(k: CertificateKind) -> &'static str {
+    match k {
+        CertificateKind::Instance => "instance",
+        CertificateKind::Cell => "cell",
+        CertificateKind::Operator => "operator",
+        CertificateKind::Component => "component",
+        CertificateKind::Server => "server",
+    }
+}
+
+/// The bundle as a SPIFFE bundle (JWKS), one key per root.
+pub fn spiffe_bundle(b: &TrustBundle, refresh: u64) -> Result<api::SpiffeBundle, CaError> {
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut keys = Vec::with_capacity(b.roots.len());
+    for root in &b.roots {
+        let cert = x509_cert::Certificate::from_der(root)
+            .map_err(|e| CaError::Internal(format!("root does not parse: {e}")))?;
+        let point = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes();
+        if point.len() != 65 || point[0] != 4 {
+            return Err(CaError::Internal(
+                "root key is not an uncompressed P-256 point".into(),
+            ));
+        }
+        keys.push(api::SpiffeKey {
+            use_: "x509-svid".into(),
+            kty: "EC".into(),
+            crv: "P-256".into(),
+            x: b64url.encode(&point[1..33]),
+            y: b64url.encode(&point[33..65]),
+            x5c: vec![b64.encode(root)],
+        });
+    }
+    Ok(api::SpiffeBundle {
+        keys,
+        spiffe_sequence: b.sequence,
+        spiffe_refresh_hint: refresh,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::ids::{AuthorityId, Serial};
+
+    fn record(kind: CertificateKind) -> CertificateRecord {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        CertificateRecord {
+            serial: Serial::random().unwrap(),
+            kind,
+            instance_guid: Some("0d4b5c3e-1b8f-4c43-9f39-2a0a0d9f1c11".parse().unwrap()),
+            app_guid: Some("5c1e7a0e-2a63-4d8b-b7a4-0f51e3d1b2c3".parse().unwrap()),
+            space_guid: Some("6e2f8b1f-3b74-4e9c-a8b5-1a62f4e2c3d4".parse().unwrap()),
+            organization_guid: Some("7f3a9c2a-4c85-4fad-b9c6-2b73a5f3d4e5".parse().unwrap()),
+            name: None,
+            requested_by: "spiffe://lanyard.internal/cell/c1".into(),
+            authority_id: AuthorityId(2),
+            not_before: t,
+            not_after: t + Duration::from_secs(3600),
+            revoked_at: None,
+            revocation_reason: None,
+        }
+    }
+
+    /// The view is the record's JSON, field for field: the wire did not change when records
+    /// stopped being sent as they are stored.
+    #[test]
+    fn a_certificate_view_serializes_like_the_stored_record() {
+        let kinds = [
+            CertificateKind::Instance,
+            CertificateKind::Cell,
+            CertificateKind::Operator,
+            CertificateKind::Component,
+            CertificateKind::Server,
+        ];
+        for kind in kinds {
+            let mut r = record(kind);
+            r.name = Some("gorouter".parse().unwrap());
+            let same = |r: &CertificateRecord| {
+                assert_eq!(
+                    serde_json::to_value(certificate_view(r)).unwrap(),
+                    serde_json::to_value(r).unwrap()
+                );
+            };
+            same(&r);
+            r.revoked_at = Some(r.not_before + Duration::from_secs(10));
+            same(&r);
+            r.revocation_reason = Some("key compromise".into());
+            same(&r);
+        }
+    }
+}
