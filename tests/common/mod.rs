@@ -344,29 +344,32 @@ pub fn openssl_verify(bundle: &str, chain: &str, purpose: &str) -> (bool, String
 /// Sends SIGTERM to a child and waits up to 20 s for it to exit, then kills it.
 pub fn stop_child(child: Option<Child>) {
     if let Some(c) = child {
-        terminate(c, Duration::from_secs(20));
+        let _ = terminate(c, Duration::from_secs(20));
     }
 }
 
 /// SIGTERM, then a blocking wait for the exit on a helper thread (no polling); SIGKILL if
-/// the child is still there after `grace`.
-pub fn terminate(mut child: Child, grace: Duration) {
+/// the child is still there after `grace`. The exit status, or `None` if it had to be killed.
+pub fn terminate(mut child: Child, grace: Duration) -> Option<std::process::ExitStatus> {
     let pid = child.id();
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
     let (tx, rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
-        let _ = child.wait();
-        let _ = tx.send(());
+        if let Ok(status) = child.wait() {
+            let _ = tx.send(status);
+        }
     });
-    if rx.recv_timeout(grace).is_err() {
-        // The waiter still owns the Child; the pid cannot be reused before it is reaped.
+    let status = rx.recv_timeout(grace).ok();
+    if status.is_none() {
+        // The waiter still owns the Child, so the pid cannot have been reused yet.
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
     }
     let _ = waiter.join();
+    status
 }
 
 /// Writes instance credentials in the cell agent's layout and swaps them in as one set, the

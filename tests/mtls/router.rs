@@ -19,7 +19,7 @@ struct NginxProcess(Option<std::process::Child>);
 impl Drop for NginxProcess {
     fn drop(&mut self) {
         if let Some(child) = self.0.take() {
-            terminate(child, Duration::from_secs(10));
+            let _ = terminate(child, Duration::from_secs(10));
         }
     }
 }
