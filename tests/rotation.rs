@@ -210,7 +210,7 @@ async fn the_automatic_schedule_prepares_activates_and_retires_on_its_own() {
         ("authority", "root_ttl = \"10s\""),
         ("authority", "intermediate_ttl = \"10s\""),
         ("issuance", "min_ttl = \"1s\""),
-        ("issuance", "default_ttl = \"2s\""),
+        ("issuance", "default_ttl = \"1s\""),
         ("issuance", "max_ttl = \"4s\""),
     ]);
     let start = Instant::now();

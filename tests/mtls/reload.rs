@@ -89,6 +89,7 @@ async fn an_app_keeps_serving_through_renewals_and_a_root_rotation_with_zero_fai
                         Err(e) => s.failures.push(e),
                     }
                 }
+                // Pacing, not synchronization: leaves the CPU to the server under test.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
@@ -204,7 +205,8 @@ async fn an_app_keeps_serving_through_renewals_and_a_root_rotation_with_zero_fai
     eventually(
         "answers with the new client certificate",
         Duration::from_secs(10),
-        || stats.lock().unwrap().ok >= ok_before + 20,
+        // Enough answers overall to mean something, whatever the machine's speed.
+        || stats.lock().unwrap().ok >= (ok_before + 20).max(50),
     )
     .await;
 
@@ -275,6 +277,7 @@ async fn operator_post<T: serde::de::DeserializeOwned>(
             Err(e @ lanyard::client::ClientError::Api(_)) => return Err(e),
             Err(e) => last = Some(e),
         }
+        // A retry after a transport error (the files were being swapped), not a wait.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(last.unwrap())
@@ -283,14 +286,16 @@ async fn operator_post<T: serde::de::DeserializeOwned>(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_root_rotation_under_live_app_to_app_traffic_with_the_real_agent_fails_no_handshake()
 {
+    // Short lifetimes so that the whole rotation takes a few seconds: generation 1 can retire
+    // once its last certificate (at most default_ttl old at activation) has expired.
     let ca = TestCa::start_with(&[
         ("issuance", "min_ttl = \"1s\""),
-        ("issuance", "default_ttl = \"6s\""),
-        ("issuance", "max_ttl = \"8s\""),
-        ("rotation", "propagation_delay = \"2s\""),
+        ("issuance", "default_ttl = \"2s\""),
+        ("issuance", "max_ttl = \"3s\""),
+        ("rotation", "propagation_delay = \"1s\""),
         ("rotation", "check_interval = \"200ms\""),
     ]);
-    let agent = common::agent::TestAgent::start(&ca, "cell-1", "3s");
+    let agent = common::agent::TestAgent::start(&ca, "cell-1", "2s");
     let server_guid = "5e7e7000-0001";
     let client_guid = "c1e7e000-0002";
     assert_eq!(agent.put(server_guid, SERVER_APP).await.0, 200);
@@ -328,13 +333,27 @@ async fn a_full_root_rotation_under_live_app_to_app_traffic_with_the_real_agent_
                         Err(e) => s.2.push(e),
                     }
                 }
+                // Pacing, not synchronization: one caller, about fifty connections a second.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
     };
 
+    // Traffic must flow before, during and after each step: wait for `n` more answers.
+    let answered = {
+        let stats = stats.clone();
+        move || stats.lock().unwrap().0
+    };
+    let more_answers = |what: &'static str, n: usize| {
+        let answered = answered.clone();
+        let target = answered() + n;
+        async move {
+            eventually(what, Duration::from_secs(30), || answered() >= target).await;
+        }
+    };
+
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    more_answers("answers before the rotation", 10).await;
     let prepared: api::AuthorityView = operator_post(&ca, "/v1/authorities/prepare").await.unwrap();
     assert_eq!(prepared.id, "2");
     // Activate without force once the propagation delay allows it.
@@ -344,9 +363,11 @@ async fn a_full_root_rotation_under_live_app_to_app_traffic_with_the_real_agent_
             Ok(_) => break,
             Err(e) => assert!(Instant::now() < deadline, "activation never allowed: {e}"),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Polling, with a deadline: the 409 says when activation will be allowed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let activated = started.elapsed();
+    more_answers("answers after the activation", 10).await;
     // Retire without force once every certificate generation 1 signed has expired.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -354,11 +375,23 @@ async fn a_full_root_rotation_under_live_app_to_app_traffic_with_the_real_agent_
             Ok(_) => break,
             Err(e) => assert!(Instant::now() < deadline, "retirement never allowed: {e}"),
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let retired = started.elapsed();
-    // Keep talking after retirement, once the bundle without root 1 reached the files.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Keep talking after retirement, once the bundle without root 1 reached both apps' files.
+    eventually(
+        "the bundle without root 1 in both instances",
+        Duration::from_secs(20),
+        || {
+            [&server_dir, &client_dir].iter().all(|d| {
+                std::fs::read_to_string(d.join("trust-bundle.crt"))
+                    .map(|b| pem::parse_many(b).map(|v| v.len()).unwrap_or(0) == 1)
+                    .unwrap_or(false)
+            })
+        },
+    )
+    .await;
+    more_answers("answers after the retirement", 10).await;
     stop.store(true, Ordering::Relaxed);
     traffic.await.unwrap();
 
@@ -373,7 +406,7 @@ async fn a_full_root_rotation_under_live_app_to_app_traffic_with_the_real_agent_
         "failed connections: {failures:?}\nagent: {}",
         agent.log_text()
     );
-    assert!(ok > 100, "{ok} connections");
+    assert!(ok >= 30, "{ok} connections");
     assert!(
         served.len() >= 3,
         "the served certificate did not change: {served:?}"
