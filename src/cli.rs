@@ -355,12 +355,6 @@ async fn serve(cli: &Cli) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::runtime(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(Failure::runtime)?;
-    {
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "listening on https://{local}");
-        let _ = out.flush();
-    }
     tracing::info!(address = %local, trust_domain = %ca.config.trust_domain, "lanyard serving on https://{local}");
     crate::http::serve(Arc::new(ca), listener, shutdown_signal())
         .await

@@ -119,14 +119,6 @@ async fn delete_instance(
     }
 }
 
-/// Prints `listening on <where>` to stdout, flushed, once the local API is bound.
-fn report_listening(at: &str) {
-    use std::io::Write as _;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {at}");
-    let _ = out.flush();
-}
-
 /// Serves the local API until `shutdown` completes.
 pub async fn serve(
     agent: Arc<Agent>,
@@ -139,11 +131,7 @@ pub async fn serve(
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| AgentError::Runtime(format!("cannot listen on {addr}: {e}")))?;
-            let local = l
-                .local_addr()
-                .map_err(|e| AgentError::Runtime(format!("cannot listen on {addr}: {e}")))?;
-            report_listening(&format!("http://{local}"));
-            tracing::info!(address = %local, "agent local API listening");
+            tracing::info!(address = %addr, "agent local API listening");
             axum::serve(l, app)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -162,7 +150,6 @@ pub async fn serve(
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660));
             }
-            report_listening(&format!("unix:{}", path.display()));
             tracing::info!(socket = %path.display(), "agent local API listening");
             let r = axum::serve(l, app)
                 .with_graceful_shutdown(shutdown)
