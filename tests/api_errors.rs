@@ -406,11 +406,7 @@ async fn a_revoked_credential_is_refused_and_recorded() {
 #[test]
 fn a_bad_config_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        free_port(),
-        &[("issuance", "max_ttl = \"forever\"")],
-    );
+    let cfg = write_config(dir.path(), &[("issuance", "max_ttl = \"forever\"")]);
     let out = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -422,7 +418,7 @@ fn a_bad_config_exits_2_naming_the_key() {
         err.contains("issuance.max_ttl") && err.starts_with("lanyard: error:"),
         "{err}"
     );
-    let cfg = write_config(dir.path(), free_port(), &[("listen", "colour = \"red\"")]);
+    let cfg = write_config(dir.path(), &[("listen", "colour = \"red\"")]);
     let out = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -455,7 +451,7 @@ fn a_bad_config_exits_2_naming_the_key() {
 #[test]
 fn an_environment_variable_overrides_a_config_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), free_port(), &[]);
+    let cfg = write_config(dir.path(), &[]);
     let out = Command::new(BIN)
         .args(["init", "--config"])
         .arg(&cfg)

@@ -206,10 +206,11 @@ async fn the_automatic_schedule_prepares_activates_and_retires_on_its_own() {
         ("rotation", "automatic = true"),
         ("rotation", "propagation_delay = \"1s\""),
         ("rotation", "check_interval = \"200ms\""),
-        ("authority", "root_ttl = \"12s\""),
-        ("authority", "intermediate_ttl = \"12s\""),
+        // The shortest root the config allows: prepared at half its life (5 s).
+        ("authority", "root_ttl = \"10s\""),
+        ("authority", "intermediate_ttl = \"10s\""),
         ("issuance", "min_ttl = \"1s\""),
-        ("issuance", "default_ttl = \"2s\""),
+        ("issuance", "default_ttl = \"1s\""),
         ("issuance", "max_ttl = \"4s\""),
     ]);
     let start = Instant::now();
@@ -265,7 +266,8 @@ async fn the_intermediate_is_renewed_under_the_same_root_even_without_the_schedu
     let ca = TestCa::start_with(&[
         ("rotation", "check_interval = \"200ms\""),
         ("authority", "root_ttl = \"60s\""),
-        ("authority", "intermediate_ttl = \"6s\""),
+        // The shortest the config allows: renewed when a third is left, after about 3.4 s.
+        ("authority", "intermediate_ttl = \"5s\""),
         ("issuance", "min_ttl = \"1s\""),
         ("issuance", "default_ttl = \"2s\""),
         ("issuance", "max_ttl = \"5s\""),
@@ -273,23 +275,27 @@ async fn the_intermediate_is_renewed_under_the_same_root_even_without_the_schedu
     let first = authorities(&ca).await.authorities[0]
         .intermediate_not_after
         .clone();
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    let a = ApiClient::from_credential_dir(&ca.url(), &ca.operator_dir())
-        .unwrap()
-        .get::<api::AuthoritiesResponse>("/v1/authorities")
-        .await
-        .unwrap();
-    assert_ne!(
-        a.authorities[0].intermediate_not_after,
-        first,
-        "{}",
-        ca.log_text()
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let a = loop {
+        // The operator credential is reissued under the new intermediate: read it afresh.
+        let op = ApiClient::from_credential_dir(&ca.url(), &ca.operator_dir()).unwrap();
+        if let Ok(a) = op.get::<api::AuthoritiesResponse>("/v1/authorities").await {
+            if a.authorities[0].intermediate_not_after != first {
+                break a;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the intermediate was not renewed: {}",
+            ca.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         a.trust_bundle_sequence, 1,
         "an intermediate renewal does not change the bundle"
     );
-    // Past the first intermediate's end, issuance still gives a fresh, valid certificate.
+    // Issuance now uses the new intermediate, and its chains verify.
     let (_k, csr) = new_key_and_csr().unwrap();
     let cell = ca.join_cell("cell-1").await;
     let r: api::IssuedCertificate = cell
@@ -308,5 +314,12 @@ async fn the_intermediate_is_renewed_under_the_same_root_even_without_the_schedu
         .unwrap()
         .unwrap();
     assert!(openssl_verifies(&bundle, &r.certificate_chain));
+    let chain = pem::parse_many(&r.certificate_chain).unwrap();
+    let issuer = lanyard::x509::inspect::CertInfo::from_der(chain[1].contents()).unwrap();
+    assert_eq!(
+        Some(issuer.not_after),
+        lanyard::timefmt::parse_rfc3339(&a.authorities[0].intermediate_not_after),
+        "signed by the renewed intermediate"
+    );
     assert!(ca.log_text().contains("intermediate renewed"));
 }

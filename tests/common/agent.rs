@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::Child;
-use std::time::{Duration, Instant};
 
-use super::{free_port, TestCa};
+use super::TestCa;
 
 pub struct TestAgent {
     pub dir: tempfile::TempDir,
@@ -31,11 +30,10 @@ impl TestAgent {
             dir.path().join("bootstrap.pem"),
         )
         .unwrap();
-        let port = free_port();
         let d = dir.path().display();
         let text = format!(
             "server = \"{}\"\ntrust_bundle_file = \"{d}/bootstrap.pem\"\njoin_token_file = \"{d}/join-token\"\n\
-             credentials_root = \"{d}/instances\"\nstate_dir = \"{d}/state\"\nlisten = \"127.0.0.1:{port}\"\n\
+             credentials_root = \"{d}/instances\"\nstate_dir = \"{d}/state\"\nlisten = \"127.0.0.1:0\"\n\
              instance_ttl = \"{instance_ttl}\"\nrenew_fraction = 0.5\nmax_backoff = \"2s\"\n",
             ca.url()
         );
@@ -45,7 +43,7 @@ impl TestAgent {
         let mut a = TestAgent {
             dir,
             config,
-            port,
+            port: 0,
             child: None,
             log,
             http: reqwest::Client::new(),
@@ -54,30 +52,17 @@ impl TestAgent {
         a
     }
 
+    /// Starts the agent and returns once its local API is bound (it prints
+    /// `listening on http://<ip>:<port>`); each start gets a new port from the kernel.
     pub fn spawn(&mut self) {
-        self.child = Some(super::spawn_logged(
-            "agent",
-            &self.config,
-            &self.log,
-            "LANYARD_JOIN_TOKEN",
-        ));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(s)) = c.try_wait() {
-                    panic!("agent exited with {s}: {}", self.log_text());
-                }
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not start: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (child, at) =
+            super::spawn_logged("agent", &self.config, &self.log, "LANYARD_JOIN_TOKEN");
+        self.child = Some(child);
+        let addr: std::net::SocketAddr = at
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("lanyard agent reported {at:?}"));
+        self.port = addr.port();
     }
 
     pub fn stop(&mut self) {

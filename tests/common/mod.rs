@@ -1,9 +1,14 @@
-//! Test harness: real `lanyard` processes on free 127.0.0.1 ports, real TLS clients.
+//! Test harness: real `lanyard` processes, real TLS clients.
+//!
+//! Our processes bind `127.0.0.1:0` and report the address the kernel gave them
+//! (`listening on ...` on stdout), so no test ever hands a port it probed to a process: there
+//! is no window in which another test could take it.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub mod agent;
 
@@ -12,18 +17,14 @@ use lanyard::client::{new_key_and_csr, tls_config, ApiClient};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lanyard");
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// How long a process of ours may take to say where it listens (a cold debug build that
+/// initializes its state on a loaded machine).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The dev config with a temporary state dir, a free port and optional extra lines per
-/// section (`("rotation", "propagation_delay = \"1s\"")`).
-pub fn write_config(dir: &Path, port: u16, overrides: &[(&str, &str)]) -> PathBuf {
+/// The dev config with a temporary state dir, `listen.address = "127.0.0.1:0"` (the kernel
+/// picks the port) and optional extra lines per section
+/// (`("rotation", "propagation_delay = \"1s\"")`).
+pub fn write_config(dir: &Path, overrides: &[(&str, &str)]) -> PathBuf {
     let mut text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/ca-config/lanyard.toml"
@@ -37,7 +38,7 @@ pub fn write_config(dir: &Path, port: u16, overrides: &[(&str, &str)]) -> PathBu
         "kek_file = \"./data/kek\"",
         &format!("kek_file = \"{}\"", dir.join("data/kek").display()),
     );
-    text = text.replace("127.0.0.1:8443", &format!("127.0.0.1:{port}"));
+    text = text.replace("127.0.0.1:8443", "127.0.0.1:0");
     text = text.replace("automatic = true", "automatic = false");
     for (section, line) in overrides {
         let key = line.split('=').next().unwrap().trim();
@@ -91,13 +92,12 @@ impl TestCa {
 
     pub fn start_with(overrides: &[(&str, &str)]) -> TestCa {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = write_config(dir.path(), port, overrides);
+        let config = write_config(dir.path(), overrides);
         let log = dir.path().join("serve.log");
         let mut ca = TestCa {
             dir,
             config,
-            port,
+            port: 0,
             child: None,
             log,
         };
@@ -105,38 +105,30 @@ impl TestCa {
         ca
     }
 
+    /// Starts `lanyard serve` and returns once it has bound its port (the server prints
+    /// `listening on https://<ip>:<port>` after its state is open and the socket is bound).
+    ///
+    /// The first start binds port 0; the port it got is then written into the config, so a
+    /// restart comes back at the same address (as a real CA does: agents and clients keep
+    /// their URL) and CLI commands that take their server from the config reach it.
     pub fn spawn(&mut self) {
-        self.child = Some(spawn_logged(
-            "serve",
-            &self.config,
-            &self.log,
-            "LANYARD_KEK",
-        ));
-        self.wait_ready();
-    }
-
-    pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("lanyard serve exited with {status}: {}", self.log_text());
-                }
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && self
-                    .state_dir()
-                    .join("credentials/operator/cert.pem")
-                    .exists()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not start: {}",
-                self.log_text()
+        let (child, at) = spawn_logged("serve", &self.config, &self.log, "LANYARD_KEK");
+        let addr: std::net::SocketAddr = at
+            .strip_prefix("https://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("lanyard serve reported {at:?}"));
+        self.child = Some(child);
+        if self.port == 0 {
+            self.port = addr.port();
+            let text = std::fs::read_to_string(&self.config).unwrap();
+            let pinned = text.replace(
+                "address = \"127.0.0.1:0\"",
+                &format!("address = \"127.0.0.1:{}\"", self.port),
             );
-            std::thread::sleep(Duration::from_millis(50));
+            assert_ne!(pinned, text, "no listen address to pin in {text}");
+            std::fs::write(&self.config, pinned).unwrap();
+        } else {
+            assert_eq!(addr.port(), self.port, "the restarted server moved");
         }
     }
 
@@ -349,22 +341,35 @@ pub fn openssl_verify(bundle: &str, chain: &str, purpose: &str) -> (bool, String
     )
 }
 
-/// Sends SIGTERM to a child and waits up to 20 s, then kills it.
+/// Sends SIGTERM to a child and waits up to 20 s for it to exit, then kills it.
 pub fn stop_child(child: Option<Child>) {
-    if let Some(mut c) = child {
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
+    if let Some(c) = child {
+        let _ = terminate(c, Duration::from_secs(20));
     }
+}
+
+/// SIGTERM, then a blocking wait for the exit on a helper thread (no polling); SIGKILL if
+/// the child is still there after `grace`. The exit status, or `None` if it had to be killed.
+pub fn terminate(mut child: Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let pid = child.id();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        if let Ok(status) = child.wait() {
+            let _ = tx.send(status);
+        }
+    });
+    let status = rx.recv_timeout(grace).ok();
+    if status.is_none() {
+        // The waiter still owns the Child, so the pid cannot have been reused yet.
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let _ = waiter.join();
+    status
 }
 
 /// Writes instance credentials in the cell agent's layout and swaps them in as one set, the
@@ -415,20 +420,71 @@ pub fn openssl_csr(dir: &std::path::Path, key_args: &[&str], extra: &[&str]) -> 
 }
 
 /// Starts `lanyard <command> --config <config>` with debug logs appended to `log` and
-/// `clear` removed from its environment (so the caller's environment cannot leak in).
-pub fn spawn_logged(command: &str, config: &Path, log: &Path, clear: &str) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(BIN)
-        .args([command, "--config"])
+/// `clear` removed from its environment (so the caller's environment cannot leak in), and
+/// waits for the one line it prints once bound: `listening on <where>`. Returns the child
+/// and `<where>` (`https://ip:port`, `http://ip:port`, `unix:/path`).
+pub fn spawn_logged(command: &str, config: &Path, log: &Path, clear: &str) -> (Child, String) {
+    let log_file = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap()
+    };
+    let mut cmd = Command::new(BIN);
+    cmd.args([command, "--config"])
         .arg(config)
         .env_remove(clear)
         .env("LANYARD_LOG", "info,lanyard=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+        .stderr(log_file());
+    match spawn_reporting(cmd, log_file(), START_TIMEOUT) {
+        Ok((child, at)) => (child, at),
+        Err(e) => panic!(
+            "lanyard {command}: {e}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
+    }
+}
+
+/// Spawns `cmd` with a piped stdout and waits for the first line it prints that starts with
+/// `listening on `; returns the child and the rest of that line. A thread keeps reading
+/// stdout until the child closes it, so the child never blocks on a full pipe; every other
+/// line goes to `rest`. If the child exits first, or says nothing of the kind within
+/// `timeout`, it is killed and the error says what happened.
+pub fn spawn_reporting(
+    mut cmd: Command,
+    rest: impl Write + Send + 'static,
+    timeout: Duration,
+) -> Result<(Child, String), String> {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = rest;
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.is_some() && line.starts_with("listening on ") {
+                let _ = tx.take().unwrap().send(line);
+            } else {
+                let _ = writeln!(rest, "{line}");
+            }
+        }
+    });
+    let line: String = match rx.recv_timeout(timeout) {
+        Ok(line) => line,
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            return Err(match e {
+                std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                    format!("exited with {status} before it was listening")
+                }
+                std::sync::mpsc::RecvTimeoutError::Timeout => {
+                    format!("did not say where it listens within {timeout:?}")
+                }
+            });
+        }
+    };
+    Ok((child, line["listening on ".len()..].to_string()))
 }
