@@ -7,8 +7,8 @@ use std::time::Duration;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
 use super::{Ca, CaError};
-use crate::api::SERVER_NAME;
 use crate::api;
+use crate::api::SERVER_NAME;
 use crate::authority::{InstanceIds, Issued, LeafRequest, SubjectAttr};
 use crate::ids::{Guid, Name, Role};
 use crate::store::CertificateKind;

@@ -19,7 +19,6 @@ use crate::x509::inspect::{parse_pem_certs, CertInfo};
 
 const META_SERVER_TLS: &str = "server_tls";
 
-
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredServerCert {
     chain_pem: String,
@@ -265,4 +264,3 @@ impl Ca {
         Ok(())
     }
 }
-

@@ -98,7 +98,6 @@ pub enum MtlsError {
     Watcher(std::io::Error),
 }
 
-
 /// The guide for apps, compiled so that its Rust snippets stay true (`cargo test --doc`).
 #[doc = include_str!("../../docs/apps.md")]
 #[cfg(doctest)]

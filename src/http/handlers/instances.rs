@@ -10,7 +10,6 @@ use crate::ca::CaError;
 use crate::http::problem::{problem_of, ApiError, ApiJson};
 use crate::http::views::issued_view;
 
-
 pub(super) async fn instance_certificate(
     State(st): State<S>,
     CellCaller(role): CellCaller,
