@@ -187,8 +187,9 @@ async fn bad_input_to_the_local_api_gets_problem_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reader_never_sees_a_key_and_certificate_from_different_renewals() {
     let ca = short_lived_ca();
-    // One-second certificates: a renewal about every half second.
-    let agent = TestAgent::start(&ca, "cell-1", "1s");
+    // Two-second certificates: a renewal about every second. (X.509 times have whole-second
+    // resolution, so a one-second certificate can be expired by the time openssl reads it.)
+    let agent = TestAgent::start(&ca, "cell-1", "2s");
     let guid = "a1b2c3d4-0001";
     let (s, body) = agent.put(guid, APP).await;
     assert_eq!(s, 200, "{body}");
