@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{AuthorityId, Guid, Name, Serial};
 
-/// The life cycle of an authority generation (contract section 4).
+/// The life cycle of an authority generation: prepared, active, retiring, retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GenerationState {
