@@ -63,36 +63,13 @@ impl Ca {
 
     /// Whether `token` is a live join token (without spending it).
     pub fn check_join_token(&self, token: &str) -> Result<(), CaError> {
-        let rec = self
-            .store
-            .get_join_token(&token_hash(token))?
-            .ok_or_else(|| {
-                CaError::Unauthenticated("the join token is unknown or already used".into())
-            })?;
-        if SystemTime::now() >= rec.expires_at {
-            return Err(CaError::Unauthenticated(format!(
-                "the join token expired at {}",
-                rfc3339(rec.expires_at)
-            )));
-        }
-        Ok(())
+        live_token(self.store.get_join_token(&token_hash(token))?).map(|_| ())
     }
 
     /// `POST /v1/join`: spends the token, issues the cell credential.
     pub fn join(&self, token: &str, r: &api::CsrRequest) -> Result<Issued, CaError> {
         let key = Self::public_key(&r.csr)?;
-        let rec = self
-            .store
-            .take_join_token(&token_hash(token))?
-            .ok_or_else(|| {
-                CaError::Unauthenticated("the join token is unknown or already used".into())
-            })?;
-        if SystemTime::now() >= rec.expires_at {
-            return Err(CaError::Unauthenticated(format!(
-                "the join token expired at {}",
-                rfc3339(rec.expires_at)
-            )));
-        }
+        let rec = live_token(self.store.take_join_token(&token_hash(token))?)?;
         let spec = NamedCredential {
             kind: CertificateKind::Cell,
             role: Role::Cell(rec.name.clone()),
@@ -112,4 +89,19 @@ fn token_hash(token: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
         .as_ref()
         .to_vec()
+}
+
+/// A stored token that exists and has not expired; anything else is one 401 whose detail
+/// says which (an unknown and a spent token look the same on purpose).
+fn live_token(rec: Option<JoinTokenRecord>) -> Result<JoinTokenRecord, CaError> {
+    let rec = rec.ok_or_else(|| {
+        CaError::Unauthenticated("the join token is unknown or already used".into())
+    })?;
+    if SystemTime::now() >= rec.expires_at {
+        return Err(CaError::Unauthenticated(format!(
+            "the join token expired at {}",
+            rfc3339(rec.expires_at)
+        )));
+    }
+    Ok(rec)
 }
