@@ -14,12 +14,14 @@ fn cf_env(dir: &Path) -> Vec<(&'static str, PathBuf)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_ssl_client_from_the_guide_calls_the_example_server_with_instance_credentials() {
-    let ca = start_ca();
-    let cell = ca.join_cell("cell-1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
-    let caller = instance(&ca, &cell, tmp.path(), 2, CALLER_APP).await;
-    let other = instance(&ca, &cell, tmp.path(), 3, OTHER_APP).await;
+    let ThreeApps {
+        ca: _ca,
+        cell: _cell,
+        tmp,
+        server,
+        caller,
+        other,
+    } = three_apps().await;
     let (_srv, addr) = example_server(
         &server.dir,
         &["--allow-app", CALLER_APP],
@@ -95,12 +97,14 @@ async fn curl_from_the_guide_calls_the_example_server_with_the_instance_files() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_ssl_server_from_the_guide_serves_allowed_apps_and_picks_up_a_renewed_certificate()
 {
-    let ca = start_ca();
-    let cell = ca.join_cell("cell-1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
-    let caller = instance(&ca, &cell, tmp.path(), 2, CALLER_APP).await;
-    let other = instance(&ca, &cell, tmp.path(), 3, OTHER_APP).await;
+    let ThreeApps {
+        ca,
+        cell,
+        tmp,
+        server,
+        caller,
+        other,
+    } = three_apps().await;
     let script = tmp.path().join("mtls_server.py");
     std::fs::write(&script, doc_snippet("python-server")).unwrap();
     let mut cmd = Command::new("python3");

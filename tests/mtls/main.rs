@@ -90,6 +90,34 @@ async fn instance(ca: &TestCa, cell: &Credential, root: &Path, n: u32, app: &str
 
 /// Path of a built example; builds the examples once per test run (a no-op when
 /// `cargo test --all-targets` already did), so `cargo test --test mtls` works alone too.
+/// A CA, one cell and three instances on it: the server app, a caller the tests allow, and
+/// another app they refuse. `tmp` holds the instances' files and the logs.
+struct ThreeApps {
+    ca: TestCa,
+    cell: Credential,
+    tmp: tempfile::TempDir,
+    server: Instance,
+    caller: Instance,
+    other: Instance,
+}
+
+async fn three_apps() -> ThreeApps {
+    let ca = start_ca();
+    let cell = ca.join_cell("cell-1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
+    let caller = instance(&ca, &cell, tmp.path(), 2, CALLER_APP).await;
+    let other = instance(&ca, &cell, tmp.path(), 3, OTHER_APP).await;
+    ThreeApps {
+        ca,
+        cell,
+        tmp,
+        server,
+        caller,
+        other,
+    }
+}
+
 fn example(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {

@@ -5,12 +5,14 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_allowed_app_gets_200_with_both_identities_and_another_app_gets_403_with_the_reason() {
-    let ca = start_ca();
-    let cell = ca.join_cell("cell-1").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let server = instance(&ca, &cell, tmp.path(), 1, SERVER_APP).await;
-    let caller = instance(&ca, &cell, tmp.path(), 2, CALLER_APP).await;
-    let other = instance(&ca, &cell, tmp.path(), 3, OTHER_APP).await;
+    let ThreeApps {
+        ca: _ca,
+        cell: _cell,
+        tmp,
+        server,
+        caller,
+        other,
+    } = three_apps().await;
     let (_srv, addr) = example_server(
         &server.dir,
         &["--allow-app", CALLER_APP],
