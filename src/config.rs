@@ -189,6 +189,9 @@ pub struct RotationConfig {
     pub check_interval: ConfigDuration,
 }
 
+/// The shortest root or intermediate lifetime (see `Config::validate`).
+const MIN_CA_TTL: Duration = Duration::from_secs(2);
+
 fn default_check_interval() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(10))
 }
@@ -290,20 +293,25 @@ impl Config {
             ));
         }
         let a = &self.authority;
-        // Short lifetimes are allowed so rotation can be exercised end to end in tests.
-        if a.root_ttl.0 < Duration::from_secs(10) {
+        // Short CA lifetimes are allowed so rotation can be exercised end to end in tests.
+        // The floor is what whole-second X.509 times allow: notAfter is encoded truncated to
+        // the second, so a CA certificate configured for 2s really lives between 1s and 2s,
+        // and one configured for 1s could expire a moment after it was signed.
+        if a.root_ttl.0 < MIN_CA_TTL {
             return Err(ConfigError::key(
                 "authority.root_ttl",
-                "must be at least 10s",
+                "must be at least 2s",
             ));
         }
-        if a.intermediate_ttl.0 > a.root_ttl.0 || a.intermediate_ttl.0 < Duration::from_secs(5) {
+        if a.intermediate_ttl.0 > a.root_ttl.0 || a.intermediate_ttl.0 < MIN_CA_TTL {
             return Err(ConfigError::key(
                 "authority.intermediate_ttl",
-                "must be at least 5s and not longer than authority.root_ttl",
+                "must be at least 2s and not longer than authority.root_ttl",
             ));
         }
         let i = &self.issuance;
+        // A leaf may ask for 1s (it then lives under a second, see above): the caller's
+        // choice, since the CA's own credentials use default_ttl and max_ttl.
         if i.min_ttl.0 < Duration::from_secs(1) {
             return Err(ConfigError::key("issuance.min_ttl", "must be at least 1s"));
         }
@@ -335,10 +343,22 @@ impl Config {
                 "must be shorter than a third of authority.root_ttl when rotation.automatic is on",
             ));
         }
+        // Each check reads the generations and the local credentials; 100ms keeps the
+        // background loops far from busy even with the shortest lifetimes.
         if self.rotation.check_interval.0 < Duration::from_millis(100) {
             return Err(ConfigError::key(
                 "rotation.check_interval",
                 "must be at least 100ms",
+            ));
+        }
+        // The intermediate is renewed when a third of its life is left, and the automatic
+        // schedule must see both half and five sixths of the root's life (a window of a
+        // third, with intermediate_ttl <= root_ttl): checks at most a sixth apart land at
+        // least twice in each window.
+        if self.rotation.check_interval.0 * 6 > a.intermediate_ttl.0 {
+            return Err(ConfigError::key(
+                "rotation.check_interval",
+                "must be at most a sixth of authority.intermediate_ttl",
             ));
         }
         match self.storage.backend.as_str() {
@@ -557,6 +577,91 @@ mod tests {
         let f = write(&DEV.replace("default_ttl = \"24h\"", "default_ttl = \"30d\""));
         let e = Config::load(f.path()).unwrap_err().to_string();
         assert!(e.contains("issuance.default_ttl"), "{e}");
+    }
+
+    /// The dev config with `[section] key = value` lines added (later keys win).
+    fn dev_with(lines: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut text = DEV.to_string();
+        for (section, line) in lines {
+            let header = format!("[{section}]");
+            let body = text
+                .lines()
+                .filter(|l| !l.starts_with(line.split('=').next().unwrap()))
+                .collect::<Vec<_>>()
+                .join("\n");
+            text = body.replacen(&header, &format!("{header}\n{line}"), 1);
+        }
+        let f = write(&text);
+        Config::load(f.path())
+    }
+
+    const SHORTEST: &[(&str, &str)] = &[
+        ("authority", "root_ttl = \"2s\""),
+        ("authority", "intermediate_ttl = \"2s\""),
+        ("issuance", "min_ttl = \"1s\""),
+        ("issuance", "default_ttl = \"1s\""),
+        ("issuance", "max_ttl = \"2s\""),
+        ("rotation", "automatic = true"),
+        ("rotation", "propagation_delay = \"500ms\""),
+        ("rotation", "check_interval = \"100ms\""),
+    ];
+
+    #[test]
+    fn two_second_ca_lifetimes_with_automatic_rotation_are_accepted() {
+        let c = dev_with(SHORTEST).unwrap();
+        assert_eq!(c.authority.root_ttl.0, Duration::from_secs(2));
+        assert_eq!(c.authority.intermediate_ttl.0, Duration::from_secs(2));
+        assert_eq!(c.rotation.check_interval.0, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn ca_lifetimes_under_two_seconds_are_refused() {
+        for (key, line) in [
+            ("authority.root_ttl", "root_ttl = \"1s\""),
+            (
+                "authority.intermediate_ttl",
+                "intermediate_ttl = \"1500ms\"",
+            ),
+        ] {
+            let mut lines = SHORTEST.to_vec();
+            lines.push(("authority", line));
+            let e = dev_with(&lines).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("at least 2s"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_check_interval_under_100ms_or_over_a_sixth_of_the_intermediate_life_is_refused() {
+        for (line, why) in [
+            ("check_interval = \"50ms\"", "at least 100ms"),
+            (
+                "check_interval = \"400ms\"",
+                "a sixth of authority.intermediate_ttl",
+            ),
+        ] {
+            let mut lines = SHORTEST.to_vec();
+            lines.push(("rotation", line));
+            let e = dev_with(&lines).unwrap_err().to_string();
+            assert!(
+                e.contains("rotation.check_interval") && e.contains(why),
+                "{e}"
+            );
+        }
+        // The default interval (10s) is fine with a one-minute intermediate.
+        dev_with(&[
+            ("authority", "intermediate_ttl = \"1m\""),
+            ("issuance", "default_ttl = \"1m\""),
+            ("issuance", "max_ttl = \"1m\""),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn a_propagation_delay_over_a_third_of_the_root_life_is_refused_with_automatic_rotation() {
+        let mut lines = SHORTEST.to_vec();
+        lines.push(("rotation", "propagation_delay = \"700ms\""));
+        let e = dev_with(&lines).unwrap_err().to_string();
+        assert!(e.contains("rotation.propagation_delay"), "{e}");
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub fn next_step(
     }
     let active = gens.iter().find(|g| g.state == GenerationState::Active)?;
     let root_start = life_start(&active.root, active.created_at);
-    let root_end = active.root.not_after;
+    let root_end = encoded(active.root.not_after);
     if let Some(p) = gens.iter().find(|g| g.state == GenerationState::Prepared) {
         let published = p.published_at.unwrap_or(p.created_at);
         let deadline = fraction(root_start, root_end, 5, 6);
@@ -204,15 +204,23 @@ pub fn next_step(
 pub fn intermediate_due(active: &AuthorityRecord, now: SystemTime) -> Option<String> {
     let im = active.intermediates.last()?;
     let start = life_start(im, active.created_at);
+    let end = encoded(im.not_after);
     // Renewing is pointless once the root itself ends before a new intermediate could.
-    (now >= fraction(start, im.not_after, 2, 3) && im.not_after < active.root.not_after).then(
-        || {
-            format!(
-                "intermediate has a third of its lifetime left (expires {})",
-                rfc3339(im.not_after)
-            )
-        },
-    )
+    (now >= fraction(start, end, 2, 3) && end < encoded(active.root.not_after)).then(|| {
+        format!(
+            "intermediate has a third of its lifetime left (expires {})",
+            rfc3339(end)
+        )
+    })
+}
+
+/// A CA certificate's end as relying parties see it: X.509 encodes notAfter in whole
+/// seconds, truncated, so up to a second before the recorded time. Negligible for real
+/// lifetimes, but a root configured for 2s lives between 1s and 2s, and the schedule's
+/// fractions must be of that life.
+fn encoded(t: SystemTime) -> SystemTime {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs())
 }
 
 /// When a CA certificate's life began for the schedule: its issue time (its notBefore is
@@ -403,6 +411,34 @@ mod tests {
                 t0 + DAY / 2 + Duration::from_secs(60)
             ),
             Some(Step::Activate(AuthorityId(2), _, false))
+        ));
+    }
+
+    #[test]
+    fn the_schedule_measures_a_short_root_to_its_whole_second_not_after() {
+        // A 2 s root created 0.9 s into a second ends, as encoded, 1.1 s after its creation.
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_900);
+        let gens = vec![gen(1, GenerationState::Active, t0, Duration::from_secs(2))];
+        let none = |_| None;
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(next_step(&gens, none, Duration::ZERO, at(500)), None);
+        assert!(matches!(
+            next_step(&gens, none, Duration::ZERO, at(550)),
+            Some(Step::Prepare(_))
+        ));
+        let mut p = gen(
+            2,
+            GenerationState::Prepared,
+            at(550),
+            Duration::from_secs(2),
+        );
+        p.published_at = Some(at(550));
+        let gens = vec![gens[0].clone(), p];
+        let delay = Duration::from_secs(1);
+        assert_eq!(next_step(&gens, none, delay, at(900)), None);
+        assert!(matches!(
+            next_step(&gens, none, delay, at(917)),
+            Some(Step::Activate(AuthorityId(2), _, true))
         ));
     }
 

@@ -287,12 +287,14 @@ async fn operator_post<T: serde::de::DeserializeOwned>(
 async fn a_full_root_rotation_under_live_app_to_app_traffic_with_the_real_agent_fails_no_handshake()
 {
     // Short lifetimes so that the whole rotation takes a few seconds: generation 1 can retire
-    // once its last certificate (at most default_ttl old at activation) has expired.
+    // once its last certificate (at most max_ttl old at activation) has expired. 2 s is the
+    // shortest that is safe for leaves in use: notAfter is whole seconds, so a 2 s leaf
+    // lives 1 to 2 s.
     let ca = TestCa::start_with(&[
         ("issuance", "min_ttl = \"1s\""),
         ("issuance", "default_ttl = \"2s\""),
-        ("issuance", "max_ttl = \"3s\""),
-        ("rotation", "propagation_delay = \"1s\""),
+        ("issuance", "max_ttl = \"2s\""),
+        ("rotation", "propagation_delay = \"500ms\""),
         ("rotation", "check_interval = \"200ms\""),
     ]);
     let agent = common::agent::TestAgent::start(&ca, "cell-1", "2s");
