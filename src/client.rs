@@ -1,7 +1,9 @@
 //! An HTTPS client for the Lanyard API (CLI, agent, tests): trusts a bundle file, presents a
-//! credential directory's certificate, turns problem+json answers into [`ClientError::Api`].
+//! credential directory's certificate, turns problem+json answers into [`ClientError::Api`],
+//! and fails over between several CA replicas (see [`ApiClient`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +18,9 @@ use crate::x509::inspect::{parse_pem_certs, CertInfo};
 
 /// The longest any call but a long poll may take; a hung CA must not stall the agent.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long establishing a connection (TCP and TLS) may take before the next replica is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Client-side failures.
 #[derive(Debug, thiserror::Error)]
@@ -189,105 +194,290 @@ impl CredentialFiles {
     }
 }
 
-/// The API client.
+/// The ordered CA URLs a client tries, and which one answered last. Shared by the clones of
+/// a client and by the clients [`ApiClient::with_tls`] derives from it, so a TLS rebuild
+/// (a new bundle, a renewed credential) does not send the next request back to a dead URL.
+#[derive(Debug)]
+struct Replicas {
+    urls: Vec<String>,
+    /// Index into `urls` of the URL that last answered; every request starts there.
+    current: AtomicUsize,
+}
+
+impl Replicas {
+    /// Remembers that `i` answered, and says so when that changes which replica is used.
+    fn settle(&self, i: usize) {
+        let previous = self.current.swap(i, Ordering::Relaxed);
+        if previous != i {
+            tracing::info!(replica = %self.urls[i], "now using CA replica");
+        }
+    }
+}
+
+/// Whether a request may be sent again, to the next replica, after its connection broke once
+/// the request could have reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Only when nothing reached a server. A POST that reached one may have taken effect
+    /// there: a join token may be spent, a generation prepared. Its caller sees the error and
+    /// decides; the agent's own retry starts at the same URL and moves on if it is down.
+    Unsent,
+    /// Whenever the exchange failed: a GET changes nothing, so asking the next replica is
+    /// always safe (the trust bundle long poll resumes at once when its replica dies).
+    Always,
+}
+
+/// How one attempt on one replica ended, when it did not succeed.
+#[derive(Debug)]
+enum AttemptError {
+    /// No connection: refused, unreachable, TLS handshake failed, connect timeout. Nothing
+    /// was sent, so any request may go to the next replica.
+    Unreached(ClientError),
+    /// The replica answered 503 (not ready, its database away): it did nothing.
+    Unavailable(ClientError),
+    /// The request may have reached the replica, then the connection broke or timed out.
+    Lost(ClientError),
+    /// The replica answered: its answer (a 409, say) is the answer, not a reason to ask
+    /// another replica, which shares its state.
+    Answered(ClientError),
+}
+
+impl AttemptError {
+    fn moves_on(&self, resend: Resend) -> bool {
+        match self {
+            AttemptError::Unreached(_) | AttemptError::Unavailable(_) => true,
+            AttemptError::Lost(_) => resend == Resend::Always,
+            AttemptError::Answered(_) => false,
+        }
+    }
+
+    fn into_inner(self) -> ClientError {
+        match self {
+            AttemptError::Unreached(e)
+            | AttemptError::Unavailable(e)
+            | AttemptError::Lost(e)
+            | AttemptError::Answered(e) => e,
+        }
+    }
+}
+
+/// One HTTP answer, read whole.
+struct Exchange {
+    status: reqwest::StatusCode,
+    etag: Option<u64>,
+    body: Vec<u8>,
+}
+
+impl Exchange {
+    /// The answer as a problem: the server's problem+json, or one made from the status.
+    fn problem(&self) -> ClientError {
+        match serde_json::from_slice::<Problem>(&self.body) {
+            Ok(p) => ClientError::Api(p),
+            Err(_) => ClientError::Api(Problem {
+                type_: "about:blank".into(),
+                title: self.status.canonical_reason().unwrap_or("error").into(),
+                status: self.status.as_u16(),
+                detail: String::from_utf8_lossy(&self.body).into_owned(),
+            }),
+        }
+    }
+
+    /// A success parsed as JSON, anything else as the replica's final answer.
+    fn json<R: DeserializeOwned>(self) -> Result<R, AttemptError> {
+        if !self.status.is_success() {
+            return Err(AttemptError::Answered(self.problem()));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| AttemptError::Answered(ClientError::Decode(e.to_string())))
+    }
+}
+
+fn transport(url: &str, e: &reqwest::Error) -> ClientError {
+    let mut message = e.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        src = s.source();
+    }
+    ClientError::Transport {
+        url: url.to_string(),
+        message,
+    }
+}
+
+/// Sends one request to one replica and reads its answer; a 503 is [`AttemptError::Unavailable`].
+async fn exchange(url: &str, req: reqwest::RequestBuilder) -> Result<Exchange, AttemptError> {
+    let resp = req.send().await.map_err(|e| {
+        // reqwest reports every failure inside its connector (TCP connect, TLS handshake,
+        // the connect timeout) as a connect error: the request itself was never written.
+        if e.is_connect() {
+            AttemptError::Unreached(transport(url, &e))
+        } else {
+            AttemptError::Lost(transport(url, &e))
+        }
+    })?;
+    let status = resp.status();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim_matches('"').parse::<u64>().ok());
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| AttemptError::Lost(transport(url, &e)))?
+        .to_vec();
+    let x = Exchange { status, etag, body };
+    if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        return Err(AttemptError::Unavailable(x.problem()));
+    }
+    Ok(x)
+}
+
+/// The API client. It knows one or several CA URLs (equal replicas) in order of preference:
+/// each request goes to the URL that answered last and, when that one cannot be reached or
+/// answers 503, to the next, for at most one pass over the list. Any other answer, a 409 or a
+/// 500 included, is the answer: replicas share their state, so another would say the same.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
-    base: String,
+    replicas: Arc<Replicas>,
     http: reqwest::Client,
 }
 
 impl ApiClient {
     /// A client for `base` (`https://127.0.0.1:8443`) with the given TLS config.
     pub fn new(base: &str, tls: rustls::ClientConfig) -> Result<Self, ClientError> {
-        let url = reqwest::Url::parse(base)
-            .map_err(|e| ClientError::Setup(format!("server URL `{base}`: {e}")))?;
-        if url.scheme() != "https" || url.host_str().is_none() {
-            return Err(ClientError::Setup(format!(
-                "server URL `{base}` must be https://host[:port]"
-            )));
-        }
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Self::new_failover(&[base], tls)
+    }
+
+    /// A client for several CA replicas, tried in this order (see [`ApiClient`]).
+    pub fn new_failover<S: AsRef<str>>(
+        servers: &[S],
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let urls = check_urls(servers)?;
         Ok(ApiClient {
-            base: base.trim_end_matches('/').to_string(),
-            http,
+            replicas: Arc::new(Replicas {
+                urls,
+                current: AtomicUsize::new(0),
+            }),
+            http: http_client(tls)?,
+        })
+    }
+
+    /// The same replicas with another TLS config (a new bundle or credential); the new client
+    /// shares this one's memory of which replica answers.
+    pub fn with_tls(&self, tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+        Ok(ApiClient {
+            replicas: self.replicas.clone(),
+            http: http_client(tls)?,
         })
     }
 
     /// A client presenting the credential in `dir` (if it has one) and trusting its bundle.
     pub fn from_credential_dir(base: &str, dir: &Path) -> Result<Self, ClientError> {
+        Self::failover_from_credential_dir(&[base], dir)
+    }
+
+    /// [`ApiClient::from_credential_dir`] for several CA replicas, tried in this order.
+    pub fn failover_from_credential_dir<S: AsRef<str>>(
+        servers: &[S],
+        dir: &Path,
+    ) -> Result<Self, ClientError> {
         let f = CredentialFiles::read(dir)?;
         let identity = match (&f.chain_pem, &f.key_pem) {
             (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
             _ => None,
         };
-        Self::new(base, tls_config(f.bundle_pem.as_bytes(), identity)?)
+        Self::new_failover(servers, tls_config(f.bundle_pem.as_bytes(), identity)?)
     }
 
-    fn transport(&self, e: reqwest::Error) -> ClientError {
-        let mut message = e.to_string();
-        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-        while let Some(s) = src {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            src = s.source();
-        }
-        ClientError::Transport {
-            url: self.base.clone(),
-            message,
-        }
+    /// Every CA URL, in order.
+    pub fn servers(&self) -> &[String] {
+        &self.replicas.urls
     }
 
-    async fn answer<R: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<R, ClientError> {
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<Problem>(&bytes) {
-                Ok(p) => ClientError::Api(p),
-                Err(_) => ClientError::Api(Problem {
-                    type_: "about:blank".into(),
-                    title: status.canonical_reason().unwrap_or("error").into(),
-                    status: status.as_u16(),
-                    detail: String::from_utf8_lossy(&bytes).into_owned(),
-                }),
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    /// The URL the next request goes to first: the one that answered last.
+    pub fn current_server(&self) -> &str {
+        let i = self.replicas.current.load(Ordering::Relaxed);
+        &self.replicas.urls[i % self.replicas.urls.len()]
     }
 
-    /// POSTs JSON, optionally with a bearer token, and parses the JSON answer.
+    /// Runs `attempt` on each replica in turn from the current one, until one answers (or
+    /// fails in a way `resend` does not allow to try elsewhere), at most once each.
+    async fn failover<T, F, Fut>(&self, resend: Resend, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, AttemptError>>,
+    {
+        let urls = &self.replicas.urls;
+        let n = urls.len();
+        let start = self.replicas.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for step in 0..n {
+            let i = (start + step) % n;
+            match attempt(urls[i].clone()).await {
+                Ok(v) => {
+                    self.replicas.settle(i);
+                    return Ok(v);
+                }
+                Err(e) if !e.moves_on(resend) => {
+                    if matches!(e, AttemptError::Answered(_)) {
+                        self.replicas.settle(i);
+                    }
+                    return Err(e.into_inner());
+                }
+                Err(e) => {
+                    let e = e.into_inner();
+                    if step + 1 < n {
+                        let next = &urls[(i + 1) % n];
+                        tracing::info!(replica = %urls[i], error = %e, next = %next, "CA replica unavailable; trying the next");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        // `check_urls` guarantees one URL at least, so the loop ran and set `last`.
+        Err(last.unwrap_or_else(|| ClientError::Setup("no CA URL".into())))
+    }
+
+    /// POSTs JSON, optionally with a bearer token, and parses the JSON answer. Sent to the next
+    /// replica only when the current one could not be reached or answered 503, never after
+    /// the request may have arrived: `/v1/join` spends its token on arrival, and a retry
+    /// would be refused and hide the credential the first attempt issued.
     pub async fn post<B: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
         bearer: Option<&str>,
     ) -> Result<R, ClientError> {
-        let mut req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .timeout(REQUEST_TIMEOUT)
-            .json(body);
-        if let Some(t) = bearer {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| self.transport(e))?;
-        self.answer(resp).await
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Setup(e.to_string()))?;
+        self.failover(Resend::Unsent, |base| {
+            let mut req = self
+                .http
+                .post(format!("{base}{path}"))
+                .timeout(REQUEST_TIMEOUT)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            if let Some(t) = bearer {
+                req = req.bearer_auth(t);
+            }
+            async move { exchange(&base, req).await?.json() }
+        })
+        .await
     }
 
     /// GETs JSON.
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        self.answer(resp).await
+        self.failover(Resend::Always, |base| {
+            let req = self
+                .http
+                .get(format!("{base}{path}"))
+                .timeout(REQUEST_TIMEOUT);
+            async move { exchange(&base, req).await?.json() }
+        })
+        .await
     }
 
     /// Fetches the trust bundle; with `known` and `wait`, long-polls. Returns `None` on 304,
@@ -298,34 +488,71 @@ impl ApiClient {
         wait: u64,
         json: bool,
     ) -> Result<Option<(u64, String)>, ClientError> {
-        let mut url = format!("{}/v1/trust-bundle", self.base);
-        if wait > 0 {
-            url.push_str(&format!("?wait={wait}"));
-        }
-        let mut req = self.http.get(url).timeout(Duration::from_secs(wait + 30));
-        if let Some(n) = known {
-            req = req.header("If-None-Match", format!("\"{n}\""));
-        }
-        if json {
-            req = req.header("Accept", "application/json");
-        }
-        let resp = req.send().await.map_err(|e| self.transport(e))?;
-        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
-            return Ok(None);
-        }
-        let seq = resp
-            .headers()
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim_matches('"').parse::<u64>().ok());
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            return Err(ClientError::Decode(format!(
-                "trust bundle answered {status}: {text}"
-            )));
-        }
-        let seq = seq.ok_or_else(|| ClientError::Decode("trust bundle without an ETag".into()))?;
-        Ok(Some((seq, text)))
+        self.failover(Resend::Always, |base| {
+            let mut url = format!("{base}/v1/trust-bundle");
+            if wait > 0 {
+                url.push_str(&format!("?wait={wait}"));
+            }
+            let mut req = self.http.get(url).timeout(Duration::from_secs(wait + 30));
+            if let Some(n) = known {
+                req = req.header("If-None-Match", format!("\"{n}\""));
+            }
+            if json {
+                req = req.header("Accept", "application/json");
+            }
+            async move {
+                let x = exchange(&base, req).await?;
+                if x.status == reqwest::StatusCode::NOT_MODIFIED {
+                    return Ok(None);
+                }
+                if !x.status.is_success() {
+                    return Err(AttemptError::Answered(x.problem()));
+                }
+                let seq = x.etag.ok_or_else(|| {
+                    AttemptError::Answered(ClientError::Decode(
+                        "trust bundle without an ETag".into(),
+                    ))
+                })?;
+                let text = String::from_utf8(x.body).map_err(|_| {
+                    AttemptError::Answered(ClientError::Decode(
+                        "trust bundle that is not UTF-8".into(),
+                    ))
+                })?;
+                Ok(Some((seq, text)))
+            }
+        })
+        .await
     }
+}
+
+/// Checks that every URL is `https://host[:port]` and keeps them without a trailing `/`.
+fn check_urls<S: AsRef<str>>(servers: &[S]) -> Result<Vec<String>, ClientError> {
+    if servers.is_empty() {
+        return Err(ClientError::Setup("no CA URL given".into()));
+    }
+    servers
+        .iter()
+        .map(|s| {
+            let base = s.as_ref();
+            let url = reqwest::Url::parse(base)
+                .map_err(|e| ClientError::Setup(format!("server URL `{base}`: {e}")))?;
+            if url.scheme() != "https" || url.host_str().is_none() {
+                return Err(ClientError::Setup(format!(
+                    "server URL `{base}` must be https://host[:port]"
+                )));
+            }
+            Ok(base.trim_end_matches('/').to_string())
+        })
+        .collect()
+}
+
+fn http_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        // Also how long a replica that is down without refusing (a lost host) holds a
+        // request before the next one is tried: reqwest counts the TLS handshake in it.
+        .connect_timeout(CONNECT_TIMEOUT)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| ClientError::Setup(e.to_string()))
 }
