@@ -556,3 +556,289 @@ fn http_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, ClientError
         .build()
         .map_err(|e| ClientError::Setup(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Failover order against tiny local TLS servers with canned answers, and closed ports.
+
+    use super::*;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What a tiny server does with each connection.
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        /// Reads the request and answers this status (problem+json; 200 with an ETag).
+        Status(u16),
+        /// Reads the request, then closes without answering: the request arrived, was lost.
+        Hangup,
+        /// Closes the TCP connection before the TLS handshake.
+        NoTls,
+    }
+
+    struct Tiny {
+        url: String,
+        hits: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Tiny {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// A root, and a server certificate under it that the client's verifier accepts.
+    struct TestPki {
+        bundle_pem: String,
+        chain: Vec<CertificateDer<'static>>,
+        key_der: Vec<u8>,
+    }
+
+    fn pki() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.subject_alt_names.push(SanType::URI(
+            format!(
+                "spiffe://test.internal/component/{}",
+                crate::api::SERVER_NAME
+            )
+            .try_into()
+            .unwrap(),
+        ));
+        let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+        TestPki {
+            bundle_pem: ca.pem(),
+            chain: vec![leaf.der().clone()],
+            key_der: key.serialize_der(),
+        }
+    }
+
+    /// Reads one HTTP/1.1 request (headers, then a Content-Length body).
+    async fn read_request<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<String> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return Some(text);
+                }
+            }
+        }
+    }
+
+    async fn tiny(pki: &TestPki, behaviour: Behaviour) -> Tiny {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(crate::tls_provider::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                pki.chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                if let Behaviour::NoTls = behaviour {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    drop(tcp);
+                    continue;
+                }
+                let (acceptor, counter) = (acceptor.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if read_request(&mut tls).await.is_none() {
+                        return;
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let Behaviour::Status(status) = behaviour else {
+                        // Hangup: the request arrived and no answer ever will.
+                        return;
+                    };
+                    let body = if status == 200 {
+                        "{}".to_string()
+                    } else {
+                        format!(
+                            r#"{{"type":"about:blank","title":"canned","status":{status},"detail":"tiny server"}}"#
+                        )
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status} Canned\r\ncontent-type: application/json\r\n\
+                         etag: \"7\"\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Tiny {
+            url: format!("https://127.0.0.1:{}", addr.port()),
+            hits,
+            task,
+        }
+    }
+
+    /// A URL nothing listens on: a port the kernel gave out, then released.
+    fn closed_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        format!("https://127.0.0.1:{port}")
+    }
+
+    fn client(pki: &TestPki, urls: &[&str]) -> ApiClient {
+        ApiClient::new_failover(urls, tls_config(pki.bundle_pem.as_bytes(), None).unwrap()).unwrap()
+    }
+
+    fn hits(t: &Tiny) -> usize {
+        t.hits.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn skips_a_refused_url_and_a_503_and_stops_at_a_409() {
+        let pki = pki();
+        let (unavailable, conflict, ok) = (
+            tiny(&pki, Behaviour::Status(503)).await,
+            tiny(&pki, Behaviour::Status(409)).await,
+            tiny(&pki, Behaviour::Status(200)).await,
+        );
+        let dead = closed_port();
+        let c = client(&pki, &[&dead, &unavailable.url, &conflict.url, &ok.url]);
+        let r: Result<serde_json::Value, _> = c.post("/v1/x", &serde_json::json!({}), None).await;
+        match r {
+            Err(ClientError::Api(p)) => assert_eq!(p.status, 409),
+            other => panic!("expected the 409, got {other:?}"),
+        }
+        assert_eq!(
+            (hits(&unavailable), hits(&conflict), hits(&ok)),
+            (1, 1, 0),
+            "a 409 is the answer: the next replica is not asked"
+        );
+        // The replica that answered (with a 409) is where the next request starts.
+        assert_eq!(c.current_server(), conflict.url);
+    }
+
+    #[tokio::test]
+    async fn sticks_to_the_url_that_answered() {
+        let pki = pki();
+        let (unavailable, ok) = (
+            tiny(&pki, Behaviour::Status(503)).await,
+            tiny(&pki, Behaviour::Status(200)).await,
+        );
+        let c = client(&pki, &[&unavailable.url, &ok.url]);
+        let _: serde_json::Value = c.get("/v1/x").await.unwrap();
+        assert_eq!((hits(&unavailable), hits(&ok)), (1, 1));
+        assert_eq!(c.current_server(), ok.url);
+        // Further requests, also from a clone or a client with a new TLS config, start at
+        // the replica that worked.
+        let _: serde_json::Value = c.clone().get("/v1/x").await.unwrap();
+        let rebuilt = c
+            .with_tls(tls_config(pki.bundle_pem.as_bytes(), None).unwrap())
+            .unwrap();
+        let _: serde_json::Value = rebuilt
+            .post("/v1/x", &serde_json::json!({}), None)
+            .await
+            .unwrap();
+        assert_eq!((hits(&unavailable), hits(&ok)), (1, 3));
+    }
+
+    #[tokio::test]
+    async fn the_long_poll_skips_a_refused_url_a_failed_handshake_and_a_503() {
+        let pki = pki();
+        let (no_tls, unavailable, ok) = (
+            tiny(&pki, Behaviour::NoTls).await,
+            tiny(&pki, Behaviour::Status(503)).await,
+            tiny(&pki, Behaviour::Status(200)).await,
+        );
+        let dead = closed_port();
+        let c = client(&pki, &[&dead, &no_tls.url, &unavailable.url, &ok.url]);
+        let got = c.trust_bundle(Some(6), 1, false).await.unwrap();
+        assert_eq!(got.map(|(seq, _)| seq), Some(7));
+        assert_eq!((hits(&no_tls), hits(&unavailable), hits(&ok)), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn one_pass_then_the_last_error() {
+        let pki = pki();
+        let unavailable = tiny(&pki, Behaviour::Status(503)).await;
+        let dead = closed_port();
+        let c = client(&pki, &[&unavailable.url, &dead]);
+        let r: Result<serde_json::Value, _> = c.get("/v1/x").await;
+        assert!(
+            matches!(r, Err(ClientError::Transport { ref url, .. }) if *url == dead),
+            "{r:?}"
+        );
+        assert_eq!(hits(&unavailable), 1, "each replica once per request");
+        // Nothing answered, so nothing moved: the next request starts at the first URL again.
+        assert_eq!(c.current_server(), unavailable.url);
+        let c = client(&pki, &[&dead, &unavailable.url]);
+        let r: Result<serde_json::Value, _> = c.get("/v1/x").await;
+        assert!(
+            matches!(r, Err(ClientError::Api(ref p)) if p.status == 503),
+            "{r:?}"
+        );
+        assert_eq!(hits(&unavailable), 2);
+    }
+
+    #[tokio::test]
+    async fn a_post_that_arrived_is_not_sent_again_but_a_get_is() {
+        let pki = pki();
+        let (lost, ok) = (
+            tiny(&pki, Behaviour::Hangup).await,
+            tiny(&pki, Behaviour::Status(200)).await,
+        );
+        let c = client(&pki, &[&lost.url, &ok.url]);
+        // A join token would be spent by the first attempt: no second one elsewhere.
+        let r: Result<serde_json::Value, _> = c
+            .post("/v1/join", &serde_json::json!({}), Some("token"))
+            .await;
+        assert!(matches!(r, Err(ClientError::Transport { .. })), "{r:?}");
+        assert_eq!((hits(&lost), hits(&ok)), (1, 0));
+        // Reading changes nothing, so a GET moves on.
+        let _: serde_json::Value = c.get("/v1/x").await.unwrap();
+        assert_eq!((hits(&lost), hits(&ok)), (2, 1));
+    }
+
+    #[test]
+    fn every_url_must_be_https() {
+        let tls = || tls_config(pki().bundle_pem.as_bytes(), None).unwrap();
+        assert!(ApiClient::new_failover(&["https://a:1", "http://b:1"], tls()).is_err());
+        assert!(ApiClient::new_failover::<&str>(&[], tls()).is_err());
+        let c = ApiClient::new_failover(&["https://a:1/", "https://b:1"], tls()).unwrap();
+        assert_eq!(c.servers(), ["https://a:1", "https://b:1"]);
+        assert_eq!(c.current_server(), "https://a:1");
+    }
+}
