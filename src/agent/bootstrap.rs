@@ -159,6 +159,15 @@ pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
     let saved_bundle = std::fs::read_to_string(config.state_dir.join("trust-bundle.pem")).ok();
     let bundle_pem = saved_bundle.unwrap_or_else(|| bootstrap.clone());
 
+    // One failover client from the start: the join goes to the first replica that answers,
+    // and the agent's client keeps that replica (see `Agent::rebuild_client`). Until a cell
+    // credential exists it presents none; the bootstrap roots are trusted beside a saved bundle.
+    let anon = ApiClient::new_failover(
+        config.server_urls(),
+        tls_config(format!("{bundle_pem}{bootstrap}").as_bytes(), None)
+            .map_err(|e| AgentError::Config(e.to_string()))?,
+    )
+    .map_err(|e| AgentError::Config(e.to_string()))?;
     let cell = match load_cell(&config) {
         Some(c) => {
             tracing::info!("reusing the saved cell credential");
@@ -166,37 +175,29 @@ pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         }
         None => {
             let token = read_join_token(&config)?;
-            let tls = tls_config(format!("{bundle_pem}{bootstrap}").as_bytes(), None)
-                .map_err(|e| AgentError::Config(e.to_string()))?;
-            let anon = ApiClient::new(&config.server, tls)
-                .map_err(|e| AgentError::Config(e.to_string()))?;
             let (key_pem, csr) = new_key_and_csr().map_err(|e| rt(e.to_string()))?;
             let issued: api::IssuedCertificate = anon
                 .post("/v1/join", &api::CsrRequest { csr }, Some(&token))
                 .await
-                .map_err(|e| rt(format!("joining {}: {e}", config.server)))?;
+                .map_err(|e| rt(format!("joining {}: {e}", config.server_urls().join(", "))))?;
             let cred = CellCredential {
                 chain_pem: issued.certificate_chain,
                 key_pem,
             };
             save_cell(&config, &cred).map_err(rt)?;
-            tracing::info!(spiffe_id = %issued.spiffe_id, "joined the CA");
+            tracing::info!(spiffe_id = %issued.spiffe_id, replica = %anon.current_server(), "joined the CA");
             cred
         }
     };
 
     let (tx, rx) = mpsc::channel(4096);
     let window = config.batch_window.0;
-    let placeholder = ApiClient::new(
-        &config.server,
-        tls_config(bundle_pem.as_bytes(), None).map_err(|e| AgentError::Config(e.to_string()))?,
-    )
-    .map_err(|e| AgentError::Config(e.to_string()))?;
     let agent = Arc::new(Agent {
         root,
         cell: RwLock::new(cell),
         bundle: RwLock::new((0, bundle_pem)),
-        client: RwLock::new(Arc::new(placeholder)),
+        // Replaced at once by `rebuild_client`, which keeps its replicas.
+        client: RwLock::new(Arc::new(anon)),
         instances: Mutex::new(HashMap::new()),
         persist_lock: Mutex::new(()),
         bundle_fetched: std::sync::atomic::AtomicBool::new(false),

@@ -44,8 +44,16 @@ impl Listen {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// CA URL, `https://host:port`.
-    pub server: String,
+    /// CA URL, `https://host:port`; or `servers`, exactly one of the two.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Several CA replica URLs, tried in this order when one cannot be reached or answers
+    /// 503; or `server`, exactly one of the two.
+    #[serde(default)]
+    pub servers: Option<Vec<String>>,
+    /// `server` or `servers`, resolved and checked by [`AgentConfig::load`].
+    #[serde(skip)]
+    urls: Vec<String>,
     /// Bootstrap trust: the CA's bundle (PEM).
     pub trust_bundle_file: PathBuf,
     /// The one-time join token (`LANYARD_JOIN_TOKEN` wins).
@@ -93,6 +101,7 @@ fn default_batch_window() -> ConfigDuration {
 /// Every key of [`AgentConfig`] an environment variable may override (`LANYARD_<KEY>`).
 pub(crate) const AGENT_KEYS: &[(&str, &str)] = &[
     ("", "server"),
+    ("", "servers"),
     ("", "trust_bundle_file"),
     ("", "join_token_file"),
     ("", "credentials_root"),
@@ -124,9 +133,10 @@ impl AgentConfig {
             c.listen = format!("unix:{}", c.state_dir.join("agent.sock").display());
         }
         c.listen()?;
-        if !c.server.starts_with("https://") {
-            return Err(ConfigError::key("server", "must be an https:// URL"));
-        }
+        c.urls = c.resolve_servers(
+            std::env::var_os("LANYARD_SERVER").is_some(),
+            std::env::var_os("LANYARD_SERVERS").is_some(),
+        )?;
         if !(c.renew_fraction > 0.0 && c.renew_fraction < 1.0) {
             return Err(ConfigError::key(
                 "renew_fraction",
@@ -142,10 +152,73 @@ impl AgentConfig {
         Ok(c)
     }
 
+    /// The CA URLs in order of preference: `server` alone, or `servers`.
+    pub fn server_urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// `server` or `servers` as one checked list. `from_env_*` say whether the environment
+    /// set that key: an environment override of either one replaces both from the file, so
+    /// `LANYARD_SERVER` still works on a file that lists `servers` (and the reverse).
+    fn resolve_servers(
+        &mut self,
+        server_from_env: bool,
+        servers_from_env: bool,
+    ) -> Result<Vec<String>, ConfigError> {
+        match (server_from_env, servers_from_env) {
+            (true, false) => self.servers = None,
+            (false, true) => self.server = None,
+            _ => {}
+        }
+        let urls = match (&self.server, &self.servers) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::key(
+                    "servers",
+                    "give either `server` (one CA URL) or `servers` (several), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::key(
+                    "server",
+                    "missing: the CA URL (or `servers = [URL, ...]` for several replicas)",
+                ))
+            }
+            (Some(one), None) => {
+                check_url(one).map_err(|m| ConfigError::key("server", m))?;
+                vec![one.clone()]
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    return Err(ConfigError::key("servers", "must name at least one URL"));
+                }
+                for (i, url) in list.iter().enumerate() {
+                    check_url(url).map_err(|m| ConfigError::key(format!("servers[{i}]"), m))?;
+                    if list[..i].contains(url) {
+                        return Err(ConfigError::key(
+                            format!("servers[{i}]"),
+                            format!("`{url}` is listed twice"),
+                        ));
+                    }
+                }
+                list.clone()
+            }
+        };
+        Ok(urls)
+    }
+
     /// The parsed listen address.
     pub fn listen(&self) -> Result<Listen, ConfigError> {
         Listen::parse(&self.listen)
     }
+}
+
+/// An `https://host[:port]` URL, as the client will need it.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
+    if parsed.scheme() != "https" || parsed.host_str().is_none() {
+        return Err(format!("`{url}` must be an https://host[:port] URL"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -178,6 +251,66 @@ mod tests {
             Listen::Unix("/var/creds.agent-state/agent.sock".into())
         );
         assert_eq!(c.instance_ttl.0, Duration::from_secs(86400));
+    }
+
+    fn load_text(text: &str) -> Result<AgentConfig, ConfigError> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            f.path(),
+            format!("{text}\ntrust_bundle_file = \"/b.pem\"\ncredentials_root = \"/var/creds\"\n"),
+        )
+        .unwrap();
+        AgentConfig::load(f.path())
+    }
+
+    fn error_key(r: Result<AgentConfig, ConfigError>) -> String {
+        match r {
+            Err(ConfigError::Key { key, .. }) => key,
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_or_servers_gives_the_ordered_urls() {
+        let c = load_text("server = \"https://ca:8443\"").unwrap();
+        assert_eq!(c.server_urls(), ["https://ca:8443"]);
+        let c = load_text("servers = [\"https://b:8443\", \"https://a:8443\"]").unwrap();
+        assert_eq!(c.server_urls(), ["https://b:8443", "https://a:8443"]);
+    }
+
+    #[test]
+    fn exactly_one_of_server_and_servers_with_https_urls() {
+        let both = "server = \"https://a:1\"\nservers = [\"https://b:1\"]";
+        assert_eq!(error_key(load_text(both)), "servers");
+        assert_eq!(error_key(load_text("")), "server");
+        assert_eq!(error_key(load_text("servers = []")), "servers");
+        assert_eq!(error_key(load_text("server = \"http://a:1\"")), "server");
+        assert_eq!(
+            error_key(load_text("servers = [\"https://a:1\", \"ftp://b\"]")),
+            "servers[1]"
+        );
+        assert_eq!(
+            error_key(load_text("servers = [\"https://a:1\", \"https://a:1\"]")),
+            "servers[1]"
+        );
+        assert_eq!(error_key(load_text("servers = \"https://a:1\"")), "servers");
+    }
+
+    #[test]
+    fn an_environment_override_of_either_key_replaces_both() {
+        let mut c = load_text("servers = [\"https://a:1\"]").unwrap();
+        // As if LANYARD_SERVER had set `server` over a file with `servers`.
+        c.server = Some("https://env:1".into());
+        assert_eq!(c.resolve_servers(true, false).unwrap(), ["https://env:1"]);
+        let mut c = load_text("server = \"https://a:1\"").unwrap();
+        c.servers = Some(vec!["https://e1:1".into(), "https://e2:1".into()]);
+        assert_eq!(
+            c.resolve_servers(false, true).unwrap(),
+            ["https://e1:1", "https://e2:1"]
+        );
+        // Both from the environment is as ambiguous as both in the file.
+        c.server = Some("https://env:1".into());
+        assert!(c.resolve_servers(true, true).is_err());
     }
 
     #[test]

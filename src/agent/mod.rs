@@ -78,7 +78,7 @@ pub struct Agent {
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
-            .field("server", &self.config.server)
+            .field("servers", &self.config.server_urls())
             .finish()
     }
 }
@@ -116,7 +116,9 @@ impl Agent {
             }
         }
         let tls = tls_config(roots.as_bytes(), Some((&cell.chain_pem, &cell.key_pem)))?;
-        let c = ApiClient::new(&self.config.server, tls)?;
+        // Same replicas, same memory of which one answers: a new bundle or credential must
+        // not send the next request back to a replica that is down.
+        let c = self.client().with_tls(tls)?;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
         Ok(())
     }

@@ -12,9 +12,11 @@ pub struct Cli {
     /// ca-config/agent.toml).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// CA URL for client commands (default: from the config).
+    /// CA URL for client commands (default: from the config). Repeat it for several
+    /// replicas: each request goes to the next one when a replica cannot be reached or
+    /// answers 503.
     #[arg(long, global = true, value_name = "URL")]
-    pub server: Option<String>,
+    pub server: Vec<String>,
     /// Credential directory for client commands (default: from the config).
     #[arg(long, global = true, value_name = "DIR")]
     pub credential: Option<PathBuf>,
@@ -165,4 +167,71 @@ pub enum CertCommand {
 pub enum CredentialCommand {
     /// Renew an operator credential directory in place (new key, same name).
     Renew,
+}
+
+/// Every `--server` value on the command line, in order. clap keeps a global option's values
+/// from one level only (those after the subcommand replace those before it), so
+/// `--server A authority list --server B` would silently lose A; the caller uses this list
+/// when it is longer. Stops at `--`, after which nothing is an option.
+pub fn every_server_flag<S: AsRef<str>>(args: &[S]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter().map(AsRef::as_ref);
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        if a == "--server" {
+            if let Some(v) = it.next() {
+                out.push(v.to_string());
+            }
+        } else if let Some(v) = a.strip_prefix("--server=") {
+            out.push(v.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_repeats_before_and_after_the_subcommand_in_order() {
+        let cli = Cli::try_parse_from([
+            "lanyard",
+            "--server",
+            "https://a:1",
+            "authority",
+            "list",
+            "--server",
+            "https://b:1",
+        ])
+        .unwrap();
+        // clap alone keeps only the values after the subcommand...
+        assert_eq!(cli.server, ["https://b:1"]);
+        // ...so the command line reads them all, in order.
+        let args = [
+            "lanyard",
+            "--server",
+            "https://a:1",
+            "authority",
+            "list",
+            "--server=https://b:1",
+            "--",
+            "--server",
+        ];
+        assert_eq!(every_server_flag(&args), ["https://a:1", "https://b:1"]);
+        let cli = Cli::try_parse_from([
+            "lanyard",
+            "bundle",
+            "--server",
+            "https://a:1",
+            "--server",
+            "https://b:1",
+        ])
+        .unwrap();
+        assert_eq!(cli.server, ["https://a:1", "https://b:1"]);
+        let cli = Cli::try_parse_from(["lanyard", "authority", "list"]).unwrap();
+        assert!(cli.server.is_empty());
+    }
 }

@@ -11,16 +11,20 @@ use crate::client::{new_key_and_csr, ApiClient, ClientError};
 use crate::credential_dir::write_credential_dir;
 use crate::duration::parse_ttl;
 
-/// The CA URL and credential directory: the flags, else the server config's client defaults.
-fn client_defaults(cli: &Cli) -> Result<(String, PathBuf), Failure> {
-    if let (Some(s), Some(c)) = (&cli.server, &cli.credential) {
-        return Ok((s.clone(), c.clone()));
+/// The CA URLs (in order) and credential directory: the flags, else the server config's
+/// client defaults.
+fn client_defaults(cli: &Cli) -> Result<(Vec<String>, PathBuf), Failure> {
+    if let (false, Some(c)) = (cli.server.is_empty(), &cli.credential) {
+        return Ok((cli.server.clone(), c.clone()));
     }
     let config = load_config(cli)?;
+    let servers = if cli.server.is_empty() {
+        vec![config.client_server_url()]
+    } else {
+        cli.server.clone()
+    };
     Ok((
-        cli.server
-            .clone()
-            .unwrap_or_else(|| config.client_server_url()),
+        servers,
         cli.credential
             .clone()
             .unwrap_or_else(|| config.client_credential_dir()),
@@ -34,8 +38,8 @@ fn ttl_flag(s: &str) -> Result<api::JsonInt, Failure> {
 
 /// Runs a command that calls the CA.
 pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
-    let (server, cred_dir) = client_defaults(cli)?;
-    let client = ApiClient::from_credential_dir(&server, &cred_dir)?;
+    let (servers, cred_dir) = client_defaults(cli)?;
+    let client = ApiClient::failover_from_credential_dir(&servers, &cred_dir)?;
     match &cli.command {
         Command::Token(TokenCommand::Create { role, name, ttl }) => {
             let ttl = ttl_flag(ttl)?;
@@ -124,11 +128,16 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                             } else {
                                 body
                             };
-                            client = client_trusting(&server, &cred_dir, &pem)?;
+                            client = client_trusting(&client, &cred_dir, &pem)?;
                         }
                     }
                     Ok(None) => {}
-                    Err(e) if *watch && matches!(e, ClientError::Transport { .. }) => {
+                    // Every replica down or not ready: wait, then go round them again.
+                    Err(e)
+                        if *watch
+                            && (matches!(e, ClientError::Transport { .. })
+                                || matches!(&e, ClientError::Api(p) if p.status == 503)) =>
+                    {
                         eprintln!("lanyard: {e}; retrying");
                         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                     }
@@ -152,7 +161,10 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                 watchers: *watchers,
             };
             let bundle = fetch_bundle_pem(&client).await?;
-            let report = crate::bench::run(&server, &client, &bundle, &opts).await?;
+            // The load goes to one replica (the one that answered), so its figures are that
+            // replica's.
+            let report =
+                crate::bench::run(client.current_server(), &client, &bundle, &opts).await?;
             print!("{}", report.render(&opts));
         }
         Command::Revoke { serial, reason } => {
@@ -172,8 +184,8 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A client with the credential in `dir` (if any) that trusts `bundle_pem`.
-fn client_trusting(server: &str, dir: &Path, bundle_pem: &str) -> Result<ApiClient, Failure> {
+/// `client`'s replicas with the credential in `dir` (if any), trusting `bundle_pem`.
+fn client_trusting(client: &ApiClient, dir: &Path, bundle_pem: &str) -> Result<ApiClient, Failure> {
     let files = crate::client::CredentialFiles::read(dir).ok();
     let identity = files
         .as_ref()
@@ -182,7 +194,7 @@ fn client_trusting(server: &str, dir: &Path, bundle_pem: &str) -> Result<ApiClie
             _ => None,
         });
     let tls = crate::client::tls_config(bundle_pem.as_bytes(), identity)?;
-    Ok(ApiClient::new(server, tls)?)
+    Ok(client.with_tls(tls)?)
 }
 
 async fn fetch_bundle_pem(client: &ApiClient) -> Result<String, Failure> {

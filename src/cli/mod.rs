@@ -70,7 +70,8 @@ impl From<ClientError> for Failure {
 
 /// Runs the command line and returns the exit code.
 pub fn run() -> i32 {
-    let cli = match Cli::try_parse() {
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cli = match Cli::try_parse_from(&raw) {
         Ok(c) => c,
         Err(e) => {
             if !e.use_stderr() {
@@ -100,6 +101,15 @@ pub fn run() -> i32 {
             return 2;
         }
     };
+    // `--server` given both before and after the subcommand: keep every one, in order.
+    let every = args::every_server_flag(
+        &raw.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>(),
+    );
+    if every.len() > cli.server.len() {
+        cli.server = every;
+    }
     init_logging();
     // One crypto provider for the whole process, so no TLS stack can pick another.
     let _ = rustls::crypto::ring::default_provider().install_default();
