@@ -522,8 +522,57 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
         assert!(op.is_object(), "{method} {path} missing");
         assert_eq!(op["x-lanyard-role"], role, "{method} {path}");
     }
-    // Every answer so far (this binary's other tests may run alongside) was checked.
+    // Every answer so far (this binary's other tests may run alongside) was checked, and the
+    // check does refuse what the document does not allow.
     assert!(common::openapi::checked() >= 1);
+    let refused = |method: &str, path: &str, status: u16, ct: &str, body: &str| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            common::openapi::check(&doc, method, path, status, ct, body.as_bytes())
+        }));
+        assert!(r.is_err(), "accepted {status} {ct} {body}");
+    };
+    let token = r#"{"token": "t", "expires_at": "2030-01-01T00:00:00Z"}"#;
+    common::openapi::check(
+        &doc,
+        "POST",
+        "/v1/join-tokens",
+        201,
+        "application/json",
+        token.as_bytes(),
+    );
+    // A missing field, an undocumented field, a bad date, an undocumented status, a wrong
+    // content type, a problem that is not one.
+    refused(
+        "POST",
+        "/v1/join-tokens",
+        201,
+        "application/json",
+        r#"{"token": "t"}"#,
+    );
+    refused(
+        "POST",
+        "/v1/join-tokens",
+        201,
+        "application/json",
+        &token.replace('}', r#", "x": 1}"#),
+    );
+    refused(
+        "POST",
+        "/v1/join-tokens",
+        201,
+        "application/json",
+        &token.replace("2030-01-01T00:00:00Z", "soon"),
+    );
+    refused("POST", "/v1/join-tokens", 418, "application/json", token);
+    refused("POST", "/v1/join-tokens", 201, "text/plain", token);
+    refused(
+        "POST",
+        "/v1/join-tokens",
+        403,
+        "application/problem+json",
+        r#"{"status": 403}"#,
+    );
+    refused("GET", "/v1/join-tokens", 200, "application/json", "{}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
