@@ -6,6 +6,93 @@
 //! records into these, so the wire format changes only when this file does.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+// Types below that are never built only describe a string's intended form in the OpenAPI
+// document; the wire keeps the string, so a bad value is a 422 naming the field.
+
+/// A GUID: one DNS label (1 to 63 characters) of lowercase hex digits and `-`, starting and
+/// ending with a hex digit.
+#[derive(ToSchema)]
+#[schema(pattern = "^[0-9a-f]([0-9a-f-]{0,61}[0-9a-f])?$")]
+#[allow(dead_code)]
+struct Guid(String);
+
+/// An internal route: a DNS name.
+#[derive(ToSchema)]
+#[schema(format = Hostname)]
+#[allow(dead_code)]
+struct RouteName(String);
+
+/// An IPv4 or IPv6 address.
+struct IpAddress;
+
+impl utoipa::PartialSchema for IpAddress {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            KnownFormat, ObjectBuilder, OneOfBuilder, SchemaFormat, Type,
+        };
+        let ip = |f| {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(f)))
+        };
+        OneOfBuilder::new()
+            .item(ip(KnownFormat::Ipv4))
+            .item(ip(KnownFormat::Ipv6))
+            .description(Some("An IPv4 or IPv6 address."))
+            .into()
+    }
+}
+
+impl ToSchema for IpAddress {}
+
+/// A DER CRL (the body of `GET /v1/crl/{authority_id}`).
+pub struct DerCrl;
+
+impl utoipa::PartialSchema for DerCrl {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/pkix-crl")
+            .description(Some("A DER CRL."))
+            .into()
+    }
+}
+
+impl ToSchema for DerCrl {}
+
+/// The state of an authority generation.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum AuthorityState {
+    Prepared,
+    Active,
+    Retiring,
+    Retired,
+}
+
+/// What an issued certificate is for.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum CertificateKind {
+    Instance,
+    Cell,
+    Operator,
+    Component,
+    Server,
+}
+
+/// What a join token joins as.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum JoinRole {
+    Cell,
+}
 
 /// A JSON integer of any size: a value outside the allowed range is a 422 naming the field,
 /// not a 400, while `1.5` or `"10"` still do not fit the schema.
@@ -47,70 +134,88 @@ impl From<i64> for JsonInt {
 }
 
 /// `POST /v1/instance-certificates` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceCertificateRequest {
-    /// PEM CSR; only its public key is used.
+    /// PEM CSR; only its public key is used, after its signature verifies.
+    #[schema(content_media_type = "application/pkcs10")]
     pub csr: String,
     /// Instance GUID (CN and DNS SAN).
+    #[schema(value_type = Guid)]
     pub instance_guid: String,
     /// App GUID.
+    #[schema(value_type = Guid)]
     pub app_guid: String,
     /// Space GUID.
+    #[schema(value_type = Guid)]
     pub space_guid: String,
     /// Organization GUID.
+    #[schema(value_type = Guid)]
     pub organization_guid: String,
     /// Container IP (IPv4 or IPv6), written as an IP SAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = IpAddress, nullable = false)]
     pub container_ip: Option<String>,
-    /// Internal routes, written as DNS SANs.
+    /// Internal routes (DNS names), written as DNS SANs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<RouteName>, nullable = false)]
     pub internal_routes: Option<Vec<String>>,
-    /// Requested lifetime.
+    /// Requested lifetime in seconds, within the CA's configured minimum and maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = i64, minimum = 1)]
     pub ttl_seconds: Option<JsonInt>,
 }
 
 /// `POST /v1/instance-certificates/batch` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest<T> {
-    /// Up to 1000 requests, answered in order.
+    /// Up to 1000 requests, answered in order (more is a 413); each one that does not fit the
+    /// schema fails alone, with a 400 in its result.
+    #[schema(max_items = 1000)]
     pub requests: Vec<T>,
 }
 
 /// One result of a batch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchResult {
     /// 201 or the problem's status.
+    #[schema(minimum = 100, maximum = 599)]
     pub status: u16,
     /// Present on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub certificate: Option<IssuedCertificate>,
     /// Present on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub problem: Option<Problem>,
 }
 
 /// `POST /v1/instance-certificates/batch` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BatchResponse {
     /// One per request, in order.
     pub results: Vec<BatchResult>,
 }
 
 /// The answer of every endpoint that issues a certificate.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IssuedCertificate {
     /// PEM: leaf, then intermediate.
+    #[schema(content_media_type = "application/x-pem-file")]
     pub certificate_chain: String,
     /// Lowercase hex serial.
+    #[schema(pattern = "^[0-9a-f]+$")]
     pub serial: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub not_before: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub not_after: String,
     /// The certificate's URI SAN.
+    #[schema(pattern = "^spiffe://")]
     pub spiffe_id: String,
     /// Signing generation.
     pub authority_id: String,
@@ -119,45 +224,52 @@ pub struct IssuedCertificate {
 }
 
 /// `POST /v1/component-certificates` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentCertificateRequest {
     /// PEM CSR.
+    #[schema(content_media_type = "application/pkcs10")]
     pub csr: String,
-    /// Component name (CN, DNS SAN, SPIFFE path).
+    /// Component name (CN, DNS SAN, SPIFFE path): one DNS name.
+    #[schema(format = Hostname)]
     pub name: String,
-    /// Requested lifetime.
+    /// Requested lifetime in seconds, within the CA's configured minimum and maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = i64, minimum = 1)]
     pub ttl_seconds: Option<JsonInt>,
 }
 
 /// Body of `/v1/join`, `/v1/cell-credentials` and `/v1/operator-credentials`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CsrRequest {
     /// PEM CSR.
+    #[schema(content_media_type = "application/pkcs10")]
     pub csr: String,
 }
 
 /// `POST /v1/join-tokens` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinTokenRequest {
     /// Only `cell`.
+    #[schema(value_type = JoinRole)]
     pub role: String,
     /// The cell's name.
     pub name: String,
     /// 1 to 86400, default 900.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = i64, minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<JsonInt>,
 }
 
 /// `POST /v1/join-tokens` answer. Its `Debug` hides the token.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinTokenResponse {
     /// The secret, shown once.
     pub token: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
@@ -171,57 +283,68 @@ impl std::fmt::Debug for JoinTokenResponse {
 }
 
 /// Body of prepare: empty, or `{}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareRequest {}
 
 /// Body of activate and retire.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForceRequest {
     /// Override the safety rule.
     #[serde(default)]
+    #[schema(default = false)]
     pub force: bool,
 }
 
 /// Body of revoke.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
-    /// Free text.
+    /// Free text, kept with the record.
     #[serde(default)]
     pub reason: Option<String>,
 }
 
 /// An authority generation as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuthorityView {
     /// Generation id.
     pub id: String,
     /// `prepared`, `active`, `retiring`, `retired`.
+    #[schema(value_type = AuthorityState)]
     pub state: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// RFC 3339 or null.
+    #[schema(format = DateTime, required = true)]
     pub published_at: Option<String>,
     /// RFC 3339 or null.
+    #[schema(format = DateTime, required = true)]
     pub activated_at: Option<String>,
     /// RFC 3339 or null.
+    #[schema(format = DateTime, required = true)]
     pub retiring_at: Option<String>,
     /// RFC 3339 or null.
+    #[schema(format = DateTime, required = true)]
     pub retired_at: Option<String>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub root_not_after: String,
     /// RFC 3339 (the newest intermediate).
+    #[schema(format = DateTime)]
     pub intermediate_not_after: String,
     /// RFC 3339 or null: the latest notAfter this generation signed.
+    #[schema(format = DateTime, required = true)]
     pub last_leaf_not_after: Option<String>,
     /// PEM root certificate.
+    #[schema(content_media_type = "application/x-pem-file")]
     pub root_certificate: String,
 }
 
 /// `GET /v1/authorities` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuthoritiesResponse {
     /// Every generation, oldest first.
     pub authorities: Vec<AuthorityView>,
@@ -230,7 +353,7 @@ pub struct AuthoritiesResponse {
 }
 
 /// `GET /v1/certificates` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CertificatesResponse {
     /// Records, newest first.
     pub certificates: Vec<CertificateView>,
@@ -238,21 +361,28 @@ pub struct CertificatesResponse {
 
 /// An issued certificate's record as the API shows it (`GET /v1/certificates`, and the
 /// answer of revoke).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CertificateView {
     /// Lowercase hex serial.
+    #[schema(pattern = "^[0-9a-f]+$")]
     pub serial: String,
     /// `instance`, `cell`, `operator`, `component` or `server`.
+    #[schema(value_type = CertificateKind)]
     pub kind: String,
     /// Instance GUID (instances), or null.
+    #[schema(value_type = Option<Guid>, required = true)]
     pub instance_guid: Option<String>,
     /// App GUID (instances), or null.
+    #[schema(value_type = Option<Guid>, required = true)]
     pub app_guid: Option<String>,
     /// Space GUID (instances), or null.
+    #[schema(value_type = Option<Guid>, required = true)]
     pub space_guid: Option<String>,
     /// Organization GUID (instances), or null.
+    #[schema(value_type = Option<Guid>, required = true)]
     pub organization_guid: Option<String>,
     /// Name (cells, operators, components, server), or null.
+    #[schema(required = true)]
     pub name: Option<String>,
     /// Who asked: a SPIFFE ID, `join-token created by <operator>`, `lanyard init` or
     /// `lanyard server`.
@@ -260,32 +390,38 @@ pub struct CertificateView {
     /// Signing generation.
     pub authority_id: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub not_before: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub not_after: String,
     /// RFC 3339 or null.
+    #[schema(format = DateTime, required = true)]
     pub revoked_at: Option<String>,
     /// The operator's reason; absent unless revoked with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub revocation_reason: Option<String>,
 }
 
 /// RFC 9457 problem details.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
-    /// A URI naming the problem type.
+    /// A URI naming the problem type (`https://lanyard.dev/problems/<slug>`).
     #[serde(rename = "type")]
+    #[schema(pattern = "^https://lanyard.dev/problems/[a-z-]+$")]
     pub type_: String,
     /// Short summary of the type.
     pub title: String,
     /// HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     /// Which field or rule failed.
     pub detail: String,
 }
 
 /// SPIFFE bundle (JWKS) answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SpiffeBundle {
     /// One key per root.
     pub keys: Vec<SpiffeKey>,
@@ -296,21 +432,45 @@ pub struct SpiffeBundle {
 }
 
 /// One JWK of a SPIFFE bundle.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SpiffeKey {
     /// Always `x509-svid`.
     #[serde(rename = "use")]
+    #[schema(pattern = "^x509-svid$")]
     pub use_: String,
     /// `EC`.
+    #[schema(pattern = "^EC$")]
     pub kty: String,
     /// `P-256`.
+    #[schema(pattern = "^P-256$")]
     pub crv: String,
     /// base64url X coordinate.
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
     pub x: String,
     /// base64url Y coordinate.
+    #[schema(pattern = "^[A-Za-z0-9_-]+$")]
     pub y: String,
     /// The root certificate, base64 DER.
+    #[schema(min_items = 1, max_items = 1)]
     pub x5c: Vec<String>,
+}
+
+/// `GET /healthz` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(pattern = "^ok$")]
+    pub status: String,
+}
+
+/// `GET /readyz` answer when an authority generation is active.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// Always `ready`.
+    #[schema(pattern = "^ready$")]
+    pub status: String,
+    /// The active generation's id.
+    pub active_authority: String,
 }
 
 /// Most requests one `POST /v1/instance-certificates/batch` may carry.

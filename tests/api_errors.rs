@@ -485,34 +485,94 @@ fn an_environment_variable_overrides_a_config_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openapi_document_lists_every_route_of_the_contract() {
+    use utoipa::OpenApi;
     let ca = TestCa::start();
     let (s, ct, body, _) = raw(&ca, None, "GET", "/v1/openapi.json", None, &[]).await;
     assert_eq!(s, 200);
     assert!(ct.starts_with("application/json"));
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(doc["openapi"], "3.0.3");
-    for path in [
-        "/v1/instance-certificates",
-        "/v1/instance-certificates/batch",
-        "/v1/component-certificates",
-        "/v1/join-tokens",
-        "/v1/join",
-        "/v1/cell-credentials",
-        "/v1/trust-bundle",
-        "/v1/authorities",
-        "/v1/authorities/prepare",
-        "/v1/authorities/{id}/activate",
-        "/v1/authorities/{id}/retire",
-        "/v1/certificates",
-        "/v1/certificates/{serial}/revoke",
-        "/v1/crl/{authority_id}",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/v1/openapi.json",
+    assert_eq!(doc["openapi"], "3.1.0");
+    // The served document is the one generated from the code.
+    assert_eq!(
+        doc,
+        serde_json::to_value(lanyard::http::ApiDoc::openapi()).unwrap()
+    );
+    for (method, path, role) in [
+        ("post", "/v1/instance-certificates", "cell"),
+        ("post", "/v1/instance-certificates/batch", "cell"),
+        ("post", "/v1/component-certificates", "operator"),
+        ("post", "/v1/join-tokens", "operator"),
+        ("post", "/v1/join", "join-token"),
+        ("post", "/v1/cell-credentials", "cell"),
+        ("post", "/v1/operator-credentials", "operator"),
+        ("get", "/v1/trust-bundle", "public"),
+        ("get", "/v1/authorities", "operator"),
+        ("post", "/v1/authorities/prepare", "operator"),
+        ("post", "/v1/authorities/{id}/activate", "operator"),
+        ("post", "/v1/authorities/{id}/retire", "operator"),
+        ("get", "/v1/certificates", "operator"),
+        ("post", "/v1/certificates/{serial}/revoke", "operator"),
+        ("get", "/v1/crl/{authority_id}", "public"),
+        ("get", "/healthz", "public"),
+        ("get", "/readyz", "public"),
+        ("get", "/metrics", "public"),
+        ("get", "/v1/openapi.json", "public"),
     ] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} missing");
+        assert_eq!(op["x-lanyard-role"], role, "{method} {path}");
     }
+    // Every answer so far (this binary's other tests may run alongside) was checked, and the
+    // check does refuse what the document does not allow.
+    assert!(common::openapi::checked() >= 1);
+    let refused = |method: &str, path: &str, status: u16, ct: &str, body: &str| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            common::openapi::check(&doc, method, path, status, ct, body.as_bytes())
+        }));
+        assert!(r.is_err(), "accepted {status} {ct} {body}");
+    };
+    let token = r#"{"token": "t", "expires_at": "2030-01-01T00:00:00Z"}"#;
+    common::openapi::check(
+        &doc,
+        "POST",
+        "/v1/join-tokens",
+        201,
+        "application/json",
+        token.as_bytes(),
+    );
+    // A missing field, an undocumented field, a bad date, an undocumented status, a wrong
+    // content type, a problem that is not one.
+    refused(
+        "POST",
+        "/v1/join-tokens",
+        201,
+        "application/json",
+        r#"{"token": "t"}"#,
+    );
+    refused(
+        "POST",
+        "/v1/join-tokens",
+        201,
+        "application/json",
+        &token.replace('}', r#", "x": 1}"#),
+    );
+    refused(
+        "POST",
+        "/v1/join-tokens",
+        201,
+        "application/json",
+        &token.replace("2030-01-01T00:00:00Z", "soon"),
+    );
+    refused("POST", "/v1/join-tokens", 418, "application/json", token);
+    refused("POST", "/v1/join-tokens", 201, "text/plain", token);
+    refused(
+        "POST",
+        "/v1/join-tokens",
+        403,
+        "application/problem+json",
+        r#"{"status": 403}"#,
+    );
+    refused("GET", "/v1/join-tokens", 200, "application/json", "{}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

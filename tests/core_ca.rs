@@ -5,11 +5,12 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use common::CheckedClient as ApiClient;
 use common::*;
 use const_oid::db::{rfc4519, rfc5280, rfc5912};
 use der::{Decode, Encode};
 use lanyard::api;
-use lanyard::client::{new_key_and_csr, ApiClient};
+use lanyard::client::new_key_and_csr;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,

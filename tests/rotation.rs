@@ -5,9 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::CheckedClient as ApiClient;
 use common::*;
 use lanyard::api;
-use lanyard::client::{new_key_and_csr, tls_config, ApiClient};
+use lanyard::client::{new_key_and_csr, tls_config};
 
 fn openssl_verifies(bundle: &str, chain: &str) -> bool {
     openssl_verify(bundle, chain, "sslclient").0

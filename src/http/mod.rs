@@ -12,7 +12,7 @@ pub mod server;
 pub mod tls;
 pub mod views;
 
-pub use handlers::{router, AppState};
+pub use handlers::{router, ApiDoc, AppState};
 pub use server::serve;
 
 /// Failures of the HTTP layer outside a request (start-up, credential refresh, rotation

@@ -11,9 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub mod agent;
+pub mod openapi;
 
 use lanyard::api;
-use lanyard::client::{new_key_and_csr, tls_config, ApiClient};
+use lanyard::client::{new_key_and_csr, tls_config, ClientError, CredentialFiles};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lanyard");
 
@@ -162,12 +163,12 @@ impl TestCa {
         std::fs::read_to_string(self.operator_dir().join("trust-bundle.pem")).unwrap()
     }
 
-    pub fn operator(&self) -> ApiClient {
-        ApiClient::from_credential_dir(&self.url(), &self.operator_dir()).unwrap()
+    pub fn operator(&self) -> CheckedClient {
+        CheckedClient::from_credential_dir(&self.url(), &self.operator_dir()).unwrap()
     }
 
-    pub fn anonymous(&self) -> ApiClient {
-        ApiClient::new(
+    pub fn anonymous(&self) -> CheckedClient {
+        CheckedClient::new(
             &self.url(),
             tls_config(self.bundle_pem().as_bytes(), None).unwrap(),
         )
@@ -228,7 +229,7 @@ impl Drop for TestCa {
 pub struct Credential {
     pub chain_pem: String,
     pub key_pem: String,
-    pub client: ApiClient,
+    pub client: CheckedClient,
 }
 
 impl Credential {
@@ -249,7 +250,7 @@ impl Credential {
 
     pub fn new(ca: &TestCa, chain_pem: String, key_pem: String) -> Credential {
         let tls = tls_config(ca.bundle_pem().as_bytes(), Some((&chain_pem, &key_pem))).unwrap();
-        let client = ApiClient::new(&ca.url(), tls).unwrap();
+        let client = CheckedClient::new(&ca.url(), tls).unwrap();
         Credential {
             chain_pem,
             key_pem,
@@ -286,7 +287,147 @@ pub async fn raw(
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
-    (status, ct, resp.bytes().await.unwrap().to_vec(), headers)
+    let body = resp.bytes().await.unwrap().to_vec();
+    let doc = openapi::document(&http, &ca.url()).await;
+    openapi::check(doc, method, path, status, &ct, &body);
+    (status, ct, body, headers)
+}
+
+/// The API client of the tests: `lanyard::client::ApiClient`'s methods with the same
+/// answers, except that every answer is checked against the server's OpenAPI document.
+#[derive(Clone, Debug)]
+pub struct CheckedClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl CheckedClient {
+    /// A client for `base` with the given TLS config.
+    pub fn new(base: &str, tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(CheckedClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    /// A client presenting the credential in `dir` (if it has one) and trusting its bundle.
+    pub fn from_credential_dir(base: &str, dir: &Path) -> Result<Self, ClientError> {
+        let f = CredentialFiles::read(dir)?;
+        let identity = match (&f.chain_pem, &f.key_pem) {
+            (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
+            _ => None,
+        };
+        Self::new(base, tls_config(f.bundle_pem.as_bytes(), identity)?)
+    }
+
+    /// Sends `req` (for `method` and `path`) and checks the answer: status, headers, body.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
+        let transport = |e: reqwest::Error| ClientError::Transport {
+            url: self.base.clone(),
+            message: format!("{e:?}"),
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(transport)?.to_vec();
+        let ct = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let doc = openapi::document(&self.http, &self.base).await;
+        openapi::check(doc, method, path, status, ct, &body);
+        Ok((status, headers, body))
+    }
+
+    /// A problem answer as `ApiClient` reports it, or the JSON answer.
+    fn answer<R: serde::de::DeserializeOwned>(status: u16, body: &[u8]) -> Result<R, ClientError> {
+        if !(200..300).contains(&status) {
+            return Err(ClientError::Api(
+                serde_json::from_slice(body).expect("checked: a problem body"),
+            ));
+        }
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// POSTs JSON, optionally with a bearer token, and parses the JSON answer.
+    pub async fn post<B: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        bearer: Option<&str>,
+    ) -> Result<R, ClientError> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(60))
+            .json(body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let (status, _, body) = self.send("POST", path, req).await?;
+        Self::answer(status, &body)
+    }
+
+    /// GETs JSON.
+    pub async fn get<R: serde::de::DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(60));
+        let (status, _, body) = self.send("GET", path, req).await?;
+        Self::answer(status, &body)
+    }
+
+    /// Fetches the trust bundle; with `known` and `wait`, long-polls. `None` on 304,
+    /// otherwise the sequence and the body (PEM, or SPIFFE JSON when `json`).
+    pub async fn trust_bundle(
+        &self,
+        known: Option<u64>,
+        wait: u64,
+        json: bool,
+    ) -> Result<Option<(u64, String)>, ClientError> {
+        let path = if wait > 0 {
+            format!("/v1/trust-bundle?wait={wait}")
+        } else {
+            "/v1/trust-bundle".to_string()
+        };
+        let mut req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(wait + 30));
+        if let Some(n) = known {
+            req = req.header("If-None-Match", format!("\"{n}\""));
+        }
+        if json {
+            req = req.header("Accept", "application/json");
+        }
+        let (status, headers, body) = self.send("GET", &path, req).await?;
+        if status == 304 {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if !(200..300).contains(&status) {
+            return Err(ClientError::Decode(format!(
+                "trust bundle answered {status}: {text}"
+            )));
+        }
+        let seq = headers
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim_matches('"').parse::<u64>().ok())
+            .ok_or_else(|| ClientError::Decode("trust bundle without an ETag".into()))?;
+        Ok(Some((seq, text)))
+    }
 }
 
 /// An instance request for GUIDs derived from `n`.

@@ -172,7 +172,7 @@ async fn an_app_keeps_serving_through_renewals_and_a_root_rotation_with_zero_fai
     assert_eq!(activated.state, "active");
     // The CA's own server certificate moves to the new root: the cell trusts both now.
     cell = Credential {
-        client: ApiClient::new(
+        client: CheckedClient::new(
             &ca.url(),
             tls_config(bundle2.as_bytes(), Some((&cell.chain_pem, &cell.key_pem))).unwrap(),
         )

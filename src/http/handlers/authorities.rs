@@ -5,13 +5,31 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{blocking, OperatorCaller, S};
+use super::{blocking, paths, OperatorCaller, S};
 use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::{ApiError, ApiPath, OptionalJson};
 use crate::http::views::{authorities_view, authority_view};
 use crate::ids::AuthorityId;
 
+#[utoipa::path(
+    get,
+    path = paths::AUTHORITIES,
+    tag = "authorities",
+    summary = "List authority generations, retired ones included",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    responses(
+        (status = 200, description = "Every generation, oldest first",
+            body = api::AuthoritiesResponse, content_type = "application/json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn authorities(
     State(st): State<S>,
     _op: OperatorCaller,
@@ -21,6 +39,31 @@ pub(super) async fn authorities(
     Ok(Json(authorities_view(&gens, seq)))
 }
 
+#[utoipa::path(
+    post,
+    path = paths::AUTHORITY_PREPARE,
+    tag = "authorities",
+    summary = "Prepare a new generation (state `prepared`)",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    request_body(content = Option<api::PrepareRequest>, content_type = "application/json", description = "Empty, or `{}`"),
+    responses(
+        (status = 201, description = "Prepared",
+            body = api::AuthorityView, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A generation is already prepared, or the rotation is in another step",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn prepare(
     State(st): State<S>,
     _op: OperatorCaller,
@@ -66,6 +109,34 @@ async fn rotation_step(
     Ok(Json(authority_view(&g, last_leaf)))
 }
 
+#[utoipa::path(
+    post,
+    path = paths::AUTHORITY_ACTIVATE,
+    tag = "authorities",
+    summary = "Activate a prepared generation",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    params(("id" = String, Path, description = "Generation id")),
+    request_body(content = Option<api::ForceRequest>, content_type = "application/json", description = "Empty, `{}`, or `{\"force\": true}`"),
+    responses(
+        (status = 200, description = "The generation after the step",
+            body = api::AuthorityView, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such generation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The generation is not prepared, or activating now would break the safety rule (`force` overrides it)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn activate(
     State(st): State<S>,
     _op: OperatorCaller,
@@ -75,6 +146,34 @@ pub(super) async fn activate(
     rotation_step(st, id, body.force, StepKind::Activate).await
 }
 
+#[utoipa::path(
+    post,
+    path = paths::AUTHORITY_RETIRE,
+    tag = "authorities",
+    summary = "Retire a retiring generation",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    params(("id" = String, Path, description = "Generation id")),
+    request_body(content = Option<api::ForceRequest>, content_type = "application/json", description = "Empty, `{}`, or `{\"force\": true}`"),
+    responses(
+        (status = 200, description = "The generation after the step",
+            body = api::AuthorityView, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such generation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The generation cannot be retired now (`force` overrides the safety rule)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn retire(
     State(st): State<S>,
     _op: OperatorCaller,

@@ -3,13 +3,40 @@
 use axum::extract::{RawQuery, State};
 use axum::Json;
 
-use super::{blocking, query_map, OperatorCaller, S};
+use super::{blocking, paths, query_map, OperatorCaller, S};
 use crate::api;
 use crate::ca::{CaError, CertificateQuery};
 use crate::http::problem::{ApiError, ApiPath, OptionalJson};
 use crate::http::views::certificate_view;
 use crate::ids::{Guid, Serial};
 
+#[utoipa::path(
+    get,
+    path = paths::CERTIFICATES,
+    tag = "certificates",
+    summary = "Issued certificate records, newest first",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    params(
+        ("instance_guid" = Option<String>, Query, nullable = false, pattern = "^[0-9a-f]([0-9a-f-]{0,61}[0-9a-f])?$", description = "Only this instance's certificates (a GUID)"),
+        ("app_guid" = Option<String>, Query, nullable = false, pattern = "^[0-9a-f]([0-9a-f-]{0,61}[0-9a-f])?$", description = "Only this app's certificates (a GUID)"),
+        ("limit" = Option<u32>, Query, nullable = false, minimum = 1, maximum = 1000, description = "At most this many records (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "The records",
+            body = api::CertificatesResponse, content_type = "application/json"),
+        (status = 400, description = "An unknown query parameter, or one given twice",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: `instance_guid`, `app_guid` or `limit`; `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn certificates(
     State(st): State<S>,
     _op: OperatorCaller,
@@ -48,6 +75,36 @@ pub(super) async fn certificates(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = paths::REVOKE,
+    tag = "certificates",
+    summary = "Revoke a certificate",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    params(("serial" = String, Path, description = "The serial, hex")),
+    request_body(content = Option<api::RevokeRequest>, content_type = "application/json", description = "Empty, `{}`, or `{\"reason\": \"...\"}`"),
+    responses(
+        (status = 200, description = "The revoked record",
+            body = api::CertificateView, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such certificate",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The certificate is already revoked",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: `serial` is not 16 bytes of hex; `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn revoke(
     State(st): State<S>,
     _op: OperatorCaller,

@@ -3,10 +3,37 @@
 use axum::extract::State;
 use axum::response::Response;
 
-use super::{blocking, created, OperatorCaller, S};
+use super::{blocking, created, paths, OperatorCaller, S};
 use crate::api;
 use crate::http::problem::{ApiError, ApiJson};
 
+#[utoipa::path(
+    post,
+    path = paths::COMPONENT_CERTIFICATES,
+    tag = "certificates",
+    summary = "Issue a system component certificate",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    request_body(content = api::ComponentCertificateRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Issued",
+            body = api::IssuedCertificate, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: name (invalid or reserved), CSR or its signature, key type, TTL; `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn component_certificate(
     State(st): State<S>,
     OperatorCaller(role): OperatorCaller,

@@ -4,22 +4,19 @@
 use axum::extract::State;
 use axum::response::Response;
 
-use super::{blocking, created, Authenticated, S};
+use super::{blocking, created, paths, Authenticated, S};
 use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::{ApiError, ApiJson};
+use crate::ids::Role;
 
-pub(super) async fn own_credential(
-    State(st): State<S>,
-    Authenticated(role): Authenticated,
-    uri: axum::http::Uri,
-    ApiJson(req): ApiJson<api::CsrRequest>,
+/// Renews the caller's own credential, if the caller has the role `wanted`.
+async fn own_credential(
+    st: S,
+    role: Role,
+    wanted: &str,
+    req: api::CsrRequest,
 ) -> Result<Response, ApiError> {
-    let wanted = if uri.path().ends_with("cell-credentials") {
-        "cell"
-    } else {
-        "operator"
-    };
     if role.kind() != wanted {
         return Err(CaError::Forbidden(format!(
             "this endpoint requires the {wanted} role; the caller is a {}",
@@ -30,4 +27,74 @@ pub(super) async fn own_credential(
     let ca = st.ca.clone();
     let issued = blocking(move || ca.renew_own_credential(&role, &req)).await?;
     Ok(created(&issued))
+}
+
+#[utoipa::path(
+    post,
+    path = paths::CELL_CREDENTIALS,
+    tag = "cells and operators",
+    summary = "Renew the caller's own cell credential",
+    security(("cell_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("cell"))),
+    request_body(content = api::CsrRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Issued",
+            body = api::IssuedCertificate, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: CSR or its signature, key type; `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(super) async fn cell_credential(
+    State(st): State<S>,
+    Authenticated(role): Authenticated,
+    ApiJson(req): ApiJson<api::CsrRequest>,
+) -> Result<Response, ApiError> {
+    own_credential(st, role, "cell", req).await
+}
+
+#[utoipa::path(
+    post,
+    path = paths::OPERATOR_CREDENTIALS,
+    tag = "cells and operators",
+    summary = "Renew the caller's own operator credential",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    request_body(content = api::CsrRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Issued",
+            body = api::IssuedCertificate, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: CSR or its signature, key type; `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(super) async fn operator_credential(
+    State(st): State<S>,
+    Authenticated(role): Authenticated,
+    ApiJson(req): ApiJson<api::CsrRequest>,
+) -> Result<Response, ApiError> {
+    own_credential(st, role, "operator", req).await
 }

@@ -4,12 +4,39 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 
-use super::{blocking, created, CellCaller, S};
+use super::{blocking, created, paths, CellCaller, S};
 use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::{problem_of, ApiError, ApiJson};
 use crate::http::views::issued_view;
 
+#[utoipa::path(
+    post,
+    path = paths::INSTANCE_CERTIFICATES,
+    tag = "certificates",
+    summary = "Issue one instance certificate from a CSR",
+    security(("cell_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("cell"))),
+    request_body(content = api::InstanceCertificateRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Issued",
+            body = api::IssuedCertificate, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: GUID, IP, route name, CSR or its signature, key type, TTL; `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn instance_certificate(
     State(st): State<S>,
     CellCaller(role): CellCaller,
@@ -20,6 +47,31 @@ pub(super) async fn instance_certificate(
     Ok(created(&issued))
 }
 
+#[utoipa::path(
+    post,
+    path = paths::INSTANCE_BATCH,
+    tag = "certificates",
+    summary = "Issue up to 1000 instance certificates, answered in order",
+    security(("cell_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("cell"))),
+    request_body(content = api::BatchRequest<api::InstanceCertificateRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One result per request, in order: a certificate (201) or a problem",
+            body = api::BatchResponse, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB, or carries more than 1000 requests",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn instance_batch(
     State(st): State<S>,
     CellCaller(role): CellCaller,

@@ -9,12 +9,37 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{blocking, created, AppState, OperatorCaller, S};
+use super::{blocking, created, paths, AppState, OperatorCaller, S};
 use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::{parse_json, read_body, ApiError, ApiJson};
 use crate::http::tls::Caller;
 
+#[utoipa::path(
+    post,
+    path = paths::JOIN_TOKENS,
+    tag = "cells and operators",
+    summary = "Create a one-time join token for a cell",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    request_body(content = api::JoinTokenRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the token is shown once",
+            body = api::JoinTokenResponse, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller's role may not use this operation",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: role, name or TTL (1 to 86400); `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn join_token(
     State(st): State<S>,
     OperatorCaller(role): OperatorCaller,
@@ -44,6 +69,34 @@ fn join_failed(st: &AppState, ip: IpAddr) {
     e.1 += 1;
 }
 
+#[utoipa::path(
+    post,
+    path = paths::JOIN,
+    tag = "cells and operators",
+    summary = "Spend a join token for a cell credential",
+    security(("join_token" = [])),
+    extensions(("x-lanyard-role" = json!("join-token"))),
+    request_body(content = api::CsrRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The cell credential",
+            body = api::IssuedCertificate, content_type = "application/json"),
+        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No join token, or one that is unknown, used or expired",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 1 MiB",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: CSR or its signature, key type; `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failed join attempts from this address; `Retry-After` says when to try again",
+            body = api::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn join(
     State(st): State<S>,
     caller: Option<axum::Extension<Caller>>,

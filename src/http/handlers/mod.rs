@@ -13,6 +13,7 @@ mod credentials;
 mod crl;
 mod instances;
 mod join;
+mod openapi;
 mod ops;
 mod trust_bundle;
 
@@ -20,7 +21,7 @@ mod trust_bundle;
 mod tests;
 
 pub use auth::{Authenticated, CellCaller, OperatorCaller};
-pub use ops::OPENAPI;
+pub use openapi::ApiDoc;
 pub use trust_bundle::MAX_WAIT;
 
 use std::collections::HashMap;
@@ -29,9 +30,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::State;
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 
 use super::problem::ApiError;
@@ -95,43 +98,108 @@ impl AppState {
 
 type S = Arc<AppState>;
 
+/// The API's paths, in axum's syntax (which is OpenAPI's): the router and the OpenAPI
+/// document both take them from here.
+pub mod paths {
+    /// Liveness.
+    pub const HEALTHZ: &str = "/healthz";
+    /// Readiness.
+    pub const READYZ: &str = "/readyz";
+    /// Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+    /// The OpenAPI document.
+    pub const OPENAPI: &str = "/v1/openapi.json";
+    /// The trust bundle.
+    pub const TRUST_BUNDLE: &str = "/v1/trust-bundle";
+    /// Instance certificates.
+    pub const INSTANCE_CERTIFICATES: &str = "/v1/instance-certificates";
+    /// Instance certificates, many at once.
+    pub const INSTANCE_BATCH: &str = "/v1/instance-certificates/batch";
+    /// Component certificates.
+    pub const COMPONENT_CERTIFICATES: &str = "/v1/component-certificates";
+    /// Join tokens.
+    pub const JOIN_TOKENS: &str = "/v1/join-tokens";
+    /// Spending a join token.
+    pub const JOIN: &str = "/v1/join";
+    /// A cell renewing its own credential.
+    pub const CELL_CREDENTIALS: &str = "/v1/cell-credentials";
+    /// An operator renewing its own credential.
+    pub const OPERATOR_CREDENTIALS: &str = "/v1/operator-credentials";
+    /// Authority generations.
+    pub const AUTHORITIES: &str = "/v1/authorities";
+    /// Preparing a generation.
+    pub const AUTHORITY_PREPARE: &str = "/v1/authorities/prepare";
+    /// Activating a generation.
+    pub const AUTHORITY_ACTIVATE: &str = "/v1/authorities/{id}/activate";
+    /// Retiring a generation.
+    pub const AUTHORITY_RETIRE: &str = "/v1/authorities/{id}/retire";
+    /// Issued certificate records.
+    pub const CERTIFICATES: &str = "/v1/certificates";
+    /// Revoking a certificate.
+    pub const REVOKE: &str = "/v1/certificates/{serial}/revoke";
+    /// A generation's CRL.
+    pub const CRL: &str = "/v1/crl/{authority_id}";
+}
+
+/// One route of the API: the router serves these, and a unit test holds the OpenAPI
+/// document to the same list.
+pub struct Route {
+    /// The method.
+    pub method: Method,
+    /// The path, from [`paths`].
+    pub path: &'static str,
+    handler: MethodRouter<S>,
+}
+
+impl Route {
+    fn get<H: Handler<T, S>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Route {
+            method: Method::GET,
+            path,
+            handler: get(handler),
+        }
+    }
+
+    fn post<H: Handler<T, S>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Route {
+            method: Method::POST,
+            path,
+            handler: post(handler),
+        }
+    }
+}
+
+/// Every route of the API, one method per path.
+pub fn routes() -> Vec<Route> {
+    use paths::*;
+    vec![
+        Route::get(HEALTHZ, ops::healthz),
+        Route::get(READYZ, ops::readyz),
+        Route::get(METRICS, ops::metrics),
+        Route::get(OPENAPI, ops::openapi),
+        Route::get(TRUST_BUNDLE, trust_bundle::trust_bundle),
+        Route::post(INSTANCE_CERTIFICATES, instances::instance_certificate),
+        Route::post(INSTANCE_BATCH, instances::instance_batch),
+        Route::post(COMPONENT_CERTIFICATES, components::component_certificate),
+        Route::post(JOIN_TOKENS, join::join_token),
+        Route::post(JOIN, join::join),
+        Route::post(CELL_CREDENTIALS, credentials::cell_credential),
+        Route::post(OPERATOR_CREDENTIALS, credentials::operator_credential),
+        Route::get(AUTHORITIES, authorities::authorities),
+        Route::post(AUTHORITY_PREPARE, authorities::prepare),
+        Route::post(AUTHORITY_ACTIVATE, authorities::activate),
+        Route::post(AUTHORITY_RETIRE, authorities::retire),
+        Route::get(CERTIFICATES, certificates::certificates),
+        Route::post(REVOKE, certificates::revoke),
+        Route::get(CRL, crl::crl),
+    ]
+}
+
 /// The API router, served by [`super::server::serve`] or driven in-process.
 pub fn router(state: S) -> Router {
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/v1/openapi.json", get(ops::openapi))
-        .route("/v1/trust-bundle", get(trust_bundle::trust_bundle))
-        .route(
-            "/v1/instance-certificates",
-            post(instances::instance_certificate),
-        )
-        .route(
-            "/v1/instance-certificates/batch",
-            post(instances::instance_batch),
-        )
-        .route(
-            "/v1/component-certificates",
-            post(components::component_certificate),
-        )
-        .route("/v1/join-tokens", post(join::join_token))
-        .route("/v1/join", post(join::join))
-        .route("/v1/cell-credentials", post(credentials::own_credential))
-        .route(
-            "/v1/operator-credentials",
-            post(credentials::own_credential),
-        )
-        .route("/v1/authorities", get(authorities::authorities))
-        .route("/v1/authorities/prepare", post(authorities::prepare))
-        .route("/v1/authorities/{id}/activate", post(authorities::activate))
-        .route("/v1/authorities/{id}/retire", post(authorities::retire))
-        .route("/v1/certificates", get(certificates::certificates))
-        .route(
-            "/v1/certificates/{serial}/revoke",
-            post(certificates::revoke),
-        )
-        .route("/v1/crl/{id}", get(crl::crl))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, route| r.route(route.path, route.handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response_with_state(

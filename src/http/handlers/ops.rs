@@ -6,13 +6,25 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{blocking, S};
+use super::openapi::DOCUMENT;
+use super::{blocking, paths, S};
+use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::ApiError;
 
-/// The OpenAPI 3 description of this API.
-pub const OPENAPI: &str = include_str!("../openapi.json");
-
+#[utoipa::path(
+    get,
+    path = paths::METRICS,
+    tag = "operations",
+    summary = "Prometheus metrics",
+    extensions(("x-lanyard-role" = json!("public"))),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4",
+            body = String, content_type = "text/plain"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn metrics(State(st): State<S>) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
     let text = blocking(move || ca.render_metrics()).await?;
@@ -24,8 +36,19 @@ pub(super) async fn metrics(State(st): State<S>) -> Result<Response, ApiError> {
     Ok(r)
 }
 
+#[utoipa::path(
+    get,
+    path = paths::OPENAPI,
+    tag = "operations",
+    summary = "This document (OpenAPI 3.1)",
+    extensions(("x-lanyard-role" = json!("public"))),
+    responses(
+        (status = 200, description = "The OpenAPI document",
+            body = Object, content_type = "application/json"),
+    ),
+)]
 pub(super) async fn openapi() -> Response {
-    let mut r = OPENAPI.into_response();
+    let mut r = DOCUMENT.as_str().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -33,15 +56,42 @@ pub(super) async fn openapi() -> Response {
     r
 }
 
-pub(super) async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = paths::HEALTHZ,
+    tag = "operations",
+    summary = "Liveness",
+    extensions(("x-lanyard-role" = json!("public"))),
+    responses(
+        (status = 200, description = "The process serves requests",
+            body = api::Health, content_type = "application/json"),
+    ),
+)]
+pub(super) async fn healthz() -> Json<api::Health> {
+    Json(api::Health {
+        status: "ok".into(),
+    })
 }
 
-pub(super) async fn readyz(State(st): State<S>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = paths::READYZ,
+    tag = "operations",
+    summary = "Readiness: an authority generation is active",
+    extensions(("x-lanyard-role" = json!("public"))),
+    responses(
+        (status = 200, description = "Ready to issue",
+            body = api::Readiness, content_type = "application/json"),
+        (status = 503, description = "No active authority generation",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub(super) async fn readyz(State(st): State<S>) -> Result<Json<api::Readiness>, ApiError> {
     match st.ca.active_authority() {
-        Some(id) => Ok(Json(
-            serde_json::json!({"status": "ready", "active_authority": id.to_string()}),
-        )),
+        Some(id) => Ok(Json(api::Readiness {
+            status: "ready".into(),
+            active_authority: id.to_string(),
+        })),
         None => Err(CaError::NotReady("no active authority generation".into()).into()),
     }
 }

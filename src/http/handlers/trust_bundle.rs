@@ -8,7 +8,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{query_map, S};
+use super::{paths, query_map, S};
+use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::ApiError;
 use crate::http::views::spiffe_bundle;
@@ -16,6 +17,36 @@ use crate::http::views::spiffe_bundle;
 /// Longest a bundle long poll is held.
 pub const MAX_WAIT: u64 = 300;
 
+#[utoipa::path(
+    get,
+    path = paths::TRUST_BUNDLE,
+    tag = "trust",
+    summary = "The trust bundle: PEM roots, or a SPIFFE bundle with `Accept: application/json`; a long poll with `If-None-Match` and `wait`",
+    extensions(("x-lanyard-role" = json!("public"))),
+    params(
+        ("wait" = Option<u64>, Query, minimum = 0, description = "With `If-None-Match`: hold the request up to this many seconds (above 300 counts as 300) until the sequence passes the known one"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "The known sequence, quoted (`\"N\"`)"),
+    ),
+    responses(
+        (status = 200, description = "The roots of every generation that is prepared, active or retiring (the active one first)",
+            content(
+                (String = "application/x-pem-file"),
+                (api::SpiffeBundle = "application/json"),
+            ),
+            headers(
+                ("ETag" = String, description = "The bundle sequence, quoted: `\"N\"`"),
+                ("Cache-Control" = String, description = "`no-cache`"),
+            )),
+        (status = 304, description = "The sequence did not pass the one in `If-None-Match` (within `wait`)",
+            headers(("ETag" = String, description = "The current sequence, quoted"))),
+        (status = 400, description = "A query parameter given twice",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A well-formed but invalid value: `wait` is not a whole number of seconds; `detail` names the field",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub(super) async fn trust_bundle(
     State(st): State<S>,
     headers: HeaderMap,

@@ -1,0 +1,322 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` attributes and
+//! the wire types of [`crate::api`], and served at `GET /v1/openapi.json`.
+//!
+//! Who may call an operation is written twice: as OpenAPI security (a `mutualTLS` scheme per
+//! client-certificate role, HTTP bearer for a join token; none for public endpoints) and as
+//! the extension `x-lanyard-role` (`cell`, `operator`, `join-token` or `public`).
+
+use std::sync::LazyLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{
+    authorities, certificates, components, credentials, crl, instances, join, ops, trust_bundle,
+};
+use crate::api;
+
+/// Security scheme: a client certificate with the cell role.
+pub(super) const CELL: &str = "cell_certificate";
+/// Security scheme: a client certificate with the operator role.
+pub(super) const OPERATOR: &str = "operator_certificate";
+/// Security scheme: a join token as a bearer token.
+pub(super) const JOIN_TOKEN: &str = "join_token";
+
+/// The OpenAPI document of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Lanyard",
+        description = "Instance-identity certificate authority. HTTPS only; client certificates \
+            are optional at the TLS layer and required per operation. The caller's role comes \
+            from its client certificate's URI SAN, and only a certificate that chains to this \
+            CA's own bundle counts: `spiffe://<trust_domain>/lanyard/cell/<name>` is a cell, \
+            `spiffe://<trust_domain>/lanyard/operator/<name>` an operator. Errors are \
+            `application/problem+json`. An unknown path is a 404 and a known path with another \
+            method a 405, both problem+json.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        ops::openapi,
+        trust_bundle::trust_bundle,
+        instances::instance_certificate,
+        instances::instance_batch,
+        components::component_certificate,
+        join::join_token,
+        join::join,
+        credentials::cell_credential,
+        credentials::operator_credential,
+        authorities::authorities,
+        authorities::prepare,
+        authorities::activate,
+        authorities::retire,
+        certificates::certificates,
+        certificates::revoke,
+        crl::crl,
+    ),
+    components(schemas(
+        api::Problem,
+        api::IssuedCertificate,
+        api::InstanceCertificateRequest,
+        api::BatchRequest<api::InstanceCertificateRequest>,
+        api::BatchResponse,
+        api::BatchResult,
+        api::ComponentCertificateRequest,
+        api::CsrRequest,
+        api::JoinTokenRequest,
+        api::JoinTokenResponse,
+        api::PrepareRequest,
+        api::ForceRequest,
+        api::RevokeRequest,
+        api::AuthorityView,
+        api::AuthoritiesResponse,
+        api::CertificateView,
+        api::CertificatesResponse,
+        api::SpiffeBundle,
+        api::SpiffeKey,
+        api::Health,
+        api::Readiness,
+    )),
+    modifiers(&SecuritySchemes, &OptionalBodies),
+)]
+pub struct ApiDoc;
+
+/// Adds the security schemes the operations refer to.
+struct SecuritySchemes;
+
+/// An optional body (`Option<T>` in `request_body`) is one that may be left out, not a JSON
+/// `null`: its schema is `T`'s, and the body is not required.
+struct OptionalBodies;
+
+impl Modify for OptionalBodies {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{Schema, Type};
+        use utoipa::openapi::RefOr;
+        let is_null = |s: &RefOr<Schema>| {
+            matches!(s, RefOr::T(Schema::Object(o))
+                if o.schema_type == utoipa::openapi::schema::SchemaType::Type(Type::Null))
+        };
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for body in ops
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.request_body.as_mut())
+            {
+                for content in body.content.values_mut() {
+                    if let Some(RefOr::T(Schema::OneOf(one))) = &content.schema {
+                        let rest: Vec<_> = one.items.iter().filter(|s| !is_null(s)).collect();
+                        if let [only] = rest[..] {
+                            content.schema = Some(only.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        let mtls = |role: &str| SecurityScheme::MutualTls {
+            description: Some(format!(
+                "A client certificate issued by this CA whose URI SAN is \
+                 `spiffe://<trust_domain>/lanyard/{role}/<name>`."
+            )),
+            extensions: None,
+        };
+        components.add_security_scheme(CELL, mtls("cell"));
+        components.add_security_scheme(OPERATOR, mtls("operator"));
+        components.add_security_scheme(
+            JOIN_TOKEN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A one-time join token from `POST /v1/join-tokens`: \
+                         `Authorization: Bearer <token>`.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as served, serialized once.
+pub(super) static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    // Serializing a tree of strings, maps and numbers cannot fail; an empty object would
+    // still be valid JSON if it ever did.
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|_| "{}".to_string())
+});
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::http::handlers::routes;
+    use crate::problem::PROBLEM_JSON;
+
+    fn document() -> Value {
+        serde_json::from_str(&DOCUMENT).expect("the document is JSON")
+    }
+
+    fn operations(doc: &Value) -> BTreeSet<(String, String)> {
+        let mut ops = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if method != "parameters" {
+                    ops.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn the_document_has_every_route_of_the_router_and_no_other() {
+        let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let served: BTreeSet<(String, String)> = routes()
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(served.len(), routes().len(), "a route is listed twice");
+        assert_eq!(operations(&doc), served);
+    }
+
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let mut found = vec![];
+        refs(&doc, &mut found);
+        assert!(found.len() > 20, "{found:?}");
+        for r in found {
+            let pointer = r
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("{r} is external"));
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+    }
+
+    #[test]
+    fn every_operation_says_who_may_call_it() {
+        let doc = document();
+        let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+        assert_eq!(schemes[CELL]["type"], "mutualTLS");
+        assert_eq!(schemes[OPERATOR]["type"], "mutualTLS");
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let role = op["x-lanyard-role"].as_str();
+                let security: Vec<&String> = op["security"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .flat_map(|s| s.as_object().unwrap().keys())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let expected: Vec<&str> = match role {
+                    Some("public") => vec![],
+                    Some("cell") => vec![CELL],
+                    Some("operator") => vec![OPERATOR],
+                    Some("join-token") => vec![JOIN_TOKEN],
+                    other => panic!("{method} {path}: role {other:?}"),
+                };
+                assert_eq!(security, expected, "{method} {path}");
+                for s in security {
+                    assert!(schemes.contains_key(s), "{s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_status_is_a_problem_and_every_operation_has_an_id() {
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(op["operationId"].is_string(), "{method} {path}");
+                for (status, resp) in op["responses"].as_object().unwrap() {
+                    let code: u16 = status.parse().unwrap();
+                    if code >= 400 {
+                        assert_eq!(
+                            resp["content"][PROBLEM_JSON]["schema"]["$ref"],
+                            "#/components/schemas/Problem",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn request_schemas_refuse_unknown_fields_and_keep_serde_names() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for name in [
+            "InstanceCertificateRequest",
+            "ComponentCertificateRequest",
+            "CsrRequest",
+            "JoinTokenRequest",
+            "ForceRequest",
+            "RevokeRequest",
+            "PrepareRequest",
+        ] {
+            assert_eq!(
+                schemas[name]["additionalProperties"],
+                Value::Bool(false),
+                "{name}"
+            );
+        }
+        assert!(schemas["Problem"]["properties"]["type"].is_object());
+        assert!(schemas["SpiffeKey"]["properties"]["use"].is_object());
+        let view = &schemas["CertificateView"];
+        assert!(view["properties"]["revocation_reason"].is_object());
+        let required = view["required"].as_array().unwrap();
+        assert!(required.contains(&"revoked_at".into()));
+        assert!(!required.contains(&"revocation_reason".into()));
+    }
+
+    #[test]
+    fn an_optional_body_may_be_left_out_but_is_never_null() {
+        let doc = document();
+        let body = &doc["paths"]["/v1/authorities/{id}/activate"]["post"]["requestBody"];
+        assert_ne!(body["required"], true);
+        assert_eq!(
+            body["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ForceRequest"
+        );
+        let body = &doc["paths"]["/v1/join"]["post"]["requestBody"];
+        assert_eq!(body["required"], true);
+    }
+}
