@@ -209,7 +209,8 @@ impl Default for RotationConfig {
 pub struct StorageConfig {
     /// `sled` (embedded, default) or `postgres`.
     pub backend: String,
-    /// PostgreSQL URL for `backend = "postgres"`.
+    /// PostgreSQL URL for `backend = "postgres"`: `postgres://user:password@host:port/db`,
+    /// optionally with `sslmode=disable|prefer|require|verify-full` and `sslrootcert=FILE`.
     pub url: Option<String>,
 }
 
@@ -343,12 +344,14 @@ impl Config {
         }
         match self.storage.backend.as_str() {
             "sled" => {}
-            "postgres" => {
-                return Err(ConfigError::key(
-                    "storage.backend",
-                    "\"postgres\" is not available in this build yet; use \"sled\"",
-                ))
-            }
+            "postgres" => match &self.storage.url {
+                None => return Err(ConfigError::key(
+                    "storage.url",
+                    "is required when storage.backend is \"postgres\" (or set LANYARD_STORAGE_URL)",
+                )),
+                Some(url) => crate::store::PostgresStore::check_url(url)
+                    .map_err(|e| ConfigError::key("storage.url", e))?,
+            },
             other => {
                 return Err(ConfigError::key(
                     "storage.backend",
