@@ -413,6 +413,10 @@ pub fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String> {
         "LANYARD_CONFIG",
         "LANYARD_LOG",
         "LANYARD_JOIN_TOKEN",
+        // The test suite's: scripts/test.sh exports them to every process of a run, the
+        // servers that tests start included.
+        "LANYARD_TEST_POSTGRES_URL",
+        "LANYARD_REQUIRE_POSTGRES",
     ];
     let known: std::collections::HashSet<String> = key_sets
         .iter()
