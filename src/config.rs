@@ -212,7 +212,8 @@ impl Default for RotationConfig {
 pub struct StorageConfig {
     /// `sled` (embedded, default) or `postgres`.
     pub backend: String,
-    /// PostgreSQL URL for `backend = "postgres"`.
+    /// PostgreSQL URL for `backend = "postgres"`: `postgres://user:password@host:port/db`,
+    /// optionally with `sslmode=disable|prefer|require|verify-full` and `sslrootcert=FILE`.
     pub url: Option<String>,
 }
 
@@ -363,12 +364,14 @@ impl Config {
         }
         match self.storage.backend.as_str() {
             "sled" => {}
-            "postgres" => {
-                return Err(ConfigError::key(
-                    "storage.backend",
-                    "\"postgres\" is not available in this build yet; use \"sled\"",
-                ))
-            }
+            "postgres" => match &self.storage.url {
+                None => return Err(ConfigError::key(
+                    "storage.url",
+                    "is required when storage.backend is \"postgres\" (or set LANYARD_STORAGE_URL)",
+                )),
+                Some(url) => crate::store::PostgresStore::check_url(url)
+                    .map_err(|e| ConfigError::key("storage.url", e))?,
+            },
             other => {
                 return Err(ConfigError::key(
                     "storage.backend",
@@ -430,6 +433,10 @@ pub fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String> {
         "LANYARD_CONFIG",
         "LANYARD_LOG",
         "LANYARD_JOIN_TOKEN",
+        // The test suite's: scripts/test.sh exports them to every process of a run, the
+        // servers that tests start included.
+        "LANYARD_TEST_POSTGRES_URL",
+        "LANYARD_REQUIRE_POSTGRES",
     ];
     let known: std::collections::HashSet<String> = key_sets
         .iter()

@@ -25,6 +25,9 @@ const SERVER_ONLY: &[&str] = &[
     "tower",
     "tracing-subscriber",
     "humantime",
+    "utoipa",
+    "tokio-postgres",
+    "deadpool-postgres",
 ];
 
 /// Runs the cargo that runs this test with `args`; the lock file is complete, so offline.

@@ -70,9 +70,9 @@ impl From<AuthorityError> for CaError {
             AuthorityError::Rotation(RotationError::NotFound(id)) => {
                 CaError::NotFound(format!("authority {id} does not exist"))
             }
-            AuthorityError::NoActive | AuthorityError::IntermediateExpiring(..) => {
-                CaError::NotReady(e.to_string())
-            }
+            AuthorityError::NoActive
+            | AuthorityError::IntermediateExpiring(..)
+            | AuthorityError::Store(StoreError::Unavailable(_)) => CaError::NotReady(e.to_string()),
             other => CaError::Internal(other.to_string()),
         }
     }
@@ -80,7 +80,11 @@ impl From<AuthorityError> for CaError {
 
 impl From<StoreError> for CaError {
     fn from(e: StoreError) -> Self {
-        CaError::Internal(e.to_string())
+        match e {
+            // The database is down or unreachable: a retry later may succeed (503).
+            StoreError::Unavailable(_) => CaError::NotReady(e.to_string()),
+            other => CaError::Internal(other.to_string()),
+        }
     }
 }
 

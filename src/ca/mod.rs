@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::ids::IdError;
 use crate::keys::Kek;
 use crate::metrics::Metrics;
-use crate::store::{SledStore, Store};
+use crate::store::{PostgresStore, SledStore, Store};
 
 const META_INITIALIZED: &str = "initialized";
 const META_KEK_CHECK: &str = "kek_check";
@@ -72,7 +72,18 @@ fn authority_options(c: &Config) -> AuthorityOptions {
     }
 }
 
+/// Whether the configured backend is PostgreSQL (shared) rather than sled (in `state_dir`).
+fn uses_postgres(config: &Config) -> bool {
+    config.storage.backend == "postgres"
+}
+
 fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    if uses_postgres(config) {
+        let url = config.storage.url.as_deref().ok_or_else(|| {
+            StartError::Config("storage.url: required when storage.backend is \"postgres\"".into())
+        })?;
+        return Ok(Arc::new(PostgresStore::open(url)?));
+    }
     let dir = config.state_dir.join("store");
     Ok(Arc::new(SledStore::open(&dir)?))
 }
@@ -167,7 +178,8 @@ impl Ca {
 
     /// Opens an initialized state (or initializes it when `auto_init` is set).
     pub fn open(config: &Config) -> Result<(Ca, Option<InitReport>), StartError> {
-        if !config.auto_init && !config.state_dir.join("store").exists() {
+        // (A database has no such marker: its `initialized` value below says the same.)
+        if !config.auto_init && !uses_postgres(config) && !config.state_dir.join("store").exists() {
             // Nothing to open, and nothing should be created without `init`.
             return Err(StartError::Runtime(format!(
                 "the state in {} is not initialized; run `lanyard init` first",

@@ -1,11 +1,16 @@
 //! Durable state behind a trait, so the embedded store (sled) and a shared SQL store can sit
 //! behind the same CA. Every write method returns only once the change is durable.
+//!
+//! Backends: [`SledStore`] (embedded, one process) and [`PostgresStore`] (a PostgreSQL
+//! database that several processes can share).
 
 #[cfg(any(test, feature = "store-conformance"))]
 pub mod conformance;
+mod postgres;
 mod records;
 mod sled_store;
 
+pub use postgres::PostgresStore;
 pub use records::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
     GenerationState, JoinTokenRecord,
@@ -25,6 +30,11 @@ pub enum StoreError {
     /// No certificate with this serial is recorded.
     #[error("no certificate with serial {0} is recorded")]
     NotFound(Serial),
+    /// The backend cannot be reached right now (connection refused, lost or timed out): the
+    /// request may succeed later, and a write that failed this way may or may not have
+    /// committed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// The backend failed (I/O, lock held by another process, ...).
     #[error("storage backend: {0}")]
     Backend(String),

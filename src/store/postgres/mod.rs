@@ -1,0 +1,760 @@
+//! The shared store: PostgreSQL through a connection pool, one transaction per write.
+//!
+//! This is the only module that talks to PostgreSQL. Records are kept whole as JSON (the
+//! encoding the embedded store writes) beside the columns that queries search and that the
+//! database constrains: serials are the primary key of `certificates`, so uniqueness holds
+//! across every process that writes to the database, and a join token is taken with
+//! `DELETE ... RETURNING`, so of any number of takers exactly one gets it.
+//!
+//! # Sync calls over an async client
+//!
+//! [`Store`] is synchronous; `tokio-postgres` is async. Each `PostgresStore` owns a small
+//! tokio runtime of its own that runs the pool, the connections and every query. A call
+//! spawns its work onto that runtime and waits for the answer on a `std::sync::mpsc`
+//! channel. The calling thread never enters a runtime, so no call ever runs `block_on`
+//! inside another runtime's async context (which panics): a call is safe from a plain
+//! thread, from `spawn_blocking`, and even from inside an async task (where it blocks that
+//! task's thread, as any blocking call does, but cannot panic or deadlock, since the work
+//! runs on the store's own threads). Dropping the store shuts its runtime down in the
+//! background, which is allowed in any context too.
+
+mod migrations;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{Json, ToSql};
+
+use super::{
+    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, JoinTokenRecord, Store,
+    StoreError,
+};
+use crate::ids::{AuthorityId, Serial};
+
+/// Connections per process. Writes are short transactions; a handful covers the CA's
+/// blocking threads without crowding the server's `max_connections` when several replicas
+/// share it.
+const POOL_SIZE: usize = 8;
+
+/// How long to wait for a new connection (TCP, TLS and authentication).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a call waits for a free connection of the pool.
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest any one call may take, waiting for a connection included. Past it the call
+/// answers [`StoreError::Unavailable`] instead of holding a request forever on a database
+/// that stopped answering.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// PostgreSQL-backed [`Store`].
+pub struct PostgresStore {
+    pool: Pool,
+    /// Runs every query; `None` only while dropping (see the module documentation).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: it is never printed.
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.pool.close();
+        if let Some(rt) = self.runtime.take() {
+            // Every write has committed before its call returned, so nothing is lost by not
+            // waiting; and unlike a plain drop this never blocks, so it is allowed inside an
+            // async context too.
+            rt.shutdown_background();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The connection URL.
+
+/// How the connection is protected, from the URL's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it; only with `sslrootcert` (a TLS connection that is not
+    /// authenticated is not offered).
+    Prefer,
+    /// TLS, verified against `sslrootcert`, host name included.
+    Require,
+}
+
+/// A `postgres://` URL split into what tokio-postgres understands and what is ours
+/// (`sslmode` with `verify-full`, `sslrootcert`).
+#[derive(Debug)]
+struct ConnectOptions {
+    config: tokio_postgres::Config,
+    ssl_mode: SslMode,
+    root_cert: Option<PathBuf>,
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-escape in `{s}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 once decoded"))
+}
+
+impl ConnectOptions {
+    /// Parses the URL without touching the network or the file system.
+    fn parse(url: &str) -> Result<Self, String> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("must be a postgres:// or postgresql:// URL".into());
+        }
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut ssl_mode = None;
+        let mut root_cert = None;
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "sslmode" => ssl_mode = Some(percent_decode(v)?),
+                "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(v)?)),
+                _ => rest.push(pair),
+            }
+        }
+        let ssl_mode = match ssl_mode.as_deref() {
+            None | Some("prefer") => SslMode::Prefer,
+            Some("disable") => SslMode::Disable,
+            Some("require") | Some("verify-full") => SslMode::Require,
+            Some(other) => {
+                return Err(format!(
+                    "sslmode={other} is not supported; use disable, prefer, require or verify-full"
+                ))
+            }
+        };
+        if ssl_mode == SslMode::Require && root_cert.is_none() {
+            return Err(
+                "sslmode=require and verify-full need sslrootcert=<PEM file of the CA that signed the server's certificate>"
+                    .into(),
+            );
+        }
+        let plain = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        // tokio-postgres's own messages never echo the URL, so no password leaks here.
+        let mut config = tokio_postgres::Config::from_str(&plain).map_err(|e| e.to_string())?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("lanyard");
+        }
+        Ok(ConnectOptions {
+            config,
+            ssl_mode,
+            root_cert,
+        })
+    }
+
+    /// The TLS client configuration, trusting only the roots in `sslrootcert`.
+    fn tls_config(&self) -> Result<Option<rustls::ClientConfig>, StoreError> {
+        let Some(path) = &self.root_cert else {
+            return Ok(None);
+        };
+        if self.ssl_mode == SslMode::Disable {
+            return Ok(None);
+        }
+        let text = std::fs::read(path).map_err(|e| {
+            StoreError::Backend(format!("storage.url sslrootcert {}: {e}", path.display()))
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        let blocks = pem::parse_many(&text).map_err(|e| {
+            StoreError::Backend(format!("storage.url sslrootcert {}: {e}", path.display()))
+        })?;
+        for block in blocks.iter().filter(|b| b.tag() == "CERTIFICATE") {
+            roots.add(block.contents().to_vec().into()).map_err(|e| {
+                StoreError::Backend(format!("storage.url sslrootcert {}: {e}", path.display()))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(StoreError::Backend(format!(
+                "storage.url sslrootcert {} holds no certificate",
+                path.display()
+            )));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls_provider::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Some(config))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors.
+
+/// A tokio-postgres error: what the server refused is a backend error; a connection that
+/// failed, closed or timed out means the database is unavailable (the CA answers 503).
+fn db_error(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        // Connection-level refusals (the server is shutting down, too many clients) are
+        // unavailability too: a retry later may succeed.
+        let code = db.code();
+        if code == &SqlState::ADMIN_SHUTDOWN
+            || code == &SqlState::CRASH_SHUTDOWN
+            || code == &SqlState::CANNOT_CONNECT_NOW
+            || code == &SqlState::TOO_MANY_CONNECTIONS
+        {
+            return StoreError::Unavailable(e.to_string());
+        }
+        return StoreError::Backend(e.to_string());
+    }
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io || e.to_string().contains("timeout") {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => db_error(e),
+        PoolError::Timeout(_) | PoolError::Closed => {
+            StoreError::Unavailable(format!("no database connection: {e}"))
+        }
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn kind_name(k: CertificateKind) -> &'static str {
+    match k {
+        CertificateKind::Instance => "instance",
+        CertificateKind::Cell => "cell",
+        CertificateKind::Operator => "operator",
+        CertificateKind::Component => "component",
+        CertificateKind::Server => "server",
+    }
+}
+
+/// JSON for a `jsonb` parameter.
+fn json<T: Serialize>(v: &T) -> Result<Json<serde_json::Value>, StoreError> {
+    serde_json::to_value(v)
+        .map(Json)
+        .map_err(|e| StoreError::Backend(format!("encoding: {e}")))
+}
+
+fn serial_of(bytes: &[u8]) -> Result<Serial, StoreError> {
+    Serial::from_bytes(bytes).ok_or_else(|| StoreError::Corrupt {
+        key: "certificates.serial".into(),
+        message: format!("{} bytes, not 16", bytes.len()),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The store.
+
+impl PostgresStore {
+    /// Checks a `storage.url` without connecting: the form, `sslmode` and `sslrootcert`.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        ConnectOptions::parse(url).map(|_| ())
+    }
+
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`, with
+    /// `sslmode=disable|prefer|require|verify-full` and `sslrootcert=<PEM file>`), and brings
+    /// its schema up to date (or refuses a schema newer than this binary).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let options = ConnectOptions::parse(url)
+            .map_err(|e| StoreError::Backend(format!("storage.url: {e}")))?;
+        let tls = options.tls_config()?;
+        let mut config = options.config.clone();
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match (options.ssl_mode, tls) {
+            (SslMode::Prefer, Some(tls)) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+                Manager::from_config(
+                    config,
+                    tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                    manager_config,
+                )
+            }
+            (SslMode::Require, Some(tls)) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Manager::from_config(
+                    config,
+                    tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                    manager_config,
+                )
+            }
+            _ => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+            }
+        };
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
+        // Two threads: one can wait on the network while the other runs a query, and the
+        // CA process keeps its own runtime for HTTP.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lanyard-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("store runtime: {e}")))?;
+        let store = PostgresStore {
+            pool,
+            runtime: Some(runtime),
+        };
+        let pool = store.pool.clone();
+        let before = store.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            migrations::apply(client).await
+        })?;
+        let latest = migrations::latest_version();
+        if before < latest {
+            tracing::info!(from = before, to = latest, "migrated the database schema");
+        }
+        Ok(store)
+    }
+
+    /// Runs `work` on the store's runtime and waits for its answer (see the module
+    /// documentation for why this is safe from any thread).
+    fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let answer = match tokio::time::timeout(CALL_TIMEOUT, work).await {
+                Ok(answer) => answer,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "the database did not answer within {}s",
+                    CALL_TIMEOUT.as_secs()
+                ))),
+            };
+            // The caller waits on `rx` until this send; it cannot be gone.
+            let _ = tx.send(answer);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the store is closed".into())))
+    }
+
+    /// A clone of the pool, to move into a call's future.
+    fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+}
+
+const SELECT_CERTIFICATES: &str = "SELECT record::text FROM certificates";
+const NEWEST_FIRST: &str = "ORDER BY not_before DESC, serial DESC";
+
+impl Store for PostgresStore {
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let pool = self.pool();
+        let key = key.to_string();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached("SELECT value FROM meta WHERE key = $1")
+                .await
+                .map_err(db_error)?;
+            let row = c.query_opt(&st, &[&key]).await.map_err(db_error)?;
+            row.map(|r| r.try_get::<_, Vec<u8>>(0))
+                .transpose()
+                .map_err(db_error)
+        })
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let pool = self.pool();
+        let key = key.to_string();
+        let value = value.to_vec();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                )
+                .await
+                .map_err(db_error)?;
+            c.execute(&st, &[&key, &value]).await.map_err(db_error)?;
+            Ok(())
+        })
+    }
+
+    fn load_authorities(&self) -> Result<(Vec<AuthorityRecord>, u64), StoreError> {
+        let pool = self.pool();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            // One statement, so one snapshot: the generations and the sequence that a save
+            // wrote together are read together.
+            let st = c
+                .prepare_cached(
+                    "SELECT s.value, a.id, a.record::text
+                     FROM bundle_sequence s LEFT JOIN authorities a ON true
+                     ORDER BY a.id",
+                )
+                .await
+                .map_err(db_error)?;
+            let rows = c.query(&st, &[]).await.map_err(db_error)?;
+            let mut sequence = 0u64;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let seq: i64 = row.try_get(0).map_err(db_error)?;
+                sequence = u64::try_from(seq).map_err(|_| StoreError::Corrupt {
+                    key: "bundle_sequence".into(),
+                    message: format!("negative sequence {seq}"),
+                })?;
+                let id: Option<i64> = row.try_get(1).map_err(db_error)?;
+                let record: Option<String> = row.try_get(2).map_err(db_error)?;
+                if let (Some(id), Some(record)) = (id, record) {
+                    out.push(decode::<AuthorityRecord>(
+                        &format!("authorities/{id}"),
+                        &record,
+                    )?);
+                }
+            }
+            Ok((out, sequence))
+        })
+    }
+
+    fn save_authorities(
+        &self,
+        changed: &[AuthorityRecord],
+        bundle_sequence: u64,
+    ) -> Result<(), StoreError> {
+        let pool = self.pool();
+        let rows = changed
+            .iter()
+            .map(|a| Ok((i64::from(a.id.0), a.state.as_str(), json(a)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let sequence = i64::try_from(bundle_sequence)
+            .map_err(|_| StoreError::Backend(format!("sequence {bundle_sequence} too large")))?;
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            // One transaction: the states and the sequence change together.
+            let tx = c.transaction().await.map_err(db_error)?;
+            let upsert = tx
+                .prepare_cached(
+                    "INSERT INTO authorities (id, state, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (id) DO UPDATE
+                     SET state = EXCLUDED.state, record = EXCLUDED.record",
+                )
+                .await
+                .map_err(db_error)?;
+            for (id, state, record) in &rows {
+                tx.execute(&upsert, &[id, state, record])
+                    .await
+                    .map_err(db_error)?;
+            }
+            tx.execute("UPDATE bundle_sequence SET value = $1", &[&sequence])
+                .await
+                .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)
+        })
+    }
+
+    fn insert_certificates(&self, records: &[CertificateRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        // A serial named twice in one batch is refused before the database sees it: the
+        // primary key would refuse it too, but could not say it was this batch's own.
+        let mut seen = HashSet::with_capacity(records.len());
+        for r in records {
+            if !seen.insert(r.serial) {
+                return Err(StoreError::SerialExists(r.serial));
+            }
+        }
+        let rows = records
+            .iter()
+            .map(|r| Ok((r.clone(), json(r)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let pool = self.pool();
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            // All or none: a taken serial aborts the transaction, and dropping it rolls back
+            // what the batch had inserted.
+            let tx = c.transaction().await.map_err(db_error)?;
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO certificates (serial, kind, instance_guid, app_guid,
+                         authority_id, not_before, not_after, revoked_at, record)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .await
+                .map_err(db_error)?;
+            for (r, record) in &rows {
+                let serial: &[u8] = r.serial.as_bytes();
+                let params: [&(dyn ToSql + Sync); 9] = [
+                    &serial,
+                    &kind_name(r.kind),
+                    &r.instance_guid.as_ref().map(|g| g.as_str()),
+                    &r.app_guid.as_ref().map(|g| g.as_str()),
+                    &i64::from(r.authority_id.0),
+                    &r.not_before,
+                    &r.not_after,
+                    &r.revoked_at,
+                    record,
+                ];
+                if let Err(e) = tx.execute(&insert, &params).await {
+                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                        return Err(StoreError::SerialExists(r.serial));
+                    }
+                    return Err(db_error(e));
+                }
+            }
+            tx.commit().await.map_err(db_error)
+        })
+    }
+
+    fn get_certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError> {
+        let pool = self.pool();
+        let serial = *serial;
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached("SELECT record::text FROM certificates WHERE serial = $1")
+                .await
+                .map_err(db_error)?;
+            let key: &[u8] = serial.as_bytes();
+            match c.query_opt(&st, &[&key]).await.map_err(db_error)? {
+                Some(row) => {
+                    let text: String = row.try_get(0).map_err(db_error)?;
+                    Ok(Some(decode(&format!("certificates/{serial}"), &text)?))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn update_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError> {
+        let pool = self.pool();
+        let r = record.clone();
+        let value = json(record)?;
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            // Every searched column follows the record, so queries keep finding it as it is.
+            let st = c
+                .prepare_cached(
+                    "UPDATE certificates SET kind = $2, instance_guid = $3, app_guid = $4,
+                         authority_id = $5, not_before = $6, not_after = $7, revoked_at = $8,
+                         record = $9
+                     WHERE serial = $1",
+                )
+                .await
+                .map_err(db_error)?;
+            let serial: &[u8] = r.serial.as_bytes();
+            let params: [&(dyn ToSql + Sync); 9] = [
+                &serial,
+                &kind_name(r.kind),
+                &r.instance_guid.as_ref().map(|g| g.as_str()),
+                &r.app_guid.as_ref().map(|g| g.as_str()),
+                &i64::from(r.authority_id.0),
+                &r.not_before,
+                &r.not_after,
+                &r.revoked_at,
+                &value,
+            ];
+            match c.execute(&st, &params).await.map_err(db_error)? {
+                0 => Err(StoreError::NotFound(r.serial)),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn query_certificates(
+        &self,
+        q: &CertificateQuery,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        let pool = self.pool();
+        let instance = q.instance_guid.as_ref().map(|g| g.as_str().to_string());
+        let app = q.app_guid.as_ref().map(|g| g.as_str().to_string());
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            // One statement per filter combination, so each uses its own index.
+            let (sql, mut params): (String, Vec<&(dyn ToSql + Sync)>) = match (&instance, &app) {
+                (Some(i), Some(a)) => (
+                    format!("{SELECT_CERTIFICATES} WHERE instance_guid = $1 AND app_guid = $2 {NEWEST_FIRST} LIMIT $3"),
+                    vec![i, a],
+                ),
+                (Some(i), None) => (
+                    format!("{SELECT_CERTIFICATES} WHERE instance_guid = $1 {NEWEST_FIRST} LIMIT $2"),
+                    vec![i],
+                ),
+                (None, Some(a)) => (
+                    format!("{SELECT_CERTIFICATES} WHERE app_guid = $1 {NEWEST_FIRST} LIMIT $2"),
+                    vec![a],
+                ),
+                (None, None) => (
+                    format!("{SELECT_CERTIFICATES} {NEWEST_FIRST} LIMIT $1"),
+                    vec![],
+                ),
+            };
+            params.push(&limit);
+            let st = c.prepare_cached(&sql).await.map_err(db_error)?;
+            let rows = c.query(&st, &params).await.map_err(db_error)?;
+            rows.iter()
+                .map(|row| {
+                    let text: String = row.try_get(0).map_err(db_error)?;
+                    decode("certificates", &text)
+                })
+                .collect()
+        })
+    }
+
+    fn revoked(&self, id: AuthorityId) -> Result<Vec<(Serial, SystemTime)>, StoreError> {
+        let pool = self.pool();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            // The times come from the records, so the list says what the records say.
+            let st = c
+                .prepare_cached(
+                    "SELECT serial, record::text FROM certificates
+                     WHERE authority_id = $1 AND revoked_at IS NOT NULL",
+                )
+                .await
+                .map_err(db_error)?;
+            let rows = c.query(&st, &[&i64::from(id.0)]).await.map_err(db_error)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let serial = serial_of(&row.try_get::<_, Vec<u8>>(0).map_err(db_error)?)?;
+                let text: String = row.try_get(1).map_err(db_error)?;
+                let r: CertificateRecord = decode(&format!("certificates/{serial}"), &text)?;
+                if let Some(at) = r.revoked_at {
+                    out.push((serial, at));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn last_leaf_not_after(&self, id: AuthorityId) -> Result<Option<SystemTime>, StoreError> {
+        let pool = self.pool();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached("SELECT max(not_after) FROM certificates WHERE authority_id = $1")
+                .await
+                .map_err(db_error)?;
+            c.query_one(&st, &[&i64::from(id.0)])
+                .await
+                .map_err(db_error)?
+                .try_get::<_, Option<SystemTime>>(0)
+                .map_err(db_error)
+        })
+    }
+
+    fn insert_join_token(&self, hash: &[u8], token: &JoinTokenRecord) -> Result<(), StoreError> {
+        let pool = self.pool();
+        let hash = hash.to_vec();
+        let expires_at = token.expires_at;
+        let record = json(token)?;
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "INSERT INTO join_tokens (hash, expires_at, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (hash) DO UPDATE
+                     SET expires_at = EXCLUDED.expires_at, record = EXCLUDED.record",
+                )
+                .await
+                .map_err(db_error)?;
+            c.execute(&st, &[&hash, &expires_at, &record])
+                .await
+                .map_err(db_error)?;
+            Ok(())
+        })
+    }
+
+    fn get_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let pool = self.pool();
+        let hash = hash.to_vec();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached("SELECT record::text FROM join_tokens WHERE hash = $1")
+                .await
+                .map_err(db_error)?;
+            match c.query_opt(&st, &[&hash]).await.map_err(db_error)? {
+                Some(row) => {
+                    let text: String = row.try_get(0).map_err(db_error)?;
+                    Ok(Some(decode("join_token", &text)?))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let pool = self.pool();
+        let hash = hash.to_vec();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            // The row lock of the delete decides: of concurrent takers, in this process or
+            // another, exactly one deletes the row and gets it back.
+            let st = c
+                .prepare_cached("DELETE FROM join_tokens WHERE hash = $1 RETURNING record::text")
+                .await
+                .map_err(db_error)?;
+            match c.query_opt(&st, &[&hash]).await.map_err(db_error)? {
+                Some(row) => {
+                    let text: String = row.try_get(0).map_err(db_error)?;
+                    Ok(Some(decode("join_token", &text)?))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
