@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 const DATA_LINK: &str = "..data";
 
 /// One file of a set: name (may include one subdirectory, `certs/ca.pem`), content, mode.
-pub type SetFile<'a> = (&'a str, &'a [u8], u32);
+pub(crate) type SetFile<'a> = (&'a str, &'a [u8], u32);
 
 fn version_name() -> String {
     let now = time::OffsetDateTime::now_utc();
@@ -36,7 +36,7 @@ fn version_name() -> String {
 
 /// Writes a new version of the set and switches to it atomically. Returns the previous
 /// version directory; the caller removes it once readers are done with it.
-pub fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Option<PathBuf>> {
+pub(crate) fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Option<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let version = version_name();
     let vdir = dir.join(&version);
@@ -78,7 +78,7 @@ pub fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Option<Pa
 
 /// Removes version directories other than the current one (left by earlier writes or a
 /// crash).
-pub fn remove_stale_versions(dir: &Path) {
+pub(crate) fn remove_stale_versions(dir: &Path) {
     let current = std::fs::read_link(dir.join(DATA_LINK)).ok();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -97,7 +97,7 @@ pub fn remove_stale_versions(dir: &Path) {
 }
 
 /// Reads one file of the current version.
-pub fn read(dir: &Path, name: &str) -> std::io::Result<String> {
+pub(crate) fn read(dir: &Path, name: &str) -> std::io::Result<String> {
     std::fs::read_to_string(dir.join(DATA_LINK).join(name))
 }
 

@@ -11,7 +11,7 @@ use crate::client::{new_key_and_csr, tls_config, ApiClient, ClientError};
 
 /// What to measure.
 #[derive(Debug, Clone)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     /// Total certificates to issue.
     pub requests: usize,
     /// Concurrent workers (connections).
@@ -24,7 +24,7 @@ pub struct BenchOptions {
 
 /// The measured figures.
 #[derive(Debug, Clone)]
-pub struct BenchReport {
+pub(crate) struct BenchReport {
     /// Certificates issued.
     pub issued: usize,
     /// Requests that failed.
@@ -45,7 +45,7 @@ impl BenchReport {
     }
 
     /// One readable paragraph.
-    pub fn render(&self, o: &BenchOptions) -> String {
+    pub(crate) fn render(&self, o: &BenchOptions) -> String {
         let rate = self.issued as f64 / self.elapsed.as_secs_f64().max(1e-9);
         format!(
             "issued {} certificates ({} failed requests) in {:.2}s with {} workers, {} per request, {} bundle watchers: {:.0} certificates/s\n\
@@ -70,7 +70,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Joins as a bench cell with `operator`, then runs the load against `server`.
-pub async fn run(
+pub(crate) async fn run(
     server: &str,
     operator: &ApiClient,
     bundle_pem: &str,

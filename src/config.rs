@@ -64,7 +64,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 }
 
 /// Parses `"90s"`, `"15m"`, `"24h"`, `"30d"` (and combinations such as `"1h30m"`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         format!("`{s}` is not a duration like \"90s\", \"15m\", \"24h\" or \"30d\" ({e})")
     })
@@ -73,7 +73,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The whole server configuration (`ca-config/lanyard.toml`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// The SPIFFE trust domain, e.g. `lanyard.internal`.
     pub trust_domain: String,
     /// Where the store, the KEK file (dev) and the operator credential live.
@@ -106,7 +106,7 @@ pub struct Config {
 /// `[listen]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenConfig {
+pub(crate) struct ListenConfig {
     /// Socket address of the HTTPS API.
     pub address: SocketAddr,
     /// Extra DNS names or IP addresses for the server certificate (beside `localhost` and
@@ -118,7 +118,7 @@ pub struct ListenConfig {
 /// `[keys]`
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct KeysConfig {
+pub(crate) struct KeysConfig {
     /// File holding the base64 KEK; `LANYARD_KEK` wins over it.
     pub kek_file: Option<PathBuf>,
 }
@@ -126,7 +126,7 @@ pub struct KeysConfig {
 /// `[authority]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthorityConfig {
+pub(crate) struct AuthorityConfig {
     /// Only `ecdsa-p256` today.
     pub algorithm: String,
     /// Lifetime of a root.
@@ -148,7 +148,7 @@ impl Default for AuthorityConfig {
 /// `[issuance]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IssuanceConfig {
+pub(crate) struct IssuanceConfig {
     /// TTL when a request names none.
     pub default_ttl: ConfigDuration,
     /// Shortest TTL a request may ask for.
@@ -179,7 +179,7 @@ impl Default for IssuanceConfig {
 /// `[rotation]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RotationConfig {
+pub(crate) struct RotationConfig {
     /// Prepare, activate and retire on schedule.
     pub automatic: bool,
     /// How long a prepared root must be published before it may sign.
@@ -209,7 +209,7 @@ impl Default for RotationConfig {
 /// `[storage]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StorageConfig {
+pub(crate) struct StorageConfig {
     /// `sled` (embedded, default) or `postgres`.
     pub backend: String,
     /// PostgreSQL URL for `backend = "postgres"`: `postgres://user:password@host:port/db`,
@@ -229,7 +229,7 @@ impl Default for StorageConfig {
 /// `[client]`: what the CLI's client commands use when `--server`/`--credential` are not given.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct ClientConfig {
+pub(crate) struct ClientConfig {
     /// Base URL of the CA, default `https://<listen.address>`.
     pub server: Option<String>,
     /// Credential directory, default `<state_dir>/credentials/operator`.
@@ -263,7 +263,7 @@ pub(crate) const SERVER_KEYS: &[(&str, &str)] = &[
 
 impl Config {
     /// Reads, overrides from the environment, parses and validates.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let cfg: Config = load_toml(path, SERVER_KEYS)?;
         cfg.validate()?;
         Ok(cfg)
@@ -391,17 +391,17 @@ impl Config {
     }
 
     /// The KEK file: the configured one, or none.
-    pub fn kek_file(&self) -> Option<&Path> {
+    pub(crate) fn kek_file(&self) -> Option<&Path> {
         self.keys.kek_file.as_deref()
     }
 
     /// Directory of the local operator credential written by `init`.
-    pub fn operator_credential_dir(&self) -> PathBuf {
+    pub(crate) fn operator_credential_dir(&self) -> PathBuf {
         self.state_dir.join("credentials").join("operator")
     }
 
     /// The URL clients use by default.
-    pub fn client_server_url(&self) -> String {
+    pub(crate) fn client_server_url(&self) -> String {
         if let Some(s) = &self.client.server {
             return s.clone();
         }
@@ -417,7 +417,7 @@ impl Config {
     }
 
     /// The credential directory clients use by default.
-    pub fn client_credential_dir(&self) -> PathBuf {
+    pub(crate) fn client_credential_dir(&self) -> PathBuf {
         self.client
             .credential
             .clone()
@@ -427,7 +427,7 @@ impl Config {
 
 /// Environment variables that start with `LANYARD_` but name no key of `key_sets` and are
 /// not one of the process variables: most likely a misspelled override.
-pub fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String> {
+pub(crate) fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String> {
     const PROCESS: &[&str] = &[
         "LANYARD_KEK",
         "LANYARD_CONFIG",
@@ -466,7 +466,7 @@ fn env_name(section: &str, key: &str) -> String {
 
 /// Reads a TOML file, applies `LANYARD_<SECTION>_<KEY>` overrides for `keys`, and
 /// deserializes it strictly, naming the key path of any error.
-pub fn load_toml<T: DeserializeOwned>(
+pub(crate) fn load_toml<T: DeserializeOwned>(
     path: &Path,
     keys: &[(&str, &str)],
 ) -> Result<T, ConfigError> {

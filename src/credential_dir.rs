@@ -4,16 +4,16 @@
 use std::path::Path;
 
 /// The PEM chain: leaf, then intermediate.
-pub const CERT_FILE: &str = "cert.pem";
+pub(crate) const CERT_FILE: &str = "cert.pem";
 /// The PKCS#8 PEM private key (mode 0600).
-pub const KEY_FILE: &str = "key.pem";
+pub(crate) const KEY_FILE: &str = "key.pem";
 /// Every published root (PEM).
-pub const BUNDLE_FILE: &str = "trust-bundle.pem";
+pub(crate) const BUNDLE_FILE: &str = "trust-bundle.pem";
 
 /// Writes a credential directory, each file replaced atomically. The key goes first, so the
 /// only moment the two files disagree is during a renewal that changes the key, which is
 /// always an explicit operator action.
-pub fn write_credential_dir(
+pub(crate) fn write_credential_dir(
     dir: &Path,
     chain_pem: &str,
     key_pem: &str,

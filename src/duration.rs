@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use crate::api::JsonInt;
 
-pub use crate::config::parse_duration;
+pub(crate) use crate::config::parse_duration;
 
 /// A lifetime as the API's `ttl_seconds`.
-pub fn ttl_seconds(d: Duration) -> JsonInt {
+pub(crate) fn ttl_seconds(d: Duration) -> JsonInt {
     (d.as_secs() as i64).into()
 }
 
 /// Parses a written lifetime (`"15m"`) into `ttl_seconds`.
-pub fn parse_ttl(s: &str) -> Result<JsonInt, String> {
+pub(crate) fn parse_ttl(s: &str) -> Result<JsonInt, String> {
     parse_duration(s).map(ttl_seconds)
 }
 

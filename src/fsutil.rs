@@ -7,13 +7,13 @@ use std::path::Path;
 
 /// Creates `path` with mode 0600 and writes `data`, failing if the file exists (a key is never
 /// overwritten). The data is synced before returning.
-pub fn write_new_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_new_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     write_new_file(path, data, 0o600)?;
     sync_parent(path)
 }
 
 /// Creates `path` with `mode`, writes `data` and syncs it; fails if the file exists.
-pub fn write_new_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_new_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -25,7 +25,7 @@ pub fn write_new_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()
 
 /// Replaces `path` atomically with `data` and `mode`: write a temporary file beside it, sync,
 /// rename over, sync the directory. A reader sees the old or the new content, never a mix.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -40,7 +40,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 }
 
 /// Syncs the directory holding `path`, so a create or rename survives a crash.
-pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")

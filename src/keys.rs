@@ -41,7 +41,7 @@ pub enum KeyError {
 }
 
 /// The 32-byte key-encryption key.
-pub struct Kek(Zeroizing<[u8; 32]>);
+pub(crate) struct Kek(Zeroizing<[u8; 32]>);
 
 impl fmt::Debug for Kek {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,13 +50,14 @@ impl fmt::Debug for Kek {
 }
 
 impl Kek {
-    /// Builds a KEK from raw bytes.
-    pub fn from_bytes(b: [u8; 32]) -> Self {
+    /// Builds a KEK from raw bytes (tests: a real KEK comes from the environment or its file).
+    #[cfg(test)]
+    pub(crate) fn from_bytes(b: [u8; 32]) -> Self {
         Kek(Zeroizing::new(b))
     }
 
     /// Draws a new KEK from the OS CSPRNG.
-    pub fn generate() -> Result<Self, KeyError> {
+    pub(crate) fn generate() -> Result<Self, KeyError> {
         let mut b = Zeroizing::new([0u8; 32]);
         SystemRandom::new()
             .fill(&mut b[..])
@@ -79,7 +80,7 @@ impl Kek {
 
     /// Loads the KEK: `LANYARD_KEK` (base64) wins over `file`. Returns `None` when neither
     /// exists, so only `init` decides to create one.
-    pub fn load(file: Option<&Path>) -> Result<Option<Self>, KeyError> {
+    pub(crate) fn load(file: Option<&Path>) -> Result<Option<Self>, KeyError> {
         if let Ok(v) = std::env::var("LANYARD_KEK") {
             return Kek::from_base64(&v, "LANYARD_KEK").map(Some);
         }
@@ -104,7 +105,7 @@ impl Kek {
     }
 
     /// Writes the KEK to `path` as base64 with mode 0600, refusing to overwrite a file.
-    pub fn write_new_file(&self, path: &Path) -> Result<(), KeyError> {
+    pub(crate) fn write_new_file(&self, path: &Path) -> Result<(), KeyError> {
         let io = |source| KeyError::Io {
             path: path.display().to_string(),
             source,
@@ -124,7 +125,7 @@ impl Kek {
 
     /// Encrypts `plaintext`, binding it to `purpose` (for example `root/3`).
     /// The result is `nonce || ciphertext || tag`.
-    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
+    pub(crate) fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -144,7 +145,11 @@ impl Kek {
     }
 
     /// Decrypts what [`Kek::seal`] produced for the same `purpose`.
-    pub fn open(&self, purpose: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    pub(crate) fn open(
+        &self,
+        purpose: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(KeyError::WrongKek);
         }

@@ -29,7 +29,7 @@ fn kind_name(k: CertificateKind) -> &'static str {
 
 /// The CA's counters.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     issued: [AtomicU64; 5],
     responses: [AtomicU64; 6],
     join_tokens_created: AtomicU64,
@@ -38,28 +38,28 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts one issued certificate.
-    pub fn issued(&self, kind: CertificateKind) {
+    pub(crate) fn issued(&self, kind: CertificateKind) {
         self.issued[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one HTTP response by status class (1xx..5xx).
-    pub fn response(&self, status: u16) {
+    pub(crate) fn response(&self, status: u16) {
         let class = (status / 100).min(5) as usize;
         self.responses[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a created join token.
-    pub fn join_token_created(&self) {
+    pub(crate) fn join_token_created(&self) {
         self.join_tokens_created.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a refused join.
-    pub fn join_failed(&self) {
+    pub(crate) fn join_failed(&self) {
         self.join_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters as Prometheus text, with `extra` gauges appended.
-    pub fn render(&self, gauges: &[(String, f64)]) -> String {
+    pub(crate) fn render(&self, gauges: &[(String, f64)]) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,

@@ -13,13 +13,13 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 /// The media type of every problem body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 
 /// How long a client has to send its whole body.
-pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Largest accepted request body.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// Largest oversized body still read (and dropped) before answering 413.
 const DRAIN_LIMIT: usize = 4 * MAX_BODY;
@@ -29,7 +29,7 @@ const INTERNAL_DETAIL: &str = "the server failed; the details are in its log";
 
 /// A failure on its way to becoming a problem+json response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// The HTTP status; it also decides the type URI and the title.
     pub status: StatusCode,
     /// Which field or rule failed.
@@ -38,7 +38,7 @@ pub struct Problem {
 
 impl Problem {
     /// A problem with `status` and `detail`.
-    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Problem {
             status,
             detail: detail.into(),
@@ -46,13 +46,13 @@ impl Problem {
     }
 
     /// A 500 whose cause is logged here and never returned.
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL_DETAIL)
     }
 
     /// The wire document.
-    pub fn document(&self) -> crate::api::Problem {
+    pub(crate) fn document(&self) -> crate::api::Problem {
         let (slug, title) = kind(self.status);
         crate::api::Problem {
             type_: format!("https://lanyard.dev/problems/{slug}"),
@@ -64,7 +64,7 @@ impl Problem {
 }
 
 /// The type slug and title of each status the API uses.
-pub fn kind(status: StatusCode) -> (&'static str, &'static str) {
+pub(crate) fn kind(status: StatusCode) -> (&'static str, &'static str) {
     match status {
         StatusCode::BAD_REQUEST => ("bad-request", "Malformed request"),
         StatusCode::UNAUTHORIZED => ("unauthenticated", "Authentication required"),
@@ -81,7 +81,7 @@ pub fn kind(status: StatusCode) -> (&'static str, &'static str) {
 }
 
 /// A problem+json response for a wire document.
-pub fn problem_response(p: &crate::api::Problem) -> Response {
+pub(crate) fn problem_response(p: &crate::api::Problem) -> Response {
     let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(p).unwrap_or_default();
     let mut r = (status, body).into_response();
@@ -98,7 +98,7 @@ impl IntoResponse for Problem {
 
 /// Why a request's body or path was refused before any handler ran.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// 400: unreadable, not JSON, or not the expected shape.
     #[error("{0}")]
     BadRequest(String),
@@ -135,7 +135,7 @@ async fn drain(mut body: axum::body::Body) {
 }
 
 /// Reads a body of at most [`MAX_BODY`] bytes (413 beyond).
-pub async fn read_body(req: Request) -> Result<Bytes, Rejection> {
+pub(crate) async fn read_body(req: Request) -> Result<Bytes, Rejection> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -179,7 +179,7 @@ pub async fn read_body(req: Request) -> Result<Bytes, Rejection> {
 }
 
 /// Parses JSON into `T`, every failure a 400 that says what did not fit.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejection> {
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejection> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Rejection::BadRequest(
             "the body is empty; a JSON object is required".into(),
@@ -196,7 +196,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejection> {
 }
 
 /// A JSON body extractor whose rejections are problem+json (400 or 413).
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Rejection;
@@ -208,7 +208,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 /// A path parameter whose rejection (bad percent-encoding, say) is problem+json too.
-pub struct ApiPath(pub String);
+pub(crate) struct ApiPath(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
     type Rejection = Rejection;
@@ -225,7 +225,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiPath {
 }
 
 /// A JSON body that may be absent (activate/retire accept an empty body).
-pub struct OptionalJson<T>(pub T);
+pub(crate) struct OptionalJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
     type Rejection = Rejection;

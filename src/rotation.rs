@@ -41,7 +41,7 @@ fn find(gens: &mut [AuthorityRecord], id: AuthorityId) -> Result<usize, Rotation
 }
 
 /// May a new generation be prepared? Only when none is already prepared.
-pub fn check_prepare(gens: &[AuthorityRecord]) -> Result<(), RotationError> {
+pub(crate) fn check_prepare(gens: &[AuthorityRecord]) -> Result<(), RotationError> {
     if let Some(p) = gens.iter().find(|g| g.state == GenerationState::Prepared) {
         return Err(RotationError::Conflict(format!(
             "authority {} is already prepared; activate it before preparing another",
@@ -53,7 +53,7 @@ pub fn check_prepare(gens: &[AuthorityRecord]) -> Result<(), RotationError> {
 
 /// Activates `id`: it must be prepared and published for `delay` (unless `force`). The former
 /// active generation becomes retiring. Returns the indexes of changed records.
-pub fn activate(
+pub(crate) fn activate(
     gens: &mut [AuthorityRecord],
     id: AuthorityId,
     force: bool,
@@ -94,7 +94,7 @@ pub fn activate(
 
 /// Retires `id`: it must be retiring and everything it signed expired by `now` (unless
 /// `force`). `last_leaf` is the latest notAfter it issued.
-pub fn retire(
+pub(crate) fn retire(
     gens: &mut [AuthorityRecord],
     id: AuthorityId,
     force: bool,
@@ -126,7 +126,7 @@ pub fn retire(
 
 /// One step the automatic schedule wants to take, with its reason for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Prepare a new generation.
     Prepare(String),
     /// Activate this prepared generation; `true` when the five-sixths deadline overrides
@@ -151,7 +151,7 @@ fn fraction(start: SystemTime, end: SystemTime, num: u32, den: u32) -> SystemTim
 ///   since an expiring root is worse than a short propagation);
 /// - retire a retiring generation once its last certificate expired;
 /// - renew the intermediate when a third of its life is left.
-pub fn next_step(
+pub(crate) fn next_step(
     gens: &[AuthorityRecord],
     last_leaf: impl Fn(AuthorityId) -> Option<SystemTime>,
     delay: Duration,
@@ -201,7 +201,7 @@ pub fn next_step(
 /// Whether the active generation's intermediate should be renewed under the same root (a
 /// third of its life left), with the reason. Not part of root rotation: the server does this
 /// whether or not `rotation.automatic` is set, since leaves can never outlive it.
-pub fn intermediate_due(active: &AuthorityRecord, now: SystemTime) -> Option<String> {
+pub(crate) fn intermediate_due(active: &AuthorityRecord, now: SystemTime) -> Option<String> {
     let im = active.intermediates.last()?;
     let start = life_start(im, active.created_at);
     let end = encoded(im.not_after);

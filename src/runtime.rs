@@ -4,7 +4,7 @@
 use std::io::Write;
 
 /// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -27,7 +27,7 @@ pub async fn shutdown_signal() {
 /// Prints `listening on <url>` as one line on stdout and flushes it, after the socket is
 /// bound: with `127.0.0.1:0` only the bound address tells callers where to connect. A closed
 /// stdout is not a reason to stop serving, so write errors are ignored.
-pub fn announce_listening(url: &str) {
+pub(crate) fn announce_listening(url: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {url}");
     let _ = out.flush();

@@ -17,7 +17,7 @@ use crate::timefmt::rfc3339;
 
 /// Failures of a local API request; each variant is one status.
 #[derive(Debug, thiserror::Error)]
-pub enum LocalApiError {
+pub(crate) enum LocalApiError {
     /// 400: the CA found the request malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -48,7 +48,7 @@ pub enum LocalApiError {
 
 impl LocalApiError {
     /// A 422 for `field`.
-    pub fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> Self {
         LocalApiError::Invalid {
             field: field.into(),
             message: message.to_string(),
@@ -56,7 +56,7 @@ impl LocalApiError {
     }
 
     /// The status of each error.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             LocalApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             LocalApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -103,7 +103,7 @@ impl From<PutError> for LocalApiError {
 }
 
 /// The local API router.
-pub fn router(agent: Arc<Agent>) -> Router {
+pub(crate) fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route(
             "/healthz",
@@ -189,7 +189,7 @@ async fn delete_instance(
 }
 
 /// Serves the local API until `shutdown` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     agent: Arc<Agent>,
     listen: Listen,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

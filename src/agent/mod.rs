@@ -11,10 +11,10 @@
 mod batcher;
 mod bootstrap;
 mod bundle_watch;
-pub mod config;
+pub(crate) mod config;
 pub mod files;
 mod instances;
-pub mod local_api;
+pub(crate) mod local_api;
 mod renewal;
 
 use std::collections::HashMap;

@@ -22,7 +22,11 @@ impl Authority {
     ///
     /// The signed CRL is cached until a revocation is added or half its validity passed, so
     /// a public endpoint cannot make the server decrypt keys and sign at will.
-    pub fn crl(&self, id: AuthorityId, validity: Duration) -> Result<Vec<u8>, AuthorityError> {
+    pub(crate) fn crl(
+        &self,
+        id: AuthorityId,
+        validity: Duration,
+    ) -> Result<Vec<u8>, AuthorityError> {
         let revoked = self.store.revoked(id)?;
         let now = SystemTime::now();
         {

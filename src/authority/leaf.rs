@@ -15,7 +15,7 @@ use crate::x509::build::{self, Attr, CertSpec, Profile, Signer};
 
 /// Everything about one leaf to sign, decided by the caller from validated input.
 #[derive(Debug, Clone)]
-pub struct LeafRequest {
+pub(crate) struct LeafRequest {
     /// Record kind.
     pub kind: CertificateKind,
     /// Subject key (from a verified CSR or a locally generated key).
@@ -42,7 +42,7 @@ pub struct LeafRequest {
 
 /// Subject attribute kinds a leaf may carry.
 #[derive(Debug, Clone, Copy)]
-pub enum SubjectAttr {
+pub(crate) enum SubjectAttr {
     /// organizationalUnitName.
     Ou,
     /// commonName.
@@ -51,7 +51,7 @@ pub enum SubjectAttr {
 
 /// The GUIDs of an app instance.
 #[derive(Debug, Clone)]
-pub struct InstanceIds {
+pub(crate) struct InstanceIds {
     /// Instance GUID.
     pub instance: Guid,
     /// App GUID.
@@ -64,9 +64,7 @@ pub struct InstanceIds {
 
 /// A signed and recorded leaf.
 #[derive(Debug, Clone)]
-pub struct Issued {
-    /// Leaf DER.
-    pub leaf: Vec<u8>,
+pub(crate) struct Issued {
     /// PEM: leaf then intermediate.
     pub chain_pem: String,
     /// The durable record.
@@ -81,7 +79,7 @@ impl Authority {
     /// Signs every request with the active intermediate and records them all durably, in one
     /// store write, before returning. Validity: notBefore = now - backdate, notAfter = now +
     /// ttl but never after the intermediate's notAfter.
-    pub fn issue(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
+    pub(crate) fn issue(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
         // The read lock is held until the records are durable, so a rotation step (which
         // takes the write lock) never misses a certificate that is being signed.
         let inner = read_lock(&self.inner);
@@ -182,7 +180,6 @@ fn sign_leaf(
         revocation_reason: None,
     };
     Ok(Issued {
-        leaf,
         chain_pem,
         record,
         spiffe_id: r.uri.clone(),
@@ -205,7 +202,10 @@ mod tests {
             .issue(&[request(Duration::from_secs(3600))])
             .unwrap()
             .remove(0);
-        let info = CertInfo::from_der(&issued.leaf).unwrap();
+        let info = CertInfo::from_der(
+            &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
+        )
+        .unwrap();
         let nb = before.duration_since(info.not_before).unwrap();
         assert!(
             nb >= Duration::from_secs(59) && nb <= Duration::from_secs(62),
@@ -228,7 +228,10 @@ mod tests {
             .issue(&[request(Duration::from_secs(400 * 86400))])
             .unwrap()
             .remove(0);
-        let info = CertInfo::from_der(&issued.leaf).unwrap();
+        let info = CertInfo::from_der(
+            &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
+        )
+        .unwrap();
         let end = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
         assert_eq!(end(info.not_after), end(im_end));
     }

@@ -14,7 +14,7 @@ mod generation;
 mod keys;
 mod leaf;
 
-pub use leaf::{InstanceIds, Issued, LeafRequest, SubjectAttr};
+pub(crate) use leaf::{InstanceIds, Issued, LeafRequest, SubjectAttr};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -61,7 +61,7 @@ pub enum AuthorityError {
 
 /// Lifetimes and names an authority needs.
 #[derive(Debug, Clone)]
-pub struct AuthorityOptions {
+pub(crate) struct AuthorityOptions {
     /// SPIFFE trust domain, also the CA subjects' organization.
     pub trust_domain: String,
     /// Root lifetime.
@@ -77,11 +77,11 @@ pub struct AuthorityOptions {
 }
 
 /// A generation with the latest notAfter it signed.
-pub type GenerationStatus = (AuthorityRecord, Option<SystemTime>);
+pub(crate) type GenerationStatus = (AuthorityRecord, Option<SystemTime>);
 
 /// The published trust bundle: roots of every prepared, active and retiring generation.
 #[derive(Debug, Clone)]
-pub struct TrustBundle {
+pub(crate) struct TrustBundle {
     /// Increases by one whenever the set of roots changes.
     pub sequence: u64,
     /// DER roots, the active one first.
@@ -90,7 +90,7 @@ pub struct TrustBundle {
 
 impl TrustBundle {
     /// PEM, roots concatenated.
-    pub fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         build::pem_chain(self.roots.iter().map(Vec::as_slice))
     }
 }
@@ -102,7 +102,7 @@ struct Inner {
 }
 
 /// The CA's keys and generations. See the module docs.
-pub struct Authority {
+pub(crate) struct Authority {
     store: Arc<dyn Store>,
     kek: Kek,
     opts: AuthorityOptions,
@@ -129,7 +129,7 @@ fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Authority {
     /// Creates generation 1 (root and intermediate), active and published. For `init` only.
-    pub fn initialize(
+    pub(crate) fn initialize(
         store: &Arc<dyn Store>,
         kek: &Kek,
         opts: &AuthorityOptions,
@@ -143,7 +143,7 @@ impl Authority {
     }
 
     /// Loads the generations and decrypts the active intermediate's key.
-    pub fn open(
+    pub(crate) fn open(
         store: Arc<dyn Store>,
         kek: Kek,
         opts: AuthorityOptions,
@@ -172,22 +172,26 @@ impl Authority {
     }
 
     /// The current trust bundle.
-    pub fn bundle(&self) -> Arc<TrustBundle> {
+    pub(crate) fn bundle(&self) -> Arc<TrustBundle> {
         self.bundle.borrow().clone()
     }
 
     /// A receiver that sees every new bundle (for long polls and the TLS server).
-    pub fn subscribe(&self) -> watch::Receiver<Arc<TrustBundle>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<TrustBundle>> {
         self.bundle.subscribe()
     }
 
     /// Seals a secret other than a CA key (the server's TLS key) under the KEK.
-    pub fn seal_secret(&self, purpose: &str, data: &[u8]) -> Result<Vec<u8>, AuthorityError> {
+    pub(crate) fn seal_secret(
+        &self,
+        purpose: &str,
+        data: &[u8],
+    ) -> Result<Vec<u8>, AuthorityError> {
         Ok(self.kek.seal(&format!("lanyard/secret/{purpose}"), data)?)
     }
 
     /// Opens what [`Authority::seal_secret`] sealed.
-    pub fn open_secret(
+    pub(crate) fn open_secret(
         &self,
         purpose: &str,
         sealed: &[u8],
@@ -198,7 +202,7 @@ impl Authority {
     }
 
     /// Every generation, oldest first, with the latest notAfter each one signed.
-    pub fn generations(&self) -> Result<(Vec<GenerationStatus>, u64), AuthorityError> {
+    pub(crate) fn generations(&self) -> Result<(Vec<GenerationStatus>, u64), AuthorityError> {
         let inner = read_lock(&self.inner);
         let mut out = Vec::with_capacity(inner.generations.len());
         for g in &inner.generations {
@@ -208,7 +212,7 @@ impl Authority {
     }
 
     /// The active generation's id and its signing intermediate's notAfter.
-    pub fn active(&self) -> Option<(AuthorityId, SystemTime)> {
+    pub(crate) fn active(&self) -> Option<(AuthorityId, SystemTime)> {
         let inner = read_lock(&self.inner);
         inner.active.as_ref().map(|(id, ca)| (*id, ca.not_after))
     }
@@ -217,7 +221,7 @@ impl Authority {
     /// store write, before returning. Validity: notBefore = now - backdate, notAfter = now +
     /// ttl but never after the intermediate's notAfter.
     /// Prepares a new generation (state prepared, published now).
-    pub fn prepare(&self) -> Result<AuthorityRecord, AuthorityError> {
+    pub(crate) fn prepare(&self) -> Result<AuthorityRecord, AuthorityError> {
         let mut inner = write_lock(&self.inner);
         rotation::check_prepare(&inner.generations)?;
         let now = SystemTime::now();
@@ -232,7 +236,7 @@ impl Authority {
     }
 
     /// Activates a prepared generation (see [`rotation::activate`]).
-    pub fn activate(
+    pub(crate) fn activate(
         &self,
         id: AuthorityId,
         force: bool,
@@ -263,7 +267,11 @@ impl Authority {
     }
 
     /// Retires a retiring generation (see [`rotation::retire`]).
-    pub fn retire(&self, id: AuthorityId, force: bool) -> Result<AuthorityRecord, AuthorityError> {
+    pub(crate) fn retire(
+        &self,
+        id: AuthorityId,
+        force: bool,
+    ) -> Result<AuthorityRecord, AuthorityError> {
         let mut inner = write_lock(&self.inner);
         let mut gens = inner.generations.clone();
         let last = self.store.last_leaf_not_after(id)?;
@@ -281,7 +289,10 @@ impl Authority {
     }
 
     /// Issues a new intermediate under the active root; the bundle does not change.
-    pub fn renew_intermediate(&self, id: AuthorityId) -> Result<AuthorityRecord, AuthorityError> {
+    pub(crate) fn renew_intermediate(
+        &self,
+        id: AuthorityId,
+    ) -> Result<AuthorityRecord, AuthorityError> {
         let mut inner = write_lock(&self.inner);
         if inner.active.as_ref().map(|(a, _)| *a) != Some(id) {
             return Err(RotationError::Conflict(format!(
@@ -308,7 +319,7 @@ impl Authority {
     }
 
     /// What the automatic schedule would do now.
-    pub fn next_scheduled_step(&self) -> Result<Option<Step>, AuthorityError> {
+    pub(crate) fn next_scheduled_step(&self) -> Result<Option<Step>, AuthorityError> {
         let (gens, _) = self.generations()?;
         let leaf: std::collections::HashMap<AuthorityId, Option<SystemTime>> =
             gens.iter().map(|(g, l)| (g.id, *l)).collect();
@@ -431,7 +442,10 @@ pub(super) mod tests {
             .issue(&[request(Duration::from_secs(60))])
             .unwrap()
             .remove(0);
-        let info = CertInfo::from_der(&issued.leaf).unwrap();
+        let info = CertInfo::from_der(
+            &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
+        )
+        .unwrap();
         assert!(
             info.issuer.contains("Intermediate CA 1.2"),
             "{}",

@@ -14,28 +14,28 @@ use crate::store::GenerationState;
 
 impl Ca {
     /// The current trust bundle.
-    pub fn bundle(&self) -> Arc<TrustBundle> {
+    pub(crate) fn bundle(&self) -> Arc<TrustBundle> {
         self.authority.bundle()
     }
 
     /// A receiver that sees every new bundle (long polls, the server's background duties).
-    pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
+    pub(crate) fn subscribe_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
         self.authority.subscribe()
     }
 
     /// The active generation, if there is one (readiness).
-    pub fn active_authority(&self) -> Option<AuthorityId> {
+    pub(crate) fn active_authority(&self) -> Option<AuthorityId> {
         self.authority.active().map(|(id, _)| id)
     }
 
     /// `GET /v1/authorities`: every generation, oldest first, with the latest notAfter each
     /// one signed, and the bundle sequence.
-    pub fn generations(&self) -> Result<(Vec<GenerationStatus>, u64), CaError> {
+    pub(crate) fn generations(&self) -> Result<(Vec<GenerationStatus>, u64), CaError> {
         Ok(self.authority.generations()?)
     }
 
     /// One generation with the latest notAfter it signed, or 404.
-    pub fn generation(&self, id: AuthorityId) -> Result<GenerationStatus, CaError> {
+    pub(crate) fn generation(&self, id: AuthorityId) -> Result<GenerationStatus, CaError> {
         let (gens, _) = self.authority.generations()?;
         gens.into_iter()
             .find(|(g, _)| g.id == id)
@@ -43,35 +43,39 @@ impl Ca {
     }
 
     /// `POST /v1/authorities/prepare`: a new generation, published at once.
-    pub fn prepare(&self) -> Result<GenerationStatus, CaError> {
+    pub(crate) fn prepare(&self) -> Result<GenerationStatus, CaError> {
         let rec = self.authority.prepare()?;
         self.generation(rec.id)
     }
 
     /// `POST /v1/authorities/{id}/activate`: the prepared generation `id` starts signing;
     /// `force` overrides the propagation delay.
-    pub fn activate(&self, id: AuthorityId, force: bool) -> Result<GenerationStatus, CaError> {
+    pub(crate) fn activate(
+        &self,
+        id: AuthorityId,
+        force: bool,
+    ) -> Result<GenerationStatus, CaError> {
         self.authority.activate(id, force)?;
         self.generation(id)
     }
 
     /// `POST /v1/authorities/{id}/retire`: the retiring generation `id` leaves the bundle;
     /// `force` overrides the wait for its certificates to expire.
-    pub fn retire(&self, id: AuthorityId, force: bool) -> Result<GenerationStatus, CaError> {
+    pub(crate) fn retire(&self, id: AuthorityId, force: bool) -> Result<GenerationStatus, CaError> {
         self.authority.retire(id, force)?;
         self.generation(id)
     }
 
     /// `GET /v1/crl/{id}`: the DER CRL of generation `id`, valid for `validity` (cached by
     /// the authority).
-    pub fn crl(&self, id: AuthorityId, validity: Duration) -> Result<Vec<u8>, CaError> {
+    pub(crate) fn crl(&self, id: AuthorityId, validity: Duration) -> Result<Vec<u8>, CaError> {
         Ok(self.authority.crl(id, validity)?)
     }
 
     /// Renews the active intermediate under the same root when a third of its life is left,
     /// so issuance never runs into its end, whether or not the rotation schedule is on.
     /// Returns the generation whose intermediate was renewed.
-    pub fn renew_intermediate_if_due(&self) -> Result<Option<AuthorityId>, CaError> {
+    pub(crate) fn renew_intermediate_if_due(&self) -> Result<Option<AuthorityId>, CaError> {
         let (gens, _) = self.authority.generations()?;
         let now = SystemTime::now();
         let due = gens
@@ -88,7 +92,7 @@ impl Ca {
 
     /// Takes the step the automatic rotation schedule wants now, if any (at most one per
     /// call). Returns whether a step was taken.
-    pub fn run_scheduled_rotation_step(&self) -> Result<bool, CaError> {
+    pub(crate) fn run_scheduled_rotation_step(&self) -> Result<bool, CaError> {
         let step = self.authority.next_scheduled_step()?;
         match &step {
             Some(Step::Prepare(why)) => {

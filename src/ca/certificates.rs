@@ -9,7 +9,7 @@ use crate::store::{CertificateQuery, CertificateRecord};
 
 impl Ca {
     /// `GET /v1/certificates`.
-    pub fn list_certificates(
+    pub(crate) fn list_certificates(
         &self,
         q: &CertificateQuery,
     ) -> Result<Vec<CertificateRecord>, CaError> {
@@ -17,7 +17,7 @@ impl Ca {
     }
 
     /// Is this serial revoked? (Client certificates of revoked credentials are refused.)
-    pub fn is_revoked(&self, serial: &Serial) -> Result<bool, CaError> {
+    pub(crate) fn is_revoked(&self, serial: &Serial) -> Result<bool, CaError> {
         Ok(self
             .store
             .get_certificate(serial)?
@@ -25,7 +25,7 @@ impl Ca {
     }
 
     /// `POST /v1/certificates/{serial}/revoke`.
-    pub fn revoke(
+    pub(crate) fn revoke(
         &self,
         serial: &Serial,
         reason: Option<String>,

@@ -187,7 +187,7 @@ impl Ca {
     }
 
     /// `POST /v1/instance-certificates`.
-    pub fn issue_instance(
+    pub(crate) fn issue_instance(
         &self,
         caller: &Role,
         r: &api::InstanceCertificateRequest,
@@ -198,7 +198,7 @@ impl Ca {
 
     /// `POST /v1/instance-certificates/batch`: each item validated alone, the valid ones
     /// signed and recorded together (one durable write).
-    pub fn issue_instance_batch(
+    pub(crate) fn issue_instance_batch(
         &self,
         caller: &Role,
         items: Vec<Result<api::InstanceCertificateRequest, CaError>>,
@@ -233,7 +233,7 @@ impl Ca {
     }
 
     /// `POST /v1/component-certificates`.
-    pub fn issue_component(
+    pub(crate) fn issue_component(
         &self,
         caller: &Role,
         r: &api::ComponentCertificateRequest,
@@ -262,7 +262,7 @@ impl Ca {
 
     /// `POST /v1/cell-credentials` and `/v1/operator-credentials`: renew the caller's own
     /// credential under the active generation, same name.
-    pub fn renew_own_credential(
+    pub(crate) fn renew_own_credential(
         &self,
         caller: &Role,
         r: &api::CsrRequest,

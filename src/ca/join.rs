@@ -16,7 +16,7 @@ use crate::timefmt::rfc3339;
 
 impl Ca {
     /// `POST /v1/join-tokens`: returns the secret once; only its hash is stored.
-    pub fn create_join_token(
+    pub(crate) fn create_join_token(
         &self,
         caller: &Role,
         r: &api::JoinTokenRequest,
@@ -62,12 +62,12 @@ impl Ca {
     }
 
     /// Whether `token` is a live join token (without spending it).
-    pub fn check_join_token(&self, token: &str) -> Result<(), CaError> {
+    pub(crate) fn check_join_token(&self, token: &str) -> Result<(), CaError> {
         live_token(self.store.get_join_token(&token_hash(token))?).map(|_| ())
     }
 
     /// `POST /v1/join`: spends the token, issues the cell credential.
-    pub fn join(&self, token: &str, r: &api::CsrRequest) -> Result<Issued, CaError> {
+    pub(crate) fn join(&self, token: &str, r: &api::CsrRequest) -> Result<Issued, CaError> {
         let key = Self::public_key(&r.csr)?;
         let rec = live_token(self.store.take_join_token(&token_hash(token))?)?;
         let spec = NamedCredential {

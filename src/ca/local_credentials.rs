@@ -43,7 +43,7 @@ mod serde_bytes_b64 {
 }
 
 /// A signed leaf with a locally generated key (server certificate, operator credential).
-pub struct LocalCredential {
+pub(crate) struct LocalCredential {
     /// PEM chain (leaf, intermediate).
     pub chain_pem: String,
     /// PKCS#8 PEM private key.
@@ -158,7 +158,7 @@ impl Ca {
     /// The server certificate stored at init (or by an earlier run), if it is still good:
     /// signed by the active generation and not past two thirds of its life. Otherwise a new
     /// one is issued and stored (key sealed under the KEK).
-    pub fn load_or_issue_server_certificate(&self) -> Result<LocalCredential, CaError> {
+    pub(crate) fn load_or_issue_server_certificate(&self) -> Result<LocalCredential, CaError> {
         if let Some(c) = self.stored_server_certificate()? {
             if self.credential_is_fresh(&c.record) {
                 return Ok(c);
@@ -216,7 +216,7 @@ impl Ca {
 
     /// A new server certificate, issued and stored, when `current` (the one in use) is no
     /// longer fresh; `None` while it is. The caller swaps it in.
-    pub fn refresh_server_certificate(
+    pub(crate) fn refresh_server_certificate(
         &self,
         current: &CertificateRecord,
     ) -> Result<Option<LocalCredential>, CaError> {
@@ -233,7 +233,7 @@ impl Ca {
     /// fresh, and otherwise keeps its `trust-bundle.pem` equal to the published bundle. A
     /// directory without `cert.pem`, or with a certificate this CA has no record of, is left
     /// alone: it is not ours to manage.
-    pub fn refresh_operator_credential(&self) -> Result<(), CaError> {
+    pub(crate) fn refresh_operator_credential(&self) -> Result<(), CaError> {
         let dir = self.config.operator_credential_dir();
         let Ok(pem_text) = std::fs::read(dir.join("cert.pem")) else {
             return Ok(());

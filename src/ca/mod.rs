@@ -19,12 +19,14 @@ mod join;
 mod local_credentials;
 mod status;
 
-pub use error::{CaError, StartError};
-pub use local_credentials::LocalCredential;
+pub(crate) use error::{CaError, StartError};
+pub(crate) use local_credentials::LocalCredential;
 
 // The data the use cases hand out, re-exported so that callers depend on `ca` alone.
-pub use crate::authority::{GenerationStatus, Issued, TrustBundle};
-pub use crate::store::{AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord};
+pub(crate) use crate::authority::{GenerationStatus, Issued, TrustBundle};
+pub(crate) use crate::store::{
+    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,7 +44,7 @@ const META_KEK_CHECK: &str = "kek_check";
 const KEK_CHECK_PURPOSE: &str = "lanyard/kek-check";
 
 /// The running CA: configuration, store and authority, reachable only through its methods.
-pub struct Ca {
+pub(crate) struct Ca {
     /// Validated configuration.
     config: Config,
     /// Durable state.
@@ -90,7 +92,7 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
 
 /// What `init` did, for its report.
 #[derive(Debug)]
-pub struct InitReport {
+pub(crate) struct InitReport {
     /// Whether a KEK file was generated.
     pub generated_kek: Option<PathBuf>,
     /// Where the operator credential was written.
@@ -100,7 +102,7 @@ pub struct InitReport {
 impl Ca {
     /// `lanyard init`: creates the KEK (dev), generation 1, the server certificate and the
     /// operator credential. Refuses an initialized state.
-    pub fn init(config: &Config) -> Result<(Ca, InitReport), StartError> {
+    pub(crate) fn init(config: &Config) -> Result<(Ca, InitReport), StartError> {
         let store = open_store(config)?;
         Self::init_with_store(config, store)
     }
@@ -177,7 +179,7 @@ impl Ca {
     }
 
     /// Opens an initialized state (or initializes it when `auto_init` is set).
-    pub fn open(config: &Config) -> Result<(Ca, Option<InitReport>), StartError> {
+    pub(crate) fn open(config: &Config) -> Result<(Ca, Option<InitReport>), StartError> {
         // (A database has no such marker: its `initialized` value below says the same.)
         if !config.auto_init && !uses_postgres(config) && !config.state_dir.join("store").exists() {
             // Nothing to open, and nothing should be created without `init`.
@@ -223,7 +225,7 @@ impl Ca {
     }
 
     /// The validated configuration.
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 

@@ -9,12 +9,12 @@ use crate::store::GenerationState;
 impl Ca {
     /// The counters, for the layers that count events the CA does not see (HTTP responses,
     /// refused joins).
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// `GET /metrics`: the counters and the authority gauges as Prometheus text.
-    pub fn render_metrics(&self) -> Result<String, CaError> {
+    pub(crate) fn render_metrics(&self) -> Result<String, CaError> {
         let (gens, seq) = self.authority.generations()?;
         let mut gauges = vec![("lanyard_trust_bundle_sequence".to_string(), seq as f64)];
         for state in [

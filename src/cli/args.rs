@@ -173,7 +173,7 @@ pub enum CredentialCommand {
 /// from one level only (those after the subcommand replace those before it), so
 /// `--server A authority list --server B` would silently lose A; the caller uses this list
 /// when it is longer. Stops at `--`, after which nothing is an option.
-pub fn every_server_flag<S: AsRef<str>>(args: &[S]) -> Vec<String> {
+pub(super) fn every_server_flag<S: AsRef<str>>(args: &[S]) -> Vec<String> {
     let mut out = Vec::new();
     let mut it = args.iter().map(AsRef::as_ref);
     while let Some(a) = it.next() {

@@ -14,7 +14,7 @@ impl AppState {
     /// two thirds of their life or signed by a generation that is no longer active, and keeps
     /// the operator's `trust-bundle.pem` equal to the published bundle. Failures are logged
     /// and retried by the next refresh.
-    pub async fn refresh_local_credentials(self: &Arc<Self>) {
+    pub(crate) async fn refresh_local_credentials(self: &Arc<Self>) {
         let st = self.clone();
         let res = tokio::task::spawn_blocking(move || st.refresh_blocking()).await;
         match res {

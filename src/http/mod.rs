@@ -5,15 +5,15 @@
 //! errors to statuses, `tls.rs` holds the server certificate and identifies peers,
 //! `server.rs` is the accept loop and `maintenance.rs` the background duties.
 
-pub mod handlers;
+pub(crate) mod handlers;
 mod maintenance;
-pub mod problem;
-pub mod server;
-pub mod tls;
-pub mod views;
+pub(crate) mod problem;
+pub(crate) mod server;
+pub(crate) mod tls;
+pub(crate) mod views;
 
-pub use handlers::{router, ApiDoc, AppState};
-pub use server::serve;
+pub use handlers::ApiDoc;
+pub(crate) use server::serve;
 
 /// Failures of the HTTP layer outside a request (start-up, credential refresh, rotation
 /// steps); request failures are [`crate::ca::CaError`]s rendered by [`problem`].

@@ -7,13 +7,11 @@ use axum::response::{IntoResponse, Response};
 use crate::ca::CaError;
 use crate::problem::{Problem, Rejection};
 
-pub use crate::problem::{
-    parse_json, problem_response, read_body, ApiJson, ApiPath, OptionalJson, BODY_TIMEOUT, MAX_BODY,
-};
+pub(crate) use crate::problem::{parse_json, read_body, ApiJson, ApiPath, OptionalJson};
 
 /// An error on its way to becoming a problem+json response.
 #[derive(Debug)]
-pub struct ApiError(pub CaError);
+pub(crate) struct ApiError(pub CaError);
 
 impl From<CaError> for ApiError {
     fn from(e: CaError) -> Self {
@@ -31,7 +29,7 @@ impl From<Rejection> for ApiError {
 }
 
 /// The status of each error.
-pub fn status_of(e: &CaError) -> StatusCode {
+pub(crate) fn status_of(e: &CaError) -> StatusCode {
     match e {
         CaError::BadRequest(_) => StatusCode::BAD_REQUEST,
         CaError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -57,7 +55,7 @@ impl From<&CaError> for Problem {
 }
 
 /// The problem document for an error. Internal details are logged, never returned.
-pub fn problem_of(e: &CaError) -> crate::api::Problem {
+pub(crate) fn problem_of(e: &CaError) -> crate::api::Problem {
     Problem::from(e).document()
 }
 

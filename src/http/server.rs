@@ -23,7 +23,7 @@ const MAX_CONNECTIONS: usize = 8192;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     ca: Arc<Ca>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,

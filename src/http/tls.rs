@@ -20,7 +20,7 @@ use crate::tls_provider::provider;
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
 
 /// Builds a rustls `CertifiedKey` from a PEM chain and a PKCS#8 PEM key.
-pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, ServeError> {
+pub(crate) fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, ServeError> {
     let chain: Vec<CertificateDer<'static>> = parse_pem_certs(chain_pem.as_bytes())
         .map_err(|e| ServeError::Credential(e.to_string()))?
         .into_iter()
@@ -38,14 +38,14 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, Ser
 
 /// The server certificate in use; replaced in place when renewed or re-issued.
 #[derive(Debug)]
-pub struct ServerCert {
+pub(crate) struct ServerCert {
     current: RwLock<Arc<CertifiedKey>>,
     record: RwLock<CertificateRecord>,
 }
 
 impl ServerCert {
     /// Wraps a freshly issued credential.
-    pub fn new(cred: &LocalCredential) -> Result<Self, ServeError> {
+    pub(crate) fn new(cred: &LocalCredential) -> Result<Self, ServeError> {
         Ok(ServerCert {
             current: RwLock::new(Arc::new(certified_key(&cred.chain_pem, &cred.key_pem)?)),
             record: RwLock::new(cred.record.clone()),
@@ -53,7 +53,7 @@ impl ServerCert {
     }
 
     /// Swaps in a new credential; new handshakes use it at once.
-    pub fn replace(&self, cred: &LocalCredential) -> Result<(), ServeError> {
+    pub(crate) fn replace(&self, cred: &LocalCredential) -> Result<(), ServeError> {
         let ck = Arc::new(certified_key(&cred.chain_pem, &cred.key_pem)?);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = ck;
         *self.record.write().unwrap_or_else(|p| p.into_inner()) = cred.record.clone();
@@ -61,7 +61,7 @@ impl ServerCert {
     }
 
     /// The record of the certificate in use.
-    pub fn record(&self) -> CertificateRecord {
+    pub(crate) fn record(&self) -> CertificateRecord {
         self.record
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -144,7 +144,7 @@ impl ClientCertVerifier for DeferredClientVerifier {
 }
 
 /// The API's TLS configuration (TLS 1.2 and 1.3, HTTP/1.1).
-pub fn server_config(cert: Arc<ServerCert>) -> Result<Arc<ServerConfig>, rustls::Error> {
+pub(crate) fn server_config(cert: Arc<ServerCert>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = provider();
     let mut cfg = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -156,7 +156,7 @@ pub fn server_config(cert: Arc<ServerCert>) -> Result<Arc<ServerConfig>, rustls:
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
-pub enum PeerIdentity {
+pub(crate) enum PeerIdentity {
     /// No client certificate.
     Anonymous,
     /// A client certificate that does not chain to this CA's bundle, is revoked, or names no
@@ -178,7 +178,7 @@ pub enum PeerIdentity {
 /// The peer of a request: address, identity at the handshake, and the chain it presented.
 /// Inserted into every request's extensions.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// Remote address.
     pub addr: SocketAddr,
     /// Identity as verified at the handshake.
@@ -190,7 +190,7 @@ pub struct Caller {
 impl Caller {
     /// Whether [`Caller::current_identity`] would verify the chain again (the bundle
     /// changed since the handshake), which is CPU work to keep off the async runtime.
-    pub fn needs_chain_check(&self, ca: &Ca) -> bool {
+    pub(crate) fn needs_chain_check(&self, ca: &Ca) -> bool {
         matches!(&self.identity, PeerIdentity::Verified { bundle_sequence, .. }
             if *bundle_sequence != ca.bundle().sequence)
     }
@@ -198,7 +198,7 @@ impl Caller {
     /// The caller's identity *now*: a connection may outlive its certificate, its root (a
     /// retirement) or its revocation, so every request re-checks expiry and revocation, and
     /// re-verifies the chain when the bundle changed since the handshake.
-    pub fn current_identity(&self, ca: &Ca) -> PeerIdentity {
+    pub(crate) fn current_identity(&self, ca: &Ca) -> PeerIdentity {
         match &self.identity {
             PeerIdentity::Verified {
                 serial,
@@ -233,7 +233,7 @@ impl Caller {
 }
 
 /// Verifies a client chain against the current trust bundle and reads its role.
-pub fn identify(ca: &Ca, certs: &[CertificateDer<'static>]) -> PeerIdentity {
+pub(crate) fn identify(ca: &Ca, certs: &[CertificateDer<'static>]) -> PeerIdentity {
     let Some((leaf, intermediates)) = certs.split_first() else {
         return PeerIdentity::Anonymous;
     };

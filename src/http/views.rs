@@ -14,7 +14,10 @@ use crate::ca::{
 use crate::timefmt::rfc3339;
 
 /// `GET /v1/authorities`: every generation and the bundle sequence.
-pub fn authorities_view(gens: &[GenerationStatus], sequence: u64) -> api::AuthoritiesResponse {
+pub(crate) fn authorities_view(
+    gens: &[GenerationStatus],
+    sequence: u64,
+) -> api::AuthoritiesResponse {
     api::AuthoritiesResponse {
         authorities: gens.iter().map(|(g, l)| authority_view(g, *l)).collect(),
         trust_bundle_sequence: sequence,
@@ -22,7 +25,10 @@ pub fn authorities_view(gens: &[GenerationStatus], sequence: u64) -> api::Author
 }
 
 /// One generation, with the latest notAfter it signed.
-pub fn authority_view(g: &AuthorityRecord, last_leaf: Option<SystemTime>) -> api::AuthorityView {
+pub(crate) fn authority_view(
+    g: &AuthorityRecord,
+    last_leaf: Option<SystemTime>,
+) -> api::AuthorityView {
     let opt = |t: Option<SystemTime>| t.map(rfc3339);
     api::AuthorityView {
         id: g.id.to_string(),
@@ -44,7 +50,7 @@ pub fn authority_view(g: &AuthorityRecord, last_leaf: Option<SystemTime>) -> api
 }
 
 /// The answer of every endpoint that issues a certificate.
-pub fn issued_view(i: &Issued) -> api::IssuedCertificate {
+pub(crate) fn issued_view(i: &Issued) -> api::IssuedCertificate {
     api::IssuedCertificate {
         certificate_chain: i.chain_pem.clone(),
         serial: i.record.serial.to_string(),
@@ -57,7 +63,7 @@ pub fn issued_view(i: &Issued) -> api::IssuedCertificate {
 }
 
 /// A certificate record as `GET /v1/certificates` and revoke show it.
-pub fn certificate_view(r: &CertificateRecord) -> api::CertificateView {
+pub(crate) fn certificate_view(r: &CertificateRecord) -> api::CertificateView {
     let text = |v: Option<&dyn std::fmt::Display>| v.map(ToString::to_string);
     api::CertificateView {
         serial: r.serial.to_string(),
@@ -88,7 +94,7 @@ fn kind_name(k: CertificateKind) -> &'static str {
 }
 
 /// The bundle as a SPIFFE bundle (JWKS), one key per root.
-pub fn spiffe_bundle(b: &TrustBundle, refresh: u64) -> Result<api::SpiffeBundle, CaError> {
+pub(crate) fn spiffe_bundle(b: &TrustBundle, refresh: u64) -> Result<api::SpiffeBundle, CaError> {
     let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut keys = Vec::with_capacity(b.roots.len());

@@ -27,7 +27,7 @@ use super::{
 use crate::ids::{AuthorityId, Guid, Name, Serial};
 
 /// Opens stores of one backend for the checks.
-pub trait Harness {
+pub(crate) trait Harness {
     /// The backend under test.
     type Store: Store;
 
@@ -42,7 +42,7 @@ pub trait Harness {
 
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]
-pub enum Violation {
+pub(crate) enum Violation {
     /// The backend answered an error where the promise says it succeeds.
     #[error("unexpected store error: {0}")]
     Store(#[from] StoreError),
@@ -306,7 +306,7 @@ fn absent<S: Store>(store: &S, serial: &Serial, what: &str) -> Result<(), Violat
 
 /// `get_meta` answers `None` for a key never written and the last value written otherwise;
 /// keys do not affect each other.
-pub fn meta_values_read_back_and_keys_are_independent<H: Harness>(
+pub(crate) fn meta_values_read_back_and_keys_are_independent<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -349,7 +349,9 @@ pub fn meta_values_read_back_and_keys_are_independent<H: Harness>(
 // Authorities.
 
 /// A fresh store has no generations and bundle sequence 0.
-pub fn authorities_start_empty_with_sequence_zero<H: Harness>(h: &mut H) -> Result<(), Violation> {
+pub(crate) fn authorities_start_empty_with_sequence_zero<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
     let s = h.open_fresh()?;
     let (all, seq) = s.load_authorities()?;
     promise!(
@@ -362,7 +364,7 @@ pub fn authorities_start_empty_with_sequence_zero<H: Harness>(h: &mut H) -> Resu
 
 /// `save_authorities` writes the changed generations and the sequence together; unchanged
 /// generations stay as they were; saving none still moves the sequence.
-pub fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
+pub(crate) fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -418,7 +420,7 @@ pub fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
 
 /// `load_authorities` lists generations by id, oldest first, whatever order they were saved in
 /// (and past 9, so an ordering by text would show).
-pub fn authorities_are_listed_oldest_first<H: Harness>(h: &mut H) -> Result<(), Violation> {
+pub(crate) fn authorities_are_listed_oldest_first<H: Harness>(h: &mut H) -> Result<(), Violation> {
     let s = h.open_fresh()?;
     for (i, id) in [10, 2, 1, 11, 3].into_iter().enumerate() {
         s.save_authorities(&[authority(id, GenerationState::Retired)], i as u64 + 1)?;
@@ -437,7 +439,7 @@ pub fn authorities_are_listed_oldest_first<H: Harness>(h: &mut H) -> Result<(), 
 // Certificates.
 
 /// Every field of an inserted record reads back; an unknown serial reads as `None`.
-pub fn inserted_certificates_read_back_field_for_field<H: Harness>(
+pub(crate) fn inserted_certificates_read_back_field_for_field<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -462,7 +464,7 @@ pub fn inserted_certificates_read_back_field_for_field<H: Harness>(
 /// `insert_certificates` with a serial already recorded fails with `SerialExists` and writes
 /// none of the batch: no record, no query hit, no effect on `last_leaf_not_after`; the record
 /// already there is not replaced.
-pub fn a_taken_serial_fails_the_whole_batch_and_writes_nothing<H: Harness>(
+pub(crate) fn a_taken_serial_fails_the_whole_batch_and_writes_nothing<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -511,7 +513,7 @@ pub fn a_taken_serial_fails_the_whole_batch_and_writes_nothing<H: Harness>(
 }
 
 /// A batch that names one serial twice fails with `SerialExists` and writes nothing.
-pub fn a_serial_repeated_within_one_batch_fails_and_writes_nothing<H: Harness>(
+pub(crate) fn a_serial_repeated_within_one_batch_fails_and_writes_nothing<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -544,7 +546,7 @@ pub fn a_serial_repeated_within_one_batch_fails_and_writes_nothing<H: Harness>(
 
 /// `update_certificate` replaces the record (revocation and back); the record stays findable
 /// by its instance and app, once; `revoked` follows the record.
-pub fn updating_a_certificate_replaces_it_and_keeps_it_findable<H: Harness>(
+pub(crate) fn updating_a_certificate_replaces_it_and_keeps_it_findable<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -583,7 +585,7 @@ pub fn updating_a_certificate_replaces_it_and_keeps_it_findable<H: Harness>(
 }
 
 /// `update_certificate` of a serial never recorded fails with `NotFound` and records nothing.
-pub fn updating_an_unknown_serial_fails_and_writes_nothing<H: Harness>(
+pub(crate) fn updating_an_unknown_serial_fails_and_writes_nothing<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -609,7 +611,7 @@ pub fn updating_an_unknown_serial_fails_and_writes_nothing<H: Harness>(
 }
 
 /// Queries filter by instance, by app, by both (and), or not at all.
-pub fn queries_filter_by_instance_and_app<H: Harness>(h: &mut H) -> Result<(), Violation> {
+pub(crate) fn queries_filter_by_instance_and_app<H: Harness>(h: &mut H) -> Result<(), Violation> {
     let s = h.open_fresh()?;
     let a1b1 = instance("a1", "b1", 1, 10, 100)?;
     let a1b2 = instance("a1", "b2", 1, 11, 100)?;
@@ -653,7 +655,7 @@ pub fn queries_filter_by_instance_and_app<H: Harness>(h: &mut H) -> Result<(), V
 
 /// Queries answer the newest records first (latest notBefore), at most `limit` of them, and
 /// the limit keeps the newest, not the first inserted.
-pub fn queries_answer_newest_first_within_the_limit<H: Harness>(
+pub(crate) fn queries_answer_newest_first_within_the_limit<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -690,7 +692,7 @@ pub fn queries_answer_newest_first_within_the_limit<H: Harness>(
 
 /// `revoked` lists serial and revocation time of the revoked certificates of one generation,
 /// and nothing of other generations or of certificates not revoked.
-pub fn revoked_lists_the_revocations_of_that_generation_only<H: Harness>(
+pub(crate) fn revoked_lists_the_revocations_of_that_generation_only<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -732,7 +734,7 @@ pub fn revoked_lists_the_revocations_of_that_generation_only<H: Harness>(
 /// `last_leaf_not_after` is the latest notAfter among every certificate a generation signed
 /// (credentials included), `None` before the first; an earlier one does not lower it, and a
 /// revocation does not change it.
-pub fn last_leaf_not_after_is_the_latest_of_each_generation<H: Harness>(
+pub(crate) fn last_leaf_not_after_is_the_latest_of_each_generation<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -779,7 +781,7 @@ pub fn last_leaf_not_after_is_the_latest_of_each_generation<H: Harness>(
 
 /// A join token reads back under its hash as often as asked; `take` answers it once and
 /// then `None`, and afterwards it cannot be read either. Tokens do not affect each other.
-pub fn a_join_token_is_read_without_spending_it_and_taken_once<H: Harness>(
+pub(crate) fn a_join_token_is_read_without_spending_it_and_taken_once<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
@@ -824,7 +826,7 @@ pub fn a_join_token_is_read_without_spending_it_and_taken_once<H: Harness>(
 }
 
 /// Threads that take the same join token at the same moment: exactly one gets it.
-pub fn of_concurrent_takes_of_one_join_token_exactly_one_wins<H: Harness>(
+pub(crate) fn of_concurrent_takes_of_one_join_token_exactly_one_wins<H: Harness>(
     h: &mut H,
 ) -> Result<(), Violation> {
     const THREADS: usize = 8;
@@ -873,7 +875,9 @@ pub fn of_concurrent_takes_of_one_join_token_exactly_one_wins<H: Harness>(
 /// Everything a write method returned from is there after the store is closed and opened
 /// again: metadata, generations and sequence, records with their indexes, revocations,
 /// notAfter bounds, join tokens (and the absence of taken ones); serials stay taken.
-pub fn everything_written_is_there_after_reopening<H: Harness>(h: &mut H) -> Result<(), Violation> {
+pub(crate) fn everything_written_is_there_after_reopening<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
     let s = h.open_fresh()?;
     s.put_meta("initialized", b"yes")?;
     let one = authority(1, GenerationState::Retiring);

@@ -5,17 +5,17 @@
 //! database that several processes can share).
 
 #[cfg(any(test, feature = "store-conformance"))]
-pub mod conformance;
+pub(crate) mod conformance;
 mod postgres;
 mod records;
 mod sled_store;
 
-pub use postgres::PostgresStore;
-pub use records::{
+pub(crate) use postgres::PostgresStore;
+pub(crate) use records::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
     GenerationState, JoinTokenRecord,
 };
-pub use sled_store::SledStore;
+pub(crate) use sled_store::SledStore;
 
 use std::time::SystemTime;
 
@@ -53,7 +53,7 @@ pub enum StoreError {
 ///
 /// The `conformance` module (compiled for unit tests and with the `store-conformance`
 /// feature) checks each promise below; every backend runs it.
-pub trait Store: Send + Sync + 'static {
+pub(crate) trait Store: Send + Sync + 'static {
     /// Reads a small metadata value (`initialized`, `kek_check`, ...); `None` if never written.
     fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes a small metadata value, replacing the previous one.

@@ -9,7 +9,7 @@ use crate::ids::{AuthorityId, Guid, Name, Serial};
 /// The life cycle of an authority generation: prepared, active, retiring, retired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum GenerationState {
+pub(crate) enum GenerationState {
     /// Published in the bundle, signs nothing.
     Prepared,
     /// Signs every new certificate. Exactly one generation is active.
@@ -22,7 +22,7 @@ pub enum GenerationState {
 
 impl GenerationState {
     /// Lowercase name as in the API.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GenerationState::Prepared => "prepared",
             GenerationState::Active => "active",
@@ -34,7 +34,7 @@ impl GenerationState {
 
 /// A CA certificate and its private key sealed under the KEK.
 #[derive(Clone, Serialize, Deserialize)]
-pub struct CaKeyRecord {
+pub(crate) struct CaKeyRecord {
     /// DER certificate.
     #[serde(with = "b64")]
     pub certificate: Vec<u8>,
@@ -61,7 +61,7 @@ impl std::fmt::Debug for CaKeyRecord {
 
 /// One authority generation: a root and the intermediates it signed (newest last).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AuthorityRecord {
+pub(crate) struct AuthorityRecord {
     /// Generation number.
     pub id: AuthorityId,
     /// Current state.
@@ -90,7 +90,7 @@ pub struct AuthorityRecord {
 /// What a certificate was issued for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum CertificateKind {
+pub(crate) enum CertificateKind {
     /// An app instance.
     Instance,
     /// A cell agent's credential.
@@ -105,7 +105,7 @@ pub enum CertificateKind {
 
 /// The durable record of one issued certificate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CertificateRecord {
+pub(crate) struct CertificateRecord {
     /// Serial.
     pub serial: Serial,
     /// Kind.
@@ -141,7 +141,7 @@ pub struct CertificateRecord {
 
 /// Filter for [`super::Store::query_certificates`].
 #[derive(Debug, Clone, Default)]
-pub struct CertificateQuery {
+pub(crate) struct CertificateQuery {
     /// Only this instance.
     pub instance_guid: Option<Guid>,
     /// Only this app.
@@ -152,7 +152,7 @@ pub struct CertificateQuery {
 
 /// A join token as stored: the secret itself is never stored, only its hash is the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinTokenRecord {
+pub(crate) struct JoinTokenRecord {
     /// The cell name the token admits.
     pub name: Name,
     /// The operator who created it.

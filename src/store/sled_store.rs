@@ -18,7 +18,7 @@ use crate::ids::{AuthorityId, Serial};
 const SEQUENCE_KEY: &[u8] = b"meta/bundle_sequence";
 
 /// sled-backed [`Store`].
-pub struct SledStore {
+pub(crate) struct SledStore {
     db: sled::Db,
     meta: sled::Tree,
     authorities: sled::Tree,
@@ -66,7 +66,7 @@ fn index_key(prefix: &str, serial: &Serial) -> Vec<u8> {
 
 impl SledStore {
     /// Opens (or creates) the store under `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
         let db = sled::Config::new()
             .path(dir)
@@ -87,7 +87,8 @@ impl SledStore {
     }
 
     /// A throw-away store for tests.
-    pub fn temporary() -> Result<Self, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn temporary() -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .temporary(true)
             .open()

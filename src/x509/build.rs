@@ -30,7 +30,7 @@ use crate::ids::Serial;
 
 /// One subject attribute.
 #[derive(Debug, Clone, Copy)]
-pub enum Attr<'a> {
+pub(crate) enum Attr<'a> {
     /// organizationName
     O(&'a str),
     /// organizationalUnitName
@@ -40,7 +40,7 @@ pub enum Attr<'a> {
 }
 
 /// Builds a subject of single-valued RDNs in the given order.
-pub fn subject(attrs: &[Attr<'_>]) -> Result<Name, X509Error> {
+pub(crate) fn subject(attrs: &[Attr<'_>]) -> Result<Name, X509Error> {
     let mut rdns = Vec::with_capacity(attrs.len());
     for a in attrs {
         let (oid, v) = match a {
@@ -58,7 +58,7 @@ pub fn subject(attrs: &[Attr<'_>]) -> Result<Name, X509Error> {
 
 /// What kind of certificate to build.
 #[derive(Debug, Clone)]
-pub enum Profile {
+pub(crate) enum Profile {
     /// A CA certificate (root or intermediate).
     Ca {
         /// `pathLenConstraint`: `Some(0)` for an intermediate, `None` for a root.
@@ -79,7 +79,7 @@ pub enum Profile {
 
 /// Everything a certificate says, apart from who signs it.
 #[derive(Debug, Clone)]
-pub struct CertSpec {
+pub(crate) struct CertSpec {
     /// Serial number.
     pub serial: Serial,
     /// Subject name.
@@ -95,7 +95,7 @@ pub struct CertSpec {
 }
 
 /// The signer of a certificate: a P-256 key, its subject and key identifier.
-pub struct Signer<'a> {
+pub(crate) struct Signer<'a> {
     /// Issuer name written into the certificate.
     pub name: &'a Name,
     /// The issuer's subject key identifier, written as the authority key identifier.
@@ -105,7 +105,7 @@ pub struct Signer<'a> {
 }
 
 /// `ecdsa-with-SHA256`, parameters absent (RFC 5758).
-pub fn ecdsa_sha256() -> AlgorithmIdentifierOwned {
+pub(crate) fn ecdsa_sha256() -> AlgorithmIdentifierOwned {
     AlgorithmIdentifierOwned {
         oid: rfc5912::ECDSA_WITH_SHA_256,
         parameters: None,
@@ -113,7 +113,7 @@ pub fn ecdsa_sha256() -> AlgorithmIdentifierOwned {
 }
 
 /// The SubjectPublicKeyInfo of a P-256 public key given as an uncompressed point.
-pub fn p256_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned, X509Error> {
+pub(crate) fn p256_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned, X509Error> {
     Ok(SubjectPublicKeyInfoOwned {
         algorithm: AlgorithmIdentifierOwned {
             oid: rfc5912::ID_EC_PUBLIC_KEY,
@@ -124,7 +124,7 @@ pub fn p256_spki(point: &[u8]) -> Result<SubjectPublicKeyInfoOwned, X509Error> {
 }
 
 /// RFC 5280 method 1 key identifier: SHA-1 of the subjectPublicKey bits.
-pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
+pub(crate) fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
     ring::digest::digest(
         &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
         spki.subject_public_key.raw_bytes(),
@@ -134,7 +134,7 @@ pub fn key_identifier(spki: &SubjectPublicKeyInfoOwned) -> Vec<u8> {
 }
 
 /// An X.509 time: UTCTime before 2050, GeneralizedTime from then on (RFC 5280 4.1.2.5).
-pub fn x509_time(t: SystemTime) -> Result<Time, X509Error> {
+pub(crate) fn x509_time(t: SystemTime) -> Result<Time, X509Error> {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map_err(|_| X509Error::Encoding("time before 1970".into()))?
@@ -175,7 +175,7 @@ fn signature_over<T: Encode>(signer: &Signer<'_>, tbs: &T) -> Result<BitString, 
 }
 
 /// Builds the TBS, signs it with `signer` (ECDSA P-256 SHA-256) and returns the DER.
-pub fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> {
+pub(crate) fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> {
     let subject_key_id = key_identifier(&spec.public_key);
     let mut exts = Vec::with_capacity(6);
     match &spec.profile {
@@ -266,7 +266,7 @@ pub fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> 
 
 /// The RFC 5280 reason code for a reason an operator gave by its RFC name
 /// (`keyCompromise`, `superseded`, ...); free text gets none.
-pub fn crl_reason(reason: &str) -> Option<x509_cert::ext::pkix::CrlReason> {
+pub(crate) fn crl_reason(reason: &str) -> Option<x509_cert::ext::pkix::CrlReason> {
     use x509_cert::ext::pkix::CrlReason as R;
     Some(match reason.to_ascii_lowercase().as_str() {
         "unspecified" => R::Unspecified,
@@ -284,7 +284,7 @@ pub fn crl_reason(reason: &str) -> Option<x509_cert::ext::pkix::CrlReason> {
 
 /// Builds and signs a CRL (v2) for `signer` listing `revoked` (serial, revocation time), with
 /// the authority key identifier and a CRL number.
-pub fn sign_crl(
+pub(crate) fn sign_crl(
     signer: &Signer<'_>,
     revoked: &[(Serial, SystemTime, Option<String>)],
     this_update: SystemTime,
@@ -335,7 +335,7 @@ pub fn sign_crl(
 }
 
 /// Encodes DER certificates as concatenated PEM blocks.
-pub fn pem_chain<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+pub(crate) fn pem_chain<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
     ders.into_iter()
         .map(|d| {
             pem::encode_config(

@@ -14,7 +14,7 @@ use super::X509Error;
 
 /// The kinds of subject key Lanyard accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
+pub(crate) enum KeyKind {
     /// EC P-256.
     EcP256,
     /// EC P-384.
@@ -27,14 +27,14 @@ pub enum KeyKind {
 
 impl KeyKind {
     /// RSA subject keys also get `keyEncipherment`.
-    pub fn is_rsa(self) -> bool {
+    pub(crate) fn is_rsa(self) -> bool {
         matches!(self, KeyKind::Rsa(_))
     }
 }
 
 /// A request whose signature verified: what is left of it is its public key.
 #[derive(Debug, Clone)]
-pub struct VerifiedCsr {
+pub(crate) struct VerifiedCsr {
     /// The subject public key, re-encoded canonically for the certificate.
     pub public_key: SubjectPublicKeyInfoOwned,
     /// Its kind.
@@ -48,7 +48,7 @@ struct RsaPublicKey<'a> {
 }
 
 /// Parses a PEM (or DER) CSR, checks its key, verifies its signature.
-pub fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
+pub(crate) fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
     let der = if input.trim_ascii_start().starts_with(b"-----BEGIN") {
         let mut blocks =
             pem::parse_many(input).map_err(|e| X509Error::MalformedCsr(format!("not PEM: {e}")))?;

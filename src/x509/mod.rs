@@ -2,8 +2,10 @@
 //! CRLs (with `x509-cert`) and signing them with a key the caller passes in (`ring`), and
 //! reading identities out of certificates.
 
-pub mod build;
-pub mod csr;
+#[cfg(feature = "full")]
+pub(crate) mod build;
+#[cfg(feature = "full")]
+pub(crate) mod csr;
 pub mod inspect;
 
 /// Errors of the X.509 layer. Those caused by a client's input map to 422.

@@ -5,7 +5,7 @@ use std::process::Child;
 
 use super::TestCa;
 
-pub struct TestAgent {
+pub(crate) struct TestAgent {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
@@ -16,7 +16,7 @@ pub struct TestAgent {
 
 impl TestAgent {
     /// Creates a join token and starts an agent with `instance_ttl`.
-    pub fn start(ca: &TestCa, name: &str, instance_ttl: &str) -> TestAgent {
+    pub(crate) fn start(ca: &TestCa, name: &str, instance_ttl: &str) -> TestAgent {
         // Plain-HTTP reqwest still wants a process-wide rustls provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
@@ -54,7 +54,7 @@ impl TestAgent {
 
     /// Starts the agent and returns once its local API is bound (it prints
     /// `listening on http://<ip>:<port>`); each start gets a new port from the kernel.
-    pub fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let (child, at) =
             super::spawn_logged("agent", &self.config, &self.log, "LANYARD_JOIN_TOKEN");
         self.child = Some(child);
@@ -65,24 +65,24 @@ impl TestAgent {
         self.port = addr.port();
     }
 
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         super::stop_child(self.child.take());
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    pub fn instance_dir(&self, guid: &str) -> PathBuf {
+    pub(crate) fn instance_dir(&self, guid: &str) -> PathBuf {
         self.dir.path().join("instances").join(guid)
     }
 
     /// PUTs an instance; returns status and JSON body.
-    pub async fn put(&self, guid: &str, app: &str) -> (u16, serde_json::Value) {
+    pub(crate) async fn put(&self, guid: &str, app: &str) -> (u16, serde_json::Value) {
         let body = serde_json::json!({
             "app_guid": app,
             "space_guid": "5e0d9b8a-1a2c-4b4d-9e6f-0a1b2c3d4e5f",
@@ -100,7 +100,7 @@ impl TestAgent {
         (s, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    pub async fn instances(&self) -> serde_json::Value {
+    pub(crate) async fn instances(&self) -> serde_json::Value {
         self.http
             .get(self.url("/v1/instances"))
             .send()

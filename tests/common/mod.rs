@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub mod agent;
-pub mod openapi;
+pub(crate) mod agent;
+pub(crate) mod openapi;
 
 use lanyard::api;
 use lanyard::client::{new_key_and_csr, tls_config, ClientError, CredentialFiles};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_lanyard");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lanyard");
 
 /// How long a process of ours may take to say where it listens (a cold debug build that
 /// initializes its state on a loaded machine).
@@ -25,7 +25,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The dev config with a temporary state dir, `listen.address = "127.0.0.1:0"` (the kernel
 /// picks the port) and optional extra lines per section
 /// (`("rotation", "propagation_delay = \"1s\"")`).
-pub fn write_config(dir: &Path, overrides: &[(&str, &str)]) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, overrides: &[(&str, &str)]) -> PathBuf {
     let mut text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/ca-config/lanyard.toml"
@@ -78,7 +78,7 @@ pub fn write_config(dir: &Path, overrides: &[(&str, &str)]) -> PathBuf {
 }
 
 /// A running CA process.
-pub struct TestCa {
+pub(crate) struct TestCa {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
@@ -87,11 +87,11 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    pub fn start() -> TestCa {
+    pub(crate) fn start() -> TestCa {
         Self::start_with(&[])
     }
 
-    pub fn start_with(overrides: &[(&str, &str)]) -> TestCa {
+    pub(crate) fn start_with(overrides: &[(&str, &str)]) -> TestCa {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), overrides);
         let log = dir.path().join("serve.log");
@@ -112,7 +112,7 @@ impl TestCa {
     /// The first start binds port 0; the port it got is then written into the config, so a
     /// restart comes back at the same address (as a real CA does: agents and clients keep
     /// their URL) and CLI commands that take their server from the config reach it.
-    pub fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let (child, at) = spawn_logged("serve", &self.config, &self.log, "LANYARD_KEK");
         let addr: std::net::SocketAddr = at
             .strip_prefix("https://")
@@ -134,40 +134,40 @@ impl TestCa {
     }
 
     /// Stops the server with SIGTERM and waits for it.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         stop_child(self.child.take());
     }
 
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         self.spawn();
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    pub fn state_dir(&self) -> PathBuf {
+    pub(crate) fn state_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    pub fn operator_dir(&self) -> PathBuf {
+    pub(crate) fn operator_dir(&self) -> PathBuf {
         self.state_dir().join("credentials/operator")
     }
 
-    pub fn bundle_pem(&self) -> String {
+    pub(crate) fn bundle_pem(&self) -> String {
         std::fs::read_to_string(self.operator_dir().join("trust-bundle.pem")).unwrap()
     }
 
-    pub fn operator(&self) -> CheckedClient {
+    pub(crate) fn operator(&self) -> CheckedClient {
         CheckedClient::from_credential_dir(&self.url(), &self.operator_dir()).unwrap()
     }
 
-    pub fn anonymous(&self) -> CheckedClient {
+    pub(crate) fn anonymous(&self) -> CheckedClient {
         CheckedClient::new(
             &self.url(),
             tls_config(self.bundle_pem().as_bytes(), None).unwrap(),
@@ -176,7 +176,7 @@ impl TestCa {
     }
 
     /// Runs the CLI against this CA and returns (exit code, stdout, stderr).
-    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(BIN)
             .args(args)
             .arg("--config")
@@ -192,7 +192,7 @@ impl TestCa {
     }
 
     /// Creates a join token and joins a cell; returns a client with the cell credential.
-    pub async fn join_cell(&self, name: &str) -> Credential {
+    pub(crate) async fn join_cell(&self, name: &str) -> Credential {
         let op = self.operator();
         let t: api::JoinTokenResponse = op
             .post(
@@ -226,7 +226,7 @@ impl Drop for TestCa {
 }
 
 /// A certificate chain and key, with a client that presents them.
-pub struct Credential {
+pub(crate) struct Credential {
     pub chain_pem: String,
     pub key_pem: String,
     pub client: CheckedClient,
@@ -234,7 +234,7 @@ pub struct Credential {
 
 impl Credential {
     /// Asks for an instance certificate (GUIDs from `n`) with a fresh key, as a cell does.
-    pub async fn issue_instance(
+    pub(crate) async fn issue_instance(
         &self,
         n: u32,
     ) -> Result<api::IssuedCertificate, lanyard::client::ClientError> {
@@ -248,7 +248,7 @@ impl Credential {
             .await
     }
 
-    pub fn new(ca: &TestCa, chain_pem: String, key_pem: String) -> Credential {
+    pub(crate) fn new(ca: &TestCa, chain_pem: String, key_pem: String) -> Credential {
         let tls = tls_config(ca.bundle_pem().as_bytes(), Some((&chain_pem, &key_pem))).unwrap();
         let client = CheckedClient::new(&ca.url(), tls).unwrap();
         Credential {
@@ -260,7 +260,7 @@ impl Credential {
 }
 
 /// A raw HTTPS request with full control: returns status, content type, body.
-pub async fn raw(
+pub(crate) async fn raw(
     ca: &TestCa,
     identity: Option<(&str, &str)>,
     method: &str,
@@ -296,14 +296,14 @@ pub async fn raw(
 /// The API client of the tests: `lanyard::client::ApiClient`'s methods with the same
 /// answers, except that every answer is checked against the server's OpenAPI document.
 #[derive(Clone, Debug)]
-pub struct CheckedClient {
+pub(crate) struct CheckedClient {
     base: String,
     http: reqwest::Client,
 }
 
 impl CheckedClient {
     /// A client for `base` with the given TLS config.
-    pub fn new(base: &str, tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+    pub(crate) fn new(base: &str, tls: rustls::ClientConfig) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
@@ -316,7 +316,7 @@ impl CheckedClient {
     }
 
     /// A client presenting the credential in `dir` (if it has one) and trusting its bundle.
-    pub fn from_credential_dir(base: &str, dir: &Path) -> Result<Self, ClientError> {
+    pub(crate) fn from_credential_dir(base: &str, dir: &Path) -> Result<Self, ClientError> {
         let f = CredentialFiles::read(dir)?;
         let identity = match (&f.chain_pem, &f.key_pem) {
             (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
@@ -360,7 +360,7 @@ impl CheckedClient {
     }
 
     /// POSTs JSON, optionally with a bearer token, and parses the JSON answer.
-    pub async fn post<B: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
+    pub(crate) async fn post<B: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: &B,
@@ -379,7 +379,10 @@ impl CheckedClient {
     }
 
     /// GETs JSON.
-    pub async fn get<R: serde::de::DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+    pub(crate) async fn get<R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<R, ClientError> {
         let req = self
             .http
             .get(format!("{}{path}", self.base))
@@ -390,7 +393,7 @@ impl CheckedClient {
 
     /// Fetches the trust bundle; with `known` and `wait`, long-polls. `None` on 304,
     /// otherwise the sequence and the body (PEM, or SPIFFE JSON when `json`).
-    pub async fn trust_bundle(
+    pub(crate) async fn trust_bundle(
         &self,
         known: Option<u64>,
         wait: u64,
@@ -431,7 +434,7 @@ impl CheckedClient {
 }
 
 /// An instance request for GUIDs derived from `n`.
-pub fn instance_request(csr: &str, n: u32) -> api::InstanceCertificateRequest {
+pub(crate) fn instance_request(csr: &str, n: u32) -> api::InstanceCertificateRequest {
     api::InstanceCertificateRequest {
         csr: csr.to_string(),
         instance_guid: format!("9a1c2f3e-5b6d-4e7f-8a9b-{n:012x}"),
@@ -445,14 +448,14 @@ pub fn instance_request(csr: &str, n: u32) -> api::InstanceCertificateRequest {
 }
 
 /// Writes `text` to a file in `dir` and returns its path.
-pub fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
 }
 
 /// Splits a PEM chain into its blocks as PEM text.
-pub fn pem_blocks(chain: &str) -> Vec<String> {
+pub(crate) fn pem_blocks(chain: &str) -> Vec<String> {
     pem::parse_many(chain)
         .unwrap()
         .into_iter()
@@ -462,7 +465,7 @@ pub fn pem_blocks(chain: &str) -> Vec<String> {
 
 /// `openssl verify -x509_strict -purpose PURPOSE` of a chain (leaf, then intermediates)
 /// against `bundle`: whether it passed, and what openssl said.
-pub fn openssl_verify(bundle: &str, chain: &str, purpose: &str) -> (bool, String) {
+pub(crate) fn openssl_verify(bundle: &str, chain: &str, purpose: &str) -> (bool, String) {
     let tmp = tempfile::tempdir().unwrap();
     let blocks = pem_blocks(chain);
     let leaf = file(tmp.path(), "leaf.pem", &blocks[0]);
@@ -483,7 +486,7 @@ pub fn openssl_verify(bundle: &str, chain: &str, purpose: &str) -> (bool, String
 }
 
 /// Sends SIGTERM to a child and waits up to 20 s for it to exit, then kills it.
-pub fn stop_child(child: Option<Child>) {
+pub(crate) fn stop_child(child: Option<Child>) {
     if let Some(c) = child {
         let _ = terminate(c, Duration::from_secs(20));
     }
@@ -491,7 +494,7 @@ pub fn stop_child(child: Option<Child>) {
 
 /// SIGTERM, then a blocking wait for the exit on a helper thread (no polling); SIGKILL if
 /// the child is still there after `grace`. The exit status, or `None` if it had to be killed.
-pub fn terminate(mut child: Child, grace: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) fn terminate(mut child: Child, grace: Duration) -> Option<std::process::ExitStatus> {
     let pid = child.id();
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -518,7 +521,7 @@ pub fn terminate(mut child: Child, grace: Duration) -> Option<std::process::Exit
 /// `..data_tmp` symlink to it is renamed over `..data`, and `instance.crt`, `instance.key`
 /// and `trust-bundle.crt` are relative symlinks through `..data`. The previous version
 /// directory is removed afterwards.
-pub fn write_instance_dir(dir: &Path, chain_pem: &str, key_pem: &str, bundle_pem: &str) {
+pub(crate) fn write_instance_dir(dir: &Path, chain_pem: &str, key_pem: &str, bundle_pem: &str) {
     let set = lanyard::agent::files::CredentialSet {
         chain_pem,
         key_pem,
@@ -530,7 +533,7 @@ pub fn write_instance_dir(dir: &Path, chain_pem: &str, key_pem: &str, bundle_pem
 }
 
 /// A child process that is killed when the guard is dropped (also when a test panics).
-pub struct ChildGuard(pub Child);
+pub(crate) struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -540,7 +543,7 @@ impl Drop for ChildGuard {
 }
 
 /// A CSR made by openssl with the given key options and extra `req` arguments.
-pub fn openssl_csr(dir: &std::path::Path, key_args: &[&str], extra: &[&str]) -> String {
+pub(crate) fn openssl_csr(dir: &std::path::Path, key_args: &[&str], extra: &[&str]) -> String {
     let out = Command::new("openssl")
         .args(["req", "-new", "-nodes", "-keyout"])
         .arg(dir.join("csr-key.pem"))
@@ -564,7 +567,12 @@ pub fn openssl_csr(dir: &std::path::Path, key_args: &[&str], extra: &[&str]) -> 
 /// `clear` removed from its environment (so the caller's environment cannot leak in), and
 /// waits for the one line it prints once bound: `listening on <where>`. Returns the child
 /// and `<where>` (`https://ip:port`, `http://ip:port`, `unix:/path`).
-pub fn spawn_logged(command: &str, config: &Path, log: &Path, clear: &str) -> (Child, String) {
+pub(crate) fn spawn_logged(
+    command: &str,
+    config: &Path,
+    log: &Path,
+    clear: &str,
+) -> (Child, String) {
     let log_file = || {
         std::fs::OpenOptions::new()
             .create(true)
@@ -592,7 +600,7 @@ pub fn spawn_logged(command: &str, config: &Path, log: &Path, clear: &str) -> (C
 /// stdout until the child closes it, so the child never blocks on a full pipe; every other
 /// line goes to `rest`. If the child exits first, or says nothing of the kind within
 /// `timeout`, it is killed and the error says what happened.
-pub fn spawn_reporting(
+pub(crate) fn spawn_reporting(
     mut cmd: Command,
     rest: impl Write + Send + 'static,
     timeout: Duration,

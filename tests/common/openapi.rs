@@ -23,12 +23,12 @@ static VALIDATORS: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> 
 static CHECKED: AtomicUsize = AtomicUsize::new(0);
 
 /// How many answers this test binary has checked so far.
-pub fn checked() -> usize {
+pub(crate) fn checked() -> usize {
     CHECKED.load(Ordering::Relaxed)
 }
 
 /// The document, fetched with `http` from the server at `base` the first time.
-pub async fn document(http: &reqwest::Client, base: &str) -> &'static Value {
+pub(crate) async fn document(http: &reqwest::Client, base: &str) -> &'static Value {
     if let Some(d) = DOCUMENT.get() {
         return d;
     }
@@ -45,7 +45,7 @@ pub async fn document(http: &reqwest::Client, base: &str) -> &'static Value {
 /// The path template of the document that `path` (without its query) matches: literal
 /// segments must be equal, `{param}` segments match any one segment. The template with the
 /// fewest parameters wins.
-pub fn template<'a>(doc: &'a Value, path: &str) -> Option<&'a str> {
+pub(crate) fn template<'a>(doc: &'a Value, path: &str) -> Option<&'a str> {
     let segs: Vec<&str> = path.split('/').collect();
     doc["paths"]
         .as_object()?
@@ -103,7 +103,7 @@ fn validator(doc: &Value, schema: &Value) -> Arc<jsonschema::Validator> {
 }
 
 /// Validates `value` against `schema` (a schema of the document), panicking with every error.
-pub fn validate(doc: &Value, schema: &Value, value: &Value, what: &str) {
+pub(crate) fn validate(doc: &Value, schema: &Value, value: &Value, what: &str) {
     let v = validator(doc, schema);
     let errors: Vec<String> = v
         .iter_errors(value)
@@ -118,7 +118,14 @@ pub fn validate(doc: &Value, schema: &Value, value: &Value, what: &str) {
 
 /// Checks one answer: `method` and `path` (a query is ignored) as sent, the status, the
 /// `Content-Type` and the body.
-pub fn check(doc: &Value, method: &str, path: &str, status: u16, content_type: &str, body: &[u8]) {
+pub(crate) fn check(
+    doc: &Value,
+    method: &str,
+    path: &str,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) {
     let path = path.split('?').next().unwrap_or_default();
     let what = format!("{method} {path} -> {status}");
     let problem = json!({"$ref": "#/components/schemas/Problem"});

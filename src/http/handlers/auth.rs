@@ -10,7 +10,7 @@ use crate::http::tls::{Caller, PeerIdentity};
 use crate::ids::Role;
 
 /// The verified role of the caller, checked again for this request, or 401.
-pub struct Authenticated(pub Role);
+pub(crate) struct Authenticated(pub Role);
 
 impl FromRequestParts<S> for Authenticated {
     type Rejection = ApiError;
@@ -46,7 +46,7 @@ impl FromRequestParts<S> for Authenticated {
 macro_rules! role_extractor {
     ($name:ident, $variant:ident, $what:literal) => {
         #[doc = concat!("A caller with the ", $what, " role, or 401/403.")]
-        pub struct $name(pub Role);
+        pub(crate) struct $name(pub(crate) Role);
 
         impl FromRequestParts<S> for $name {
             type Rejection = ApiError;

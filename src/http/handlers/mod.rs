@@ -20,9 +20,8 @@ mod trust_bundle;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{Authenticated, CellCaller, OperatorCaller};
+pub(crate) use auth::{Authenticated, CellCaller, OperatorCaller};
 pub use openapi::ApiDoc;
-pub use trust_bundle::MAX_WAIT;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -43,7 +42,7 @@ use super::views::issued_view;
 use crate::ca::{Ca, CaError, Issued};
 
 /// Shared state of the API.
-pub struct AppState {
+pub(crate) struct AppState {
     /// The CA.
     pub(super) ca: Arc<Ca>,
     /// The server's own certificate, when there is a TLS listener to serve it.
@@ -64,14 +63,15 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// State for a server that serves `server_cert` on its TLS listener.
-    pub fn new(ca: Arc<Ca>, server_cert: Arc<ServerCert>) -> Self {
+    pub(crate) fn new(ca: Arc<Ca>, server_cert: Arc<ServerCert>) -> Self {
         Self::build(ca, Some(server_cert))
     }
 
     /// State without a TLS listener, for driving the router in-process: every request is
     /// anonymous unless it carries a [`super::tls::Caller`] extension, and credential
     /// refreshes leave the server certificate alone.
-    pub fn in_process(ca: Arc<Ca>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn in_process(ca: Arc<Ca>) -> Self {
         Self::build(ca, None)
     }
 
@@ -86,12 +86,13 @@ impl AppState {
     }
 
     /// The CA behind the API.
-    pub fn ca(&self) -> &Arc<Ca> {
+    #[cfg(test)]
+    pub(crate) fn ca(&self) -> &Arc<Ca> {
         &self.ca
     }
 
     /// Tells held long polls that the server is stopping.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.stopping.send_replace(true);
     }
 }
@@ -100,51 +101,53 @@ type S = Arc<AppState>;
 
 /// The API's paths, in axum's syntax (which is OpenAPI's): the router and the OpenAPI
 /// document both take them from here.
-pub mod paths {
+pub(crate) mod paths {
     /// Liveness.
-    pub const HEALTHZ: &str = "/healthz";
+    pub(crate) const HEALTHZ: &str = "/healthz";
     /// Readiness.
-    pub const READYZ: &str = "/readyz";
+    pub(crate) const READYZ: &str = "/readyz";
     /// Prometheus metrics.
-    pub const METRICS: &str = "/metrics";
+    pub(crate) const METRICS: &str = "/metrics";
     /// The OpenAPI document.
-    pub const OPENAPI: &str = "/v1/openapi.json";
+    pub(crate) const OPENAPI: &str = "/v1/openapi.json";
     /// The trust bundle.
-    pub const TRUST_BUNDLE: &str = "/v1/trust-bundle";
+    pub(crate) const TRUST_BUNDLE: &str = "/v1/trust-bundle";
     /// Instance certificates.
-    pub const INSTANCE_CERTIFICATES: &str = "/v1/instance-certificates";
+    pub(crate) const INSTANCE_CERTIFICATES: &str = "/v1/instance-certificates";
     /// Instance certificates, many at once.
-    pub const INSTANCE_BATCH: &str = "/v1/instance-certificates/batch";
+    pub(crate) const INSTANCE_BATCH: &str = "/v1/instance-certificates/batch";
     /// Component certificates.
-    pub const COMPONENT_CERTIFICATES: &str = "/v1/component-certificates";
+    pub(crate) const COMPONENT_CERTIFICATES: &str = "/v1/component-certificates";
     /// Join tokens.
-    pub const JOIN_TOKENS: &str = "/v1/join-tokens";
+    pub(crate) const JOIN_TOKENS: &str = "/v1/join-tokens";
     /// Spending a join token.
-    pub const JOIN: &str = "/v1/join";
+    pub(crate) const JOIN: &str = "/v1/join";
     /// A cell renewing its own credential.
-    pub const CELL_CREDENTIALS: &str = "/v1/cell-credentials";
+    pub(crate) const CELL_CREDENTIALS: &str = "/v1/cell-credentials";
     /// An operator renewing its own credential.
-    pub const OPERATOR_CREDENTIALS: &str = "/v1/operator-credentials";
+    pub(crate) const OPERATOR_CREDENTIALS: &str = "/v1/operator-credentials";
     /// Authority generations.
-    pub const AUTHORITIES: &str = "/v1/authorities";
+    pub(crate) const AUTHORITIES: &str = "/v1/authorities";
     /// Preparing a generation.
-    pub const AUTHORITY_PREPARE: &str = "/v1/authorities/prepare";
+    pub(crate) const AUTHORITY_PREPARE: &str = "/v1/authorities/prepare";
     /// Activating a generation.
-    pub const AUTHORITY_ACTIVATE: &str = "/v1/authorities/{id}/activate";
+    pub(crate) const AUTHORITY_ACTIVATE: &str = "/v1/authorities/{id}/activate";
     /// Retiring a generation.
-    pub const AUTHORITY_RETIRE: &str = "/v1/authorities/{id}/retire";
+    pub(crate) const AUTHORITY_RETIRE: &str = "/v1/authorities/{id}/retire";
     /// Issued certificate records.
-    pub const CERTIFICATES: &str = "/v1/certificates";
+    pub(crate) const CERTIFICATES: &str = "/v1/certificates";
     /// Revoking a certificate.
-    pub const REVOKE: &str = "/v1/certificates/{serial}/revoke";
+    pub(crate) const REVOKE: &str = "/v1/certificates/{serial}/revoke";
     /// A generation's CRL.
-    pub const CRL: &str = "/v1/crl/{authority_id}";
+    pub(crate) const CRL: &str = "/v1/crl/{authority_id}";
 }
 
 /// One route of the API: the router serves these, and a unit test holds the OpenAPI
 /// document to the same list.
-pub struct Route {
-    /// The method.
+pub(crate) struct Route {
+    /// The method. Only the unit test that holds the OpenAPI document to this list reads it;
+    /// the router takes the method from `handler`.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub method: Method,
     /// The path, from [`paths`].
     pub path: &'static str,
@@ -170,7 +173,7 @@ impl Route {
 }
 
 /// Every route of the API, one method per path.
-pub fn routes() -> Vec<Route> {
+pub(crate) fn routes() -> Vec<Route> {
     use paths::*;
     vec![
         Route::get(HEALTHZ, ops::healthz),
@@ -196,7 +199,7 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The API router, served by [`super::server::serve`] or driven in-process.
-pub fn router(state: S) -> Router {
+pub(crate) fn router(state: S) -> Router {
     routes()
         .into_iter()
         .fold(Router::new(), |r, route| r.route(route.path, route.handler))

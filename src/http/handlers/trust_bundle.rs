@@ -15,7 +15,7 @@ use crate::http::problem::ApiError;
 use crate::http::views::spiffe_bundle;
 
 /// Longest a bundle long poll is held.
-pub const MAX_WAIT: u64 = 300;
+pub(crate) const MAX_WAIT: u64 = 300;
 
 #[utoipa::path(
     get,

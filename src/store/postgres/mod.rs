@@ -55,7 +55,7 @@ const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// PostgreSQL-backed [`Store`].
-pub struct PostgresStore {
+pub(crate) struct PostgresStore {
     pool: Pool,
     /// Runs every query; `None` only while dropping (see the module documentation).
     runtime: Option<tokio::runtime::Runtime>,
@@ -290,14 +290,14 @@ fn serial_of(bytes: &[u8]) -> Result<Serial, StoreError> {
 
 impl PostgresStore {
     /// Checks a `storage.url` without connecting: the form, `sslmode` and `sslrootcert`.
-    pub fn check_url(url: &str) -> Result<(), String> {
+    pub(crate) fn check_url(url: &str) -> Result<(), String> {
         ConnectOptions::parse(url).map(|_| ())
     }
 
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`, with
     /// `sslmode=disable|prefer|require|verify-full` and `sslrootcert=<PEM file>`), and brings
     /// its schema up to date (or refuses a schema newer than this binary).
-    pub fn open(url: &str) -> Result<Self, StoreError> {
+    pub(crate) fn open(url: &str) -> Result<Self, StoreError> {
         let options = ConnectOptions::parse(url)
             .map_err(|e| StoreError::Backend(format!("storage.url: {e}")))?;
         let tls = options.tls_config()?;
