@@ -79,9 +79,31 @@ impl Authority {
     /// Signs every request with the active intermediate and records them all durably, in one
     /// store write, before returning. Validity: notBefore = now - backdate, notAfter = now +
     /// ttl but never after the intermediate's notAfter.
+    ///
+    /// The store records them only while the signing generation is still stored as active;
+    /// if another process deactivated it meanwhile, this reloads the generations and signs
+    /// once more with the new active one.
     pub(crate) fn issue(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
-        // The read lock is held until the records are durable, so a rotation step (which
-        // takes the write lock) never misses a certificate that is being signed.
+        match self.issue_once(requests) {
+            Err(AuthorityError::Store(StoreError::NotActive(_))) => {
+                self.reload()?;
+                match self.issue_once(requests) {
+                    Err(AuthorityError::Store(StoreError::NotActive(id))) => {
+                        Err(AuthorityError::Superseded(id))
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Authority::issue`] with the generations in memory.
+    fn issue_once(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
+        // The read lock is held until the records are durable, so a rotation step of this
+        // process (which takes the write lock) never misses a certificate being signed; for
+        // other processes sharing the store, `insert_signed` checks the signer in the same
+        // transaction as the insert.
         let inner = read_lock(&self.inner);
         let (id, ca) = inner.active.as_ref().ok_or(AuthorityError::NoActive)?;
         let now = SystemTime::now();
@@ -106,7 +128,7 @@ impl Authority {
                 )?);
             }
             let records: Vec<CertificateRecord> = out.iter().map(|i| i.record.clone()).collect();
-            match self.store.insert_certificates(&records) {
+            match self.store.insert_signed(*id, &records) {
                 Ok(()) => return Ok(out),
                 // 126 random bits make this all but impossible; draw new serials and re-sign.
                 Err(StoreError::SerialExists(_)) => continue,

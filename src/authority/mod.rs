@@ -6,6 +6,12 @@
 //! Each change is written to the [`Store`] before the in-memory state moves, under the write
 //! lock, so what a caller sees has always been durable first.
 //!
+//! The store is the authority on the generations; memory is a cache of one version of them.
+//! Several processes may share a store: a rotation step saves only if the store still holds
+//! the version this process read (else it reloads and judges the step again), a leaf is
+//! recorded only while its signer is still stored as active (else this process reloads and
+//! signs once more), and [`Authority::reload`] adopts what other processes saved.
+//!
 //! `keys.rs` loads and seals CA keys, `generation.rs` creates roots and intermediates,
 //! `leaf.rs` signs leaves, `crl.rs` signs CRLs; this file holds the state and rotation steps.
 
@@ -25,7 +31,7 @@ use zeroize::Zeroizing;
 use crate::ids::AuthorityId;
 use crate::keys::{Kek, KeyError};
 use crate::rotation::{self, RotationError, Step};
-use crate::store::{AuthorityRecord, GenerationState, Store, StoreError};
+use crate::store::{AuthorityRecord, GenerationState, Generations, Store, StoreError};
 use crate::x509::build;
 use crate::x509::X509Error;
 
@@ -48,6 +54,10 @@ pub enum AuthorityError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The signing generation stopped being active while signing, twice in a row (other
+    /// processes are rotating): a retry shortly after succeeds.
+    #[error("authority {0} stopped being active while signing; try again")]
+    Superseded(AuthorityId),
     /// The state has no active generation (not initialized, or damaged).
     #[error("no active authority generation: the state is not initialized")]
     NoActive,
@@ -98,7 +108,27 @@ impl TrustBundle {
 struct Inner {
     generations: Vec<AuthorityRecord>,
     sequence: u64,
+    /// The store's version of `generations` (see [`Store::load_generations`]).
+    version: u64,
     active: Option<(AuthorityId, LoadedCa)>,
+}
+
+/// How often a rotation step is judged again after another process saved first, before it
+/// gives up with a 409.
+const STEP_ATTEMPTS: usize = 5;
+
+/// How often a process sharing its store re-reads the generations without a notification (a
+/// backstop for notifications lost while its listener reconnected).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a rotation step wants saved, judged against one version of the generations.
+struct Planned<T> {
+    /// Changed generations.
+    changed: Vec<AuthorityRecord>,
+    /// The bundle sequence to save with them.
+    sequence: u64,
+    /// What the step answers once saved.
+    answer: T,
 }
 
 /// The CA's keys and generations. See the module docs.
@@ -148,15 +178,17 @@ impl Authority {
         kek: Kek,
         opts: AuthorityOptions,
     ) -> Result<Authority, AuthorityError> {
-        let (generations, sequence) = store.load_authorities()?;
-        let active_rec = generations
+        let snapshot = store.load_generations()?;
+        let active_rec = snapshot
+            .records
             .iter()
             .find(|g| g.state == GenerationState::Active)
             .ok_or(AuthorityError::NoActive)?;
         let active = (active_rec.id, load_intermediate(&kek, active_rec)?);
         let inner = Inner {
-            generations,
-            sequence,
+            generations: snapshot.records,
+            sequence: snapshot.bundle_sequence,
+            version: snapshot.version,
             active: Some(active),
         };
         let bundle = Arc::new(bundle_of(&inner));
@@ -217,22 +249,19 @@ impl Authority {
         inner.active.as_ref().map(|(id, ca)| (*id, ca.not_after))
     }
 
-    /// Signs every request with the active intermediate and records them all durably, in one
-    /// store write, before returning. Validity: notBefore = now - backdate, notAfter = now +
-    /// ttl but never after the intermediate's notAfter.
     /// Prepares a new generation (state prepared, published now).
     pub(crate) fn prepare(&self) -> Result<AuthorityRecord, AuthorityError> {
-        let mut inner = write_lock(&self.inner);
-        rotation::check_prepare(&inner.generations)?;
-        let now = SystemTime::now();
-        let id = AuthorityId(inner.generations.iter().map(|g| g.id.0).max().unwrap_or(0) + 1);
-        let g = new_generation(&self.kek, &self.opts, id, now)?;
-        let seq = inner.sequence + 1;
-        self.store.save_authorities(std::slice::from_ref(&g), seq)?;
-        inner.generations.push(g.clone());
-        inner.sequence = seq;
-        self.publish(&inner);
-        Ok(g)
+        self.step(|inner| {
+            rotation::check_prepare(&inner.generations)?;
+            // From the store, so two processes never create the same id.
+            let id = self.store.new_authority_id()?;
+            let g = new_generation(&self.kek, &self.opts, id, SystemTime::now())?;
+            Ok(Planned {
+                changed: vec![g.clone()],
+                sequence: inner.sequence + 1,
+                answer: g,
+            })
+        })
     }
 
     /// Activates a prepared generation (see [`rotation::activate`]).
@@ -241,29 +270,28 @@ impl Authority {
         id: AuthorityId,
         force: bool,
     ) -> Result<AuthorityRecord, AuthorityError> {
-        let mut inner = write_lock(&self.inner);
-        let mut gens = inner.generations.clone();
-        let changed = rotation::activate(
-            &mut gens,
-            id,
-            force,
-            self.opts.propagation_delay,
-            SystemTime::now(),
-        )?;
-        let new_rec = gens
-            .iter()
-            .find(|g| g.id == id)
-            .cloned()
-            .ok_or(RotationError::NotFound(id))?;
-        let loaded = load_intermediate(&self.kek, &new_rec)?;
-        let seq = inner.sequence + 1;
-        let changed: Vec<AuthorityRecord> = changed.into_iter().map(|i| gens[i].clone()).collect();
-        self.store.save_authorities(&changed, seq)?;
-        inner.generations = gens;
-        inner.sequence = seq;
-        inner.active = Some((id, loaded));
-        self.publish(&inner);
-        Ok(new_rec)
+        self.step(|inner| {
+            let mut gens = inner.generations.clone();
+            let changed = rotation::activate(
+                &mut gens,
+                id,
+                force,
+                self.opts.propagation_delay,
+                SystemTime::now(),
+            )?;
+            let new_rec = gens
+                .iter()
+                .find(|g| g.id == id)
+                .cloned()
+                .ok_or(RotationError::NotFound(id))?;
+            // Refuse before saving a generation whose key this KEK cannot open.
+            load_intermediate(&self.kek, &new_rec)?;
+            Ok(Planned {
+                changed: changed.into_iter().map(|i| gens[i].clone()).collect(),
+                sequence: inner.sequence + 1,
+                answer: new_rec,
+            })
+        })
     }
 
     /// Retires a retiring generation (see [`rotation::retire`]).
@@ -272,20 +300,26 @@ impl Authority {
         id: AuthorityId,
         force: bool,
     ) -> Result<AuthorityRecord, AuthorityError> {
-        let mut inner = write_lock(&self.inner);
-        let mut gens = inner.generations.clone();
-        let last = self.store.last_leaf_not_after(id)?;
-        let changed = rotation::retire(&mut gens, id, force, last, SystemTime::now())?;
-        let seq = inner.sequence + 1;
-        let changed: Vec<AuthorityRecord> = changed.into_iter().map(|i| gens[i].clone()).collect();
-        self.store.save_authorities(&changed, seq)?;
-        inner.generations = gens;
-        inner.sequence = seq;
-        self.publish(&inner);
-        changed
-            .into_iter()
-            .next()
-            .ok_or_else(|| RotationError::NotFound(id).into())
+        self.step(|inner| {
+            let mut gens = inner.generations.clone();
+            // Read after the version this step is judged on: a retiring generation stopped
+            // signing when it was deactivated (the store refuses its leaves from then on, and
+            // waited for those in flight), so every leaf it signed is visible here; and the
+            // conditional save fails if the generations moved since.
+            let last = self.store.last_leaf_not_after(id)?;
+            let changed = rotation::retire(&mut gens, id, force, last, SystemTime::now())?;
+            let changed: Vec<AuthorityRecord> =
+                changed.into_iter().map(|i| gens[i].clone()).collect();
+            let answer = changed
+                .first()
+                .cloned()
+                .ok_or(RotationError::NotFound(id))?;
+            Ok(Planned {
+                changed,
+                sequence: inner.sequence + 1,
+                answer,
+            })
+        })
     }
 
     /// Issues a new intermediate under the active root; the bundle does not change.
@@ -293,29 +327,114 @@ impl Authority {
         &self,
         id: AuthorityId,
     ) -> Result<AuthorityRecord, AuthorityError> {
+        self.step(|inner| {
+            if inner.active.as_ref().map(|(a, _)| *a) != Some(id) {
+                return Err(RotationError::Conflict(format!(
+                    "authority {id} is not active; only the active intermediate is renewed"
+                ))
+                .into());
+            }
+            let mut g = inner
+                .generations
+                .iter()
+                .find(|g| g.id == id)
+                .cloned()
+                .ok_or(AuthorityError::NoActive)?;
+            let root = load_ca(&self.kek, id, &g.root, &purpose_root(id))?;
+            let n = g.intermediates.len() + 1;
+            let im = new_intermediate(&self.kek, &self.opts, id, n, &root, SystemTime::now())?;
+            g.intermediates.push(im);
+            Ok(Planned {
+                changed: vec![g.clone()],
+                sequence: inner.sequence,
+                answer: g,
+            })
+        })
+    }
+
+    /// Runs a rotation step under the write lock: judges it against the generations in
+    /// memory and saves it only if the store still holds that version; if another process
+    /// saved first, adopts the store's generations and judges the step again (so a step that
+    /// no longer applies gets its rule's answer, e.g. 409).
+    fn step<T>(
+        &self,
+        plan: impl Fn(&Inner) -> Result<Planned<T>, AuthorityError>,
+    ) -> Result<T, AuthorityError> {
         let mut inner = write_lock(&self.inner);
-        if inner.active.as_ref().map(|(a, _)| *a) != Some(id) {
-            return Err(RotationError::Conflict(format!(
-                "authority {id} is not active; only the active intermediate is renewed"
-            ))
-            .into());
+        for _ in 0..STEP_ATTEMPTS {
+            let p = plan(&inner)?;
+            let saved = self
+                .store
+                .save_generations_if(&p.changed, p.sequence, inner.version);
+            match saved {
+                Ok(_) => {
+                    // Adopt what the store now holds (this step, and anything saved since).
+                    let snapshot = self.store.load_generations()?;
+                    self.adopt(&mut inner, snapshot)?;
+                    return Ok(p.answer);
+                }
+                Err(StoreError::Conflict) => {
+                    let snapshot = self.store.load_generations()?;
+                    self.adopt(&mut inner, snapshot)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        let mut gens = inner.generations.clone();
-        let g = gens
-            .iter_mut()
-            .find(|g| g.id == id)
-            .ok_or(AuthorityError::NoActive)?;
-        let root = load_ca(&self.kek, id, &g.root, &purpose_root(id))?;
-        let n = g.intermediates.len() + 1;
-        let im = new_intermediate(&self.kek, &self.opts, id, n, &root, SystemTime::now())?;
-        g.intermediates.push(im);
-        let rec = g.clone();
-        let loaded = load_intermediate(&self.kek, &rec)?;
-        self.store
-            .save_authorities(std::slice::from_ref(&rec), inner.sequence)?;
-        inner.generations = gens;
-        inner.active = Some((id, loaded));
-        Ok(rec)
+        Err(RotationError::Conflict(
+            "the authority generations keep changing under this step (other replicas are rotating); try again".into(),
+        )
+        .into())
+    }
+
+    /// Adopts what other processes saved: reads the generations from the store and, if they
+    /// are newer than those in memory, takes them, switches the signing key when the active
+    /// generation or its intermediate changed, and publishes the bundle when it changed.
+    pub(crate) fn reload(&self) -> Result<(), AuthorityError> {
+        let snapshot = self.store.load_generations()?;
+        if snapshot.version <= read_lock(&self.inner).version {
+            return Ok(());
+        }
+        let mut inner = write_lock(&self.inner);
+        self.adopt(&mut inner, snapshot)
+    }
+
+    /// Replaces the generations in memory with `snapshot` unless it is older than them.
+    fn adopt(&self, inner: &mut Inner, snapshot: Generations) -> Result<(), AuthorityError> {
+        if snapshot.version < inner.version {
+            return Ok(());
+        }
+        let active_rec = snapshot
+            .records
+            .iter()
+            .find(|g| g.state == GenerationState::Active);
+        let same_key = match (&inner.active, active_rec) {
+            (Some((id, _)), Some(rec)) => {
+                *id == rec.id
+                    && inner
+                        .generations
+                        .iter()
+                        .find(|g| g.id == *id)
+                        .map(|g| g.intermediates.len())
+                        == Some(rec.intermediates.len())
+            }
+            _ => false,
+        };
+        if !same_key {
+            // Decrypt before anything changes, so a key that does not open leaves the old
+            // state (and its key) in place.
+            inner.active = match active_rec {
+                Some(rec) => Some((rec.id, load_intermediate(&self.kek, rec)?)),
+                None => None,
+            };
+        }
+        let bundle_changed = snapshot.bundle_sequence != inner.sequence;
+        inner.generations = snapshot.records;
+        inner.sequence = snapshot.bundle_sequence;
+        inner.version = snapshot.version;
+        if bundle_changed {
+            self.publish(inner);
+        }
+        Ok(())
     }
 
     /// What the automatic schedule would do now.
@@ -336,6 +455,32 @@ impl Authority {
         let b = Arc::new(bundle_of(inner));
         self.bundle.send_replace(b);
     }
+}
+
+/// For a store other processes write too: starts a thread that reloads the generations after
+/// each change notification and every [`RESYNC_INTERVAL`], so this process signs with, and
+/// publishes, what the others saved. Nothing for a store only this process writes. The thread
+/// ends when the authority is dropped.
+pub(crate) fn follow_store(authority: &Arc<Authority>) -> std::io::Result<()> {
+    let Some(changes) = authority.store.change_feed() else {
+        return Ok(());
+    };
+    let weak = Arc::downgrade(authority);
+    std::thread::Builder::new()
+        .name("lanyard-follow".into())
+        .spawn(move || loop {
+            use std::sync::mpsc::RecvTimeoutError;
+            match changes.recv_timeout(RESYNC_INTERVAL) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let Some(a) = weak.upgrade() else { return };
+            if let Err(e) = a.reload() {
+                // The next notification or the periodic re-read tries again.
+                tracing::warn!(error = %e, "reloading the authority generations failed");
+            }
+        })
+        .map(|_| ())
 }
 
 fn bundle_of(inner: &Inner) -> TrustBundle {

@@ -71,6 +71,7 @@ impl From<AuthorityError> for CaError {
                 CaError::NotFound(format!("authority {id} does not exist"))
             }
             AuthorityError::NoActive
+            | AuthorityError::Superseded(_)
             | AuthorityError::IntermediateExpiring(..)
             | AuthorityError::Store(StoreError::Unavailable(_)) => CaError::NotReady(e.to_string()),
             other => CaError::Internal(other.to_string()),

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::authority::{Authority, AuthorityOptions};
+use crate::authority::{follow_store, Authority, AuthorityOptions};
 use crate::config::Config;
 use crate::ids::IdError;
 use crate::keys::Kek;
@@ -49,8 +49,8 @@ pub(crate) struct Ca {
     config: Config,
     /// Durable state.
     store: Arc<dyn Store>,
-    /// Signing keys and generations.
-    authority: Authority,
+    /// Signing keys and generations (shared with the thread that follows other replicas).
+    authority: Arc<Authority>,
     /// Counters for `/metrics`.
     metrics: Metrics,
 }
@@ -90,6 +90,22 @@ fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     Ok(Arc::new(SledStore::open(&dir)?))
 }
 
+/// Opens the authority and, on a store other replicas share, starts following their changes.
+fn open_authority(
+    store: &Arc<dyn Store>,
+    kek: Kek,
+    config: &Config,
+) -> Result<Arc<Authority>, StartError> {
+    let authority = Arc::new(Authority::open(
+        store.clone(),
+        kek,
+        authority_options(config),
+    )?);
+    follow_store(&authority)
+        .map_err(|e| StartError::Runtime(format!("starting the store follower: {e}")))?;
+    Ok(authority)
+}
+
 /// What `init` did, for its report.
 #[derive(Debug)]
 pub(crate) struct InitReport {
@@ -104,6 +120,8 @@ impl Ca {
     /// operator credential. Refuses an initialized state.
     pub(crate) fn init(config: &Config) -> Result<(Ca, InitReport), StartError> {
         let store = open_store(config)?;
+        // Replicas starting with `auto_init` on the same database wait meanwhile.
+        let _init = store.lock_init()?;
         Self::init_with_store(config, store)
     }
 
@@ -149,7 +167,7 @@ impl Ca {
         if store.load_authorities()?.0.is_empty() {
             Authority::initialize(&store, &kek, &authority_options(config), SystemTime::now())?;
         }
-        let authority = Authority::open(store.clone(), kek, authority_options(config))?;
+        let authority = open_authority(&store, kek, config)?;
         let ca = Ca {
             config: config.clone(),
             store,
@@ -190,14 +208,21 @@ impl Ca {
         }
         let store = open_store(config)?;
         if store.get_meta(META_INITIALIZED)?.is_none() {
-            if config.auto_init {
+            if !config.auto_init {
+                return Err(StartError::Runtime(format!(
+                    "the state in {} is not initialized; run `lanyard init` first",
+                    config.state_dir.display()
+                )));
+            }
+            // Of replicas starting together on an empty database, the first to take the lock
+            // initializes; the others wait, then find it initialized and open it.
+            let init = store.lock_init()?;
+            if store.get_meta(META_INITIALIZED)?.is_none() {
                 let (ca, report) = Self::init_with_store(config, store)?;
+                drop(init);
                 return Ok((ca, Some(report)));
             }
-            return Err(StartError::Runtime(format!(
-                "the state in {} is not initialized; run `lanyard init` first",
-                config.state_dir.display()
-            )));
+            drop(init);
         }
         let kek = Kek::load(config.kek_file())?.ok_or_else(|| {
             StartError::Config(format!(
@@ -212,7 +237,7 @@ impl Ca {
             kek.open(KEK_CHECK_PURPOSE, &sealed)
                 .map_err(|e| StartError::Config(e.to_string()))?;
         }
-        let authority = Authority::open(store.clone(), kek, authority_options(config))?;
+        let authority = open_authority(&store, kek, config)?;
         Ok((
             Ca {
                 config: config.clone(),

@@ -66,6 +66,11 @@ impl IntoResponse for ApiError {
             // The join limiter counts failures per minute.
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        } else if matches!(self.0, CaError::NotReady(_)) {
+            // Unavailability here is brief (a rotation by another replica, the database
+            // reconnecting): a prompt retry is the likely cure.
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         r
     }

@@ -73,6 +73,11 @@ macro_rules! store_conformance_tests {
             authorities_start_empty_with_sequence_zero,
             saved_authorities_and_the_sequence_read_back_together,
             authorities_are_listed_oldest_first,
+            a_conditional_save_writes_only_over_the_version_it_read,
+            of_concurrent_conditional_saves_exactly_one_wins,
+            new_authority_ids_are_unique_and_above_every_stored_id,
+            signed_certificates_are_recorded_only_while_the_signer_is_active,
+            the_init_lock_has_one_holder_at_a_time,
             inserted_certificates_read_back_field_for_field,
             a_taken_serial_fails_the_whole_batch_and_writes_nothing,
             a_serial_repeated_within_one_batch_fails_and_writes_nothing,
@@ -433,6 +438,210 @@ pub(crate) fn authorities_are_listed_oldest_first<H: Harness>(h: &mut H) -> Resu
     );
     promise!(seq == 5, "the last sequence saved wins, got {seq}");
     Ok(())
+}
+
+/// `save_generations_if` writes only if the stored version is still the one read; then the
+/// version moves on by one (as it does with `save_authorities`); a stale version is a
+/// `Conflict` that writes nothing.
+pub(crate) fn a_conditional_save_writes_only_over_the_version_it_read<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let fresh = s.load_generations()?;
+    promise!(
+        fresh.version == 0 && fresh.bundle_sequence == 0 && fresh.records.is_empty(),
+        "a fresh store has version 0, sequence 0 and no generations (got version {})",
+        fresh.version
+    );
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    let read = s.load_generations()?;
+    promise!(
+        read.version == 1,
+        "an unconditional save moves the version too, got {}",
+        read.version
+    );
+    let two = authority(2, GenerationState::Prepared);
+    let v = s.save_generations_if(std::slice::from_ref(&two), 2, read.version)?;
+    promise!(
+        v == 2,
+        "a conditional save returns the new version, got {v}"
+    );
+    let stale = s.save_generations_if(&[authority(3, GenerationState::Prepared)], 9, read.version);
+    promise!(
+        matches!(stale, Err(StoreError::Conflict)),
+        "a save over a version that moved is a Conflict, got {stale:?}"
+    );
+    let after = s.load_generations()?;
+    let ids: Vec<u32> = after.records.iter().map(|g| g.id.0).collect();
+    promise!(
+        after.version == 2 && after.bundle_sequence == 2 && ids == [1, 2],
+        "a refused save writes nothing (got version {}, sequence {}, ids {ids:?})",
+        after.version,
+        after.bundle_sequence
+    );
+    Ok(())
+}
+
+/// Of concurrent conditional saves over the same version, exactly one succeeds.
+pub(crate) fn of_concurrent_conditional_saves_exactly_one_wins<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const THREADS: usize = 6;
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    let read = s.load_generations()?;
+    let start = Barrier::new(THREADS);
+    let answers: Vec<Result<u64, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (s, start) = (&s, &start);
+                scope.spawn(move || {
+                    let g = authority(10 + i as u32, GenerationState::Prepared);
+                    start.wait();
+                    s.save_generations_if(&[g], 2, read.version)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(StoreError::Backend("a thread panicked".into())))
+            })
+            .collect()
+    });
+    let won = answers.iter().filter(|a| a.is_ok()).count();
+    let lost = answers
+        .iter()
+        .filter(|a| matches!(a, Err(StoreError::Conflict)))
+        .count();
+    promise!(
+        won == 1 && lost == THREADS - 1,
+        "exactly one concurrent save wins and the others conflict, got {answers:?}"
+    );
+    let after = s.load_generations()?;
+    promise!(
+        after.records.len() == 2 && after.version == read.version + 1,
+        "only the winner's generation is stored ({} generations, version {})",
+        after.records.len(),
+        after.version
+    );
+    Ok(())
+}
+
+/// `new_authority_id` is above every stored id and never hands out the same id twice, even
+/// to concurrent callers.
+pub(crate) fn new_authority_ids_are_unique_and_above_every_stored_id<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const THREADS: usize = 4;
+    const EACH: usize = 5;
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(7, GenerationState::Active)], 1)?;
+    let ids: Vec<Result<AuthorityId, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let s = &s;
+                scope.spawn(move || (0..EACH).map(|_| s.new_authority_id()).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| vec![Err(StoreError::Backend("a thread panicked".into()))])
+            })
+            .collect()
+    });
+    let ids = ids.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let distinct: HashSet<u32> = ids.iter().map(|i| i.0).collect();
+    promise!(
+        distinct.len() == THREADS * EACH,
+        "every id handed out is different, got {ids:?}"
+    );
+    promise!(
+        distinct.iter().all(|&i| i > 7),
+        "every new id is above the stored generation 7, got {ids:?}"
+    );
+    let max = distinct.iter().copied().max().unwrap_or(0);
+    s.save_authorities(&[authority(max + 10, GenerationState::Prepared)], 2)?;
+    let next = s.new_authority_id()?;
+    promise!(
+        next.0 > max + 10,
+        "a new id is above an id saved since, got {next}"
+    );
+    Ok(())
+}
+
+/// `insert_signed` records certificates only while their signer is stored as active; else it
+/// is `NotActive` and writes nothing.
+pub(crate) fn signed_certificates_are_recorded_only_while_the_signer_is_active<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    let first = instance("a1", "b1", 1, 10, 1_000)?;
+    s.insert_signed(AuthorityId(1), std::slice::from_ref(&first))?;
+    stored_as(&s, &first)?;
+
+    let unknown = instance("a2", "b1", 5, 10, 1_000)?;
+    let r = s.insert_signed(AuthorityId(5), std::slice::from_ref(&unknown));
+    promise!(
+        matches!(r, Err(StoreError::NotActive(AuthorityId(5)))),
+        "a generation never saved signs nothing, got {r:?}"
+    );
+    absent(&s, &unknown.serial, "a certificate of an unknown signer")?;
+
+    let read = s.load_generations()?;
+    let mut retiring = authority(1, GenerationState::Retiring);
+    retiring.retiring_at = Some(at(50));
+    s.save_generations_if(
+        &[retiring, authority(2, GenerationState::Active)],
+        2,
+        read.version,
+    )?;
+    let late = instance("a3", "b1", 1, 60, 1_000)?;
+    let r = s.insert_signed(AuthorityId(1), std::slice::from_ref(&late));
+    promise!(
+        matches!(r, Err(StoreError::NotActive(AuthorityId(1)))),
+        "a generation saved as retiring signs nothing more, got {r:?}"
+    );
+    absent(&s, &late.serial, "a certificate of a retiring signer")?;
+    let ok = instance("a4", "b1", 2, 60, 1_000)?;
+    s.insert_signed(AuthorityId(2), std::slice::from_ref(&ok))?;
+    stored_as(&s, &ok)?;
+    Ok(())
+}
+
+/// `lock_init` has one holder at a time: a second caller waits until the first drops it.
+pub(crate) fn the_init_lock_has_one_holder_at_a_time<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = h.open_fresh()?;
+    let first = s.lock_init()?;
+    let second_holds = AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<(), Violation> {
+        let waiter = scope.spawn(|| -> Result<(), StoreError> {
+            let _second = s.lock_init()?;
+            second_holds.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        std::thread::sleep(Duration::from_millis(400));
+        promise!(
+            !second_holds.load(Ordering::SeqCst),
+            "a second caller got the init lock while the first held it"
+        );
+        drop(first);
+        waiter
+            .join()
+            .map_err(|_| Violation::Setup("the waiting thread panicked".into()))??;
+        promise!(
+            second_holds.load(Ordering::SeqCst),
+            "the second caller gets the init lock once the first drops it"
+        );
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -21,6 +21,36 @@ use std::time::SystemTime;
 
 use crate::ids::{AuthorityId, Serial};
 
+/// The generations as one read saw them, with the version that conditional saves compare.
+#[derive(Debug, Clone)]
+pub(crate) struct Generations {
+    /// Every generation, oldest (lowest id) first.
+    pub records: Vec<AuthorityRecord>,
+    /// The trust bundle sequence saved with them.
+    pub bundle_sequence: u64,
+    /// Increases with every save of the generations (0 in a fresh store).
+    pub version: u64,
+}
+
+/// Held while one process initializes the state; dropping it lets the next waiter in.
+pub(crate) struct InitLock {
+    /// Whatever the backend must keep alive to hold the lock (released on drop).
+    _held: Box<dyn Send>,
+}
+
+impl InitLock {
+    /// Wraps what holds the lock until this value is dropped.
+    pub(crate) fn new(held: Box<dyn Send>) -> Self {
+        InitLock { _held: held }
+    }
+}
+
+impl std::fmt::Debug for InitLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InitLock")
+    }
+}
+
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +68,14 @@ pub enum StoreError {
     /// The backend failed (I/O, lock held by another process, ...).
     #[error("storage backend: {0}")]
     Backend(String),
+    /// A conditional save found the generations changed since they were read (another
+    /// process or thread saved first); nothing was written.
+    #[error("the authority generations changed since they were read")]
+    Conflict,
+    /// A certificate was to be recorded as signed by a generation the store does not hold as
+    /// active (another process activated a newer one, or retired it); nothing was written.
+    #[error("authority {0} is no longer the active generation")]
+    NotActive(AuthorityId),
     /// A stored value did not decode: the store is damaged or from a newer version.
     #[error("stored value `{key}` is corrupt: {message}")]
     Corrupt {
@@ -63,20 +101,51 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// (0 in a fresh store).
     fn load_authorities(&self) -> Result<(Vec<AuthorityRecord>, u64), StoreError>;
     /// Writes changed generations (replacing those with the same id; others stay) and the
-    /// bundle sequence in one atomic, durable step.
+    /// bundle sequence in one atomic, durable step, whatever was stored (for `init`); the
+    /// version moves on as with [`Store::save_generations_if`].
     fn save_authorities(
         &self,
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
     ) -> Result<(), StoreError>;
+    /// The generations, the bundle sequence and their version, read together (one snapshot).
+    fn load_generations(&self) -> Result<Generations, StoreError>;
+    /// Compare-and-set: like [`Store::save_authorities`], but only if the stored version is
+    /// still `expected_version`; then the version increases by one and the new one is
+    /// returned. Otherwise [`StoreError::Conflict`] and nothing is written. Of concurrent
+    /// saves expecting the same version, in this process or another, exactly one succeeds.
+    /// A save waits for certificate inserts that [`Store::insert_signed`] is checking against
+    /// a generation it changes, so none of them commits against the old state afterwards.
+    /// On a shared store, a committed save notifies every [`Store::change_feed`].
+    fn save_generations_if(
+        &self,
+        changed: &[AuthorityRecord],
+        bundle_sequence: u64,
+        expected_version: u64,
+    ) -> Result<u64, StoreError>;
+    /// A new generation id: above every stored generation's id and every id this store
+    /// handed out before, and never the same twice, even to concurrent callers in other
+    /// processes. An id whose generation is never saved is simply skipped.
+    fn new_authority_id(&self) -> Result<AuthorityId, StoreError>;
 
     /// Records issued certificates, all or none: if a serial is already recorded, or named
     /// twice in `records`, it fails with [`StoreError::SerialExists`] and writes nothing.
     fn insert_certificates(&self, records: &[CertificateRecord]) -> Result<(), StoreError>;
+    /// Like [`Store::insert_certificates`], but only while generation `signer` is stored as
+    /// active, checked in the same atomic step as the insert: a conditional save that
+    /// changes `signer` is either wholly before (then this fails with
+    /// [`StoreError::NotActive`] and writes nothing) or wholly after the insert (and then
+    /// sees the records, e.g. in [`Store::last_leaf_not_after`]).
+    fn insert_signed(
+        &self,
+        signer: AuthorityId,
+        records: &[CertificateRecord],
+    ) -> Result<(), StoreError>;
     /// One certificate record; `None` for a serial never recorded.
     fn get_certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError>;
     /// Replaces an existing record (revocation), keeping it findable by the same queries;
-    /// [`StoreError::NotFound`] (writing nothing) if the serial was never recorded.
+    /// [`StoreError::NotFound`] (writing nothing) if the serial was never recorded. On a
+    /// shared store, a committed update notifies every [`Store::change_feed`].
     fn update_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError>;
     /// Records matching every filter of `query`, newest (latest notBefore) first, at most
     /// `query.limit`.
@@ -98,4 +167,18 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Removes and returns a join token: of any number of calls for the same hash, even
     /// concurrent ones, exactly one gets it; the others get `None`.
     fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
+
+    /// Waits until no other holder (thread or process) has the init lock, then holds it until
+    /// the returned value is dropped (or the process ends), so one process initializes the
+    /// state while the others wait and then find it initialized.
+    fn lock_init(&self) -> Result<InitLock, StoreError>;
+
+    /// For a store other processes write too: a receiver that gets a message soon (well
+    /// under a second) after another process committed a change of the generations or a
+    /// revocation, and whenever notifications may have been lost (after a reconnect).
+    /// Messages are coalesced; the receiver reloads what it needs. `None` for a store only
+    /// this process writes.
+    fn change_feed(&self) -> Option<std::sync::mpsc::Receiver<()>> {
+        None
+    }
 }

@@ -11,11 +11,16 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, JoinTokenRecord, Store, StoreError,
+    AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, JoinTokenRecord,
+    Store, StoreError,
 };
 use crate::ids::{AuthorityId, Serial};
 
 const SEQUENCE_KEY: &[u8] = b"meta/bundle_sequence";
+/// The generations' version (see [`Store::load_generations`]), beside the sequence.
+const VERSION_KEY: &[u8] = b"meta/authorities_version";
+/// The last generation id [`Store::new_authority_id`] handed out.
+const LAST_ID_KEY: &[u8] = b"meta/last_authority_id";
 
 /// sled-backed [`Store`].
 pub(crate) struct SledStore {
@@ -33,6 +38,11 @@ pub(crate) struct SledStore {
     written: std::sync::atomic::AtomicU64,
     flushed: std::sync::atomic::AtomicU64,
     flush_lock: std::sync::Mutex<()>,
+    /// Generation saves take it for writing, checked certificate inserts for reading: sled
+    /// holds one process, so this makes a save and an insert against it atomic.
+    generations_lock: std::sync::RwLock<()>,
+    /// Whether some caller holds the init lock, and where waiters wait.
+    init_lock: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -111,6 +121,8 @@ impl SledStore {
             written: Default::default(),
             flushed: Default::default(),
             flush_lock: Default::default(),
+            generations_lock: Default::default(),
+            init_lock: Default::default(),
             db,
         })
     }
@@ -143,18 +155,8 @@ impl Store for SledStore {
     }
 
     fn load_authorities(&self) -> Result<(Vec<AuthorityRecord>, u64), StoreError> {
-        let mut out = Vec::new();
-        let mut seq = 0;
-        for item in self.authorities.iter() {
-            let (k, v) = item.map_err(backend)?;
-            if k.as_ref() == SEQUENCE_KEY {
-                seq = decode(&k, &v)?;
-            } else {
-                out.push(decode::<AuthorityRecord>(&k, &v)?);
-            }
-        }
-        out.sort_by_key(|a| a.id);
-        Ok((out, seq))
+        let g = self.load_generations()?;
+        Ok((g.records, g.bundle_sequence))
     }
 
     fn save_authorities(
@@ -162,14 +164,101 @@ impl Store for SledStore {
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
     ) -> Result<(), StoreError> {
-        // One batch on one tree is atomic: the states and the sequence change together.
-        let mut batch = sled::Batch::default();
-        for a in changed {
-            batch.insert(format!("gen/{:010}", a.id.0).as_bytes(), encode(a)?);
+        let _w = self
+            .generations_lock
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let version = self.load_generations()?.version;
+        self.write_generations(changed, bundle_sequence, version + 1)
+    }
+
+    fn load_generations(&self) -> Result<Generations, StoreError> {
+        let mut records = Vec::new();
+        let mut bundle_sequence = 0;
+        let mut version = 0;
+        for item in self.authorities.iter() {
+            let (k, v) = item.map_err(backend)?;
+            match k.as_ref() {
+                SEQUENCE_KEY => bundle_sequence = decode(&k, &v)?,
+                VERSION_KEY => version = decode(&k, &v)?,
+                LAST_ID_KEY => {}
+                _ => records.push(decode::<AuthorityRecord>(&k, &v)?),
+            }
         }
-        batch.insert(SEQUENCE_KEY, encode(&bundle_sequence)?);
-        self.authorities.apply_batch(batch).map_err(backend)?;
-        self.durable()
+        records.sort_by_key(|a| a.id);
+        Ok(Generations {
+            records,
+            bundle_sequence,
+            version,
+        })
+    }
+
+    fn save_generations_if(
+        &self,
+        changed: &[AuthorityRecord],
+        bundle_sequence: u64,
+        expected_version: u64,
+    ) -> Result<u64, StoreError> {
+        // One process owns the sled store, so the lock makes read-compare-write atomic.
+        let _w = self
+            .generations_lock
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.load_generations()?.version != expected_version {
+            return Err(StoreError::Conflict);
+        }
+        self.write_generations(changed, bundle_sequence, expected_version + 1)?;
+        Ok(expected_version + 1)
+    }
+
+    fn new_authority_id(&self) -> Result<AuthorityId, StoreError> {
+        let _w = self
+            .generations_lock
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let last: u32 = match self.authorities.get(LAST_ID_KEY).map_err(backend)? {
+            Some(v) => decode(LAST_ID_KEY, &v)?,
+            None => 0,
+        };
+        let stored = self
+            .load_generations()?
+            .records
+            .iter()
+            .map(|g| g.id.0)
+            .max()
+            .unwrap_or(0);
+        let id = last
+            .max(stored)
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Backend("generation ids are exhausted".into()))?;
+        self.authorities
+            .insert(LAST_ID_KEY, encode(&id)?)
+            .map_err(backend)?;
+        self.durable()?;
+        Ok(AuthorityId(id))
+    }
+
+    fn insert_signed(
+        &self,
+        signer: AuthorityId,
+        records: &[CertificateRecord],
+    ) -> Result<(), StoreError> {
+        // Held until the records are durable: a generation save waits for this insert.
+        let _r = self
+            .generations_lock
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let active = self
+            .authorities
+            .get(format!("gen/{:010}", signer.0).as_bytes())
+            .map_err(backend)?
+            .map(|v| decode::<AuthorityRecord>(b"gen", &v))
+            .transpose()?
+            .is_some_and(|g| g.state == super::GenerationState::Active);
+        if !active {
+            return Err(StoreError::NotActive(signer));
+        }
+        self.insert_certificates(records)
     }
 
     fn insert_certificates(&self, records: &[CertificateRecord]) -> Result<(), StoreError> {
@@ -328,6 +417,19 @@ impl Store for SledStore {
         }
     }
 
+    fn lock_init(&self) -> Result<InitLock, StoreError> {
+        // sled admits one process; this keeps threads of that process apart.
+        let (held, freed) = &*self.init_lock;
+        let mut h = held.lock().unwrap_or_else(|p| p.into_inner());
+        while *h {
+            h = freed.wait(h).unwrap_or_else(|p| p.into_inner());
+        }
+        *h = true;
+        Ok(InitLock::new(Box::new(SledInitLock(
+            self.init_lock.clone(),
+        ))))
+    }
+
     fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {
         let old = self.tokens.remove(hash).map_err(backend)?;
         match old {
@@ -337,6 +439,37 @@ impl Store for SledStore {
             }
             None => Ok(None),
         }
+    }
+}
+
+/// Releases the sled store's init lock when dropped.
+struct SledInitLock(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Drop for SledInitLock {
+    fn drop(&mut self) {
+        let (held, freed) = &*self.0;
+        *held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        freed.notify_one();
+    }
+}
+
+impl SledStore {
+    /// Writes changed generations, the sequence and the version in one atomic batch.
+    fn write_generations(
+        &self,
+        changed: &[AuthorityRecord],
+        bundle_sequence: u64,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        // One batch on one tree is atomic: the states and the sequence change together.
+        let mut batch = sled::Batch::default();
+        for a in changed {
+            batch.insert(format!("gen/{:010}", a.id.0).as_bytes(), encode(a)?);
+        }
+        batch.insert(SEQUENCE_KEY, encode(&bundle_sequence)?);
+        batch.insert(VERSION_KEY, encode(&version)?);
+        self.authorities.apply_batch(batch).map_err(backend)?;
+        self.durable()
     }
 }
 

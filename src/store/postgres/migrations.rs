@@ -13,7 +13,10 @@ use super::db_error;
 use crate::store::StoreError;
 
 /// The migrations this binary knows, in order; the version is the position plus one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "replicas", include_str!("migrations/0002_replicas.sql")),
+];
 
 /// Any fixed number shared by every lanyard process: the advisory lock that serializes
 /// migrations ("lanyard" in ASCII).

@@ -33,8 +33,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 
 use super::{
-    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, JoinTokenRecord, Store,
-    StoreError,
+    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, Generations, InitLock,
+    JoinTokenRecord, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Serial};
 
@@ -54,9 +54,53 @@ const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// that stopped answering.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The channel every committed change of the generations or a revocation is announced on.
+const CHANGES_CHANNEL: &str = "lanyard_changes";
+
+/// Announces a change to every replica's listener; inside a transaction it is delivered only
+/// if (and when) the transaction commits.
+const NOTIFY_CHANGES: &str = "SELECT pg_notify('lanyard_changes', '')";
+
+/// The first and the longest wait before the listener connects again.
+const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// The advisory lock that lets one process initialize an empty database ("lanyinit").
+const INIT_LOCK: i64 = 0x6c61_6e79_696e_6974;
+
+/// How long one attempt to take the init lock waits (below [`CALL_TIMEOUT`]).
+const INIT_LOCK_WAIT: Duration = Duration::from_secs(20);
+
+/// Where the change listener connects, and who hears from it.
+struct ChangeFeed {
+    /// The connection settings of the pool (TLS included).
+    config: tokio_postgres::Config,
+    /// TLS for the listener's connection, as the pool's.
+    tls: Option<rustls::ClientConfig>,
+    /// Receivers handed out by [`Store::change_feed`]; one message pending is enough.
+    subscribers: std::sync::Mutex<Vec<std::sync::mpsc::SyncSender<()>>>,
+    /// Whether the listener task runs.
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl ChangeFeed {
+    /// Wakes every subscriber (a full channel already has a wake-up pending) and forgets
+    /// those that went away.
+    fn notify(&self) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|tx| {
+            !matches!(
+                tx.try_send(()),
+                Err(std::sync::mpsc::TrySendError::Disconnected(_))
+            )
+        });
+    }
+}
+
 /// PostgreSQL-backed [`Store`].
 pub(crate) struct PostgresStore {
     pool: Pool,
+    /// The `LISTEN` side: a dedicated connection, started by the first [`Store::change_feed`].
+    feed: std::sync::Arc<ChangeFeed>,
     /// Runs every query; `None` only while dropping (see the module documentation).
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -305,27 +349,33 @@ impl PostgresStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match (options.ssl_mode, tls) {
+        let tls = match (options.ssl_mode, tls) {
             (SslMode::Prefer, Some(tls)) => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-                Manager::from_config(
-                    config,
-                    tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-                    manager_config,
-                )
+                Some(tls)
             }
             (SslMode::Require, Some(tls)) => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                Manager::from_config(
-                    config,
-                    tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-                    manager_config,
-                )
+                Some(tls)
             }
             _ => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+                None
             }
+        };
+        let feed = std::sync::Arc::new(ChangeFeed {
+            config: config.clone(),
+            tls: tls.clone(),
+            subscribers: Default::default(),
+            started: Default::default(),
+        });
+        let manager = match tls {
+            Some(tls) => Manager::from_config(
+                config,
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                manager_config,
+            ),
+            None => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
         };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
@@ -345,6 +395,7 @@ impl PostgresStore {
             .map_err(|e| StoreError::Backend(format!("store runtime: {e}")))?;
         let store = PostgresStore {
             pool,
+            feed,
             runtime: Some(runtime),
         };
         let pool = store.pool.clone();
@@ -391,6 +442,56 @@ impl PostgresStore {
     }
 }
 
+/// A batch of certificate records with their JSON, refusing a serial named twice: the
+/// primary key would refuse it too, but could not say it was this batch's own.
+fn checked_rows(
+    records: &[CertificateRecord],
+) -> Result<Vec<(CertificateRecord, Json<serde_json::Value>)>, StoreError> {
+    let mut seen = HashSet::with_capacity(records.len());
+    for r in records {
+        if !seen.insert(r.serial) {
+            return Err(StoreError::SerialExists(r.serial));
+        }
+    }
+    records.iter().map(|r| Ok((r.clone(), json(r)?))).collect()
+}
+
+/// Inserts certificate rows inside `tx`; a taken serial is [`StoreError::SerialExists`].
+async fn insert_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[(CertificateRecord, Json<serde_json::Value>)],
+) -> Result<(), StoreError> {
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO certificates (serial, kind, instance_guid, app_guid,
+                 authority_id, not_before, not_after, revoked_at, record)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .await
+        .map_err(db_error)?;
+    for (r, record) in rows {
+        let serial: &[u8] = r.serial.as_bytes();
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &serial,
+            &kind_name(r.kind),
+            &r.instance_guid.as_ref().map(|g| g.as_str()),
+            &r.app_guid.as_ref().map(|g| g.as_str()),
+            &i64::from(r.authority_id.0),
+            &r.not_before,
+            &r.not_after,
+            &r.revoked_at,
+            record,
+        ];
+        if let Err(e) = tx.execute(&insert, &params).await {
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                return Err(StoreError::SerialExists(r.serial));
+            }
+            return Err(db_error(e));
+        }
+    }
+    Ok(())
+}
+
 const SELECT_CERTIFICATES: &str = "SELECT record::text FROM certificates";
 const NEWEST_FIRST: &str = "ORDER BY not_before DESC, serial DESC";
 
@@ -430,39 +531,8 @@ impl Store for PostgresStore {
     }
 
     fn load_authorities(&self) -> Result<(Vec<AuthorityRecord>, u64), StoreError> {
-        let pool = self.pool();
-        self.run(async move {
-            let c = pool.get().await.map_err(pool_error)?;
-            // One statement, so one snapshot: the generations and the sequence that a save
-            // wrote together are read together.
-            let st = c
-                .prepare_cached(
-                    "SELECT s.value, a.id, a.record::text
-                     FROM bundle_sequence s LEFT JOIN authorities a ON true
-                     ORDER BY a.id",
-                )
-                .await
-                .map_err(db_error)?;
-            let rows = c.query(&st, &[]).await.map_err(db_error)?;
-            let mut sequence = 0u64;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                let seq: i64 = row.try_get(0).map_err(db_error)?;
-                sequence = u64::try_from(seq).map_err(|_| StoreError::Corrupt {
-                    key: "bundle_sequence".into(),
-                    message: format!("negative sequence {seq}"),
-                })?;
-                let id: Option<i64> = row.try_get(1).map_err(db_error)?;
-                let record: Option<String> = row.try_get(2).map_err(db_error)?;
-                if let (Some(id), Some(record)) = (id, record) {
-                    out.push(decode::<AuthorityRecord>(
-                        &format!("authorities/{id}"),
-                        &record,
-                    )?);
-                }
-            }
-            Ok((out, sequence))
-        })
+        let g = self.load_generations()?;
+        Ok((g.records, g.bundle_sequence))
     }
 
     fn save_authorities(
@@ -470,34 +540,79 @@ impl Store for PostgresStore {
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
     ) -> Result<(), StoreError> {
+        self.save_generations(changed, bundle_sequence, None)
+            .map(|_| ())
+    }
+
+    fn load_generations(&self) -> Result<Generations, StoreError> {
         let pool = self.pool();
-        let rows = changed
-            .iter()
-            .map(|a| Ok((i64::from(a.id.0), a.state.as_str(), json(a)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let sequence = i64::try_from(bundle_sequence)
-            .map_err(|_| StoreError::Backend(format!("sequence {bundle_sequence} too large")))?;
         self.run(async move {
-            let mut c = pool.get().await.map_err(pool_error)?;
-            // One transaction: the states and the sequence change together.
-            let tx = c.transaction().await.map_err(db_error)?;
-            let upsert = tx
+            let c = pool.get().await.map_err(pool_error)?;
+            // One statement, so one snapshot: the generations, the sequence and the version
+            // that a save wrote together are read together.
+            let st = c
                 .prepare_cached(
-                    "INSERT INTO authorities (id, state, record) VALUES ($1, $2, $3)
-                     ON CONFLICT (id) DO UPDATE
-                     SET state = EXCLUDED.state, record = EXCLUDED.record",
+                    "SELECT s.value, s.version, a.id, a.record::text
+                     FROM bundle_sequence s LEFT JOIN authorities a ON true
+                     ORDER BY a.id",
                 )
                 .await
                 .map_err(db_error)?;
-            for (id, state, record) in &rows {
-                tx.execute(&upsert, &[id, state, record])
-                    .await
-                    .map_err(db_error)?;
+            let rows = c.query(&st, &[]).await.map_err(db_error)?;
+            let mut out = Generations {
+                records: Vec::with_capacity(rows.len()),
+                bundle_sequence: 0,
+                version: 0,
+            };
+            for row in rows {
+                out.bundle_sequence = non_negative("bundle_sequence", row.try_get(0))?;
+                out.version = non_negative("bundle_sequence.version", row.try_get(1))?;
+                let id: Option<i64> = row.try_get(2).map_err(db_error)?;
+                let record: Option<String> = row.try_get(3).map_err(db_error)?;
+                if let (Some(id), Some(record)) = (id, record) {
+                    out.records.push(decode::<AuthorityRecord>(
+                        &format!("authorities/{id}"),
+                        &record,
+                    )?);
+                }
             }
-            tx.execute("UPDATE bundle_sequence SET value = $1", &[&sequence])
+            Ok(out)
+        })
+    }
+
+    fn save_generations_if(
+        &self,
+        changed: &[AuthorityRecord],
+        bundle_sequence: u64,
+        expected_version: u64,
+    ) -> Result<u64, StoreError> {
+        self.save_generations(changed, bundle_sequence, Some(expected_version))
+    }
+
+    fn new_authority_id(&self) -> Result<AuthorityId, StoreError> {
+        let pool = self.pool();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            // The row lock of the update orders concurrent callers, and each computes from
+            // the row as the previous one left it: no id is handed out twice.
+            let st = c
+                .prepare_cached(
+                    "UPDATE bundle_sequence SET last_authority_id =
+                         GREATEST(last_authority_id,
+                                  (SELECT COALESCE(max(id), 0) FROM authorities)) + 1
+                     RETURNING last_authority_id",
+                )
                 .await
                 .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)
+            let id: i64 = c
+                .query_one(&st, &[])
+                .await
+                .map_err(db_error)?
+                .try_get(0)
+                .map_err(db_error)?;
+            u32::try_from(id)
+                .map(AuthorityId)
+                .map_err(|_| StoreError::Backend("generation ids are exhausted".into()))
         })
     }
 
@@ -505,52 +620,46 @@ impl Store for PostgresStore {
         if records.is_empty() {
             return Ok(());
         }
-        // A serial named twice in one batch is refused before the database sees it: the
-        // primary key would refuse it too, but could not say it was this batch's own.
-        let mut seen = HashSet::with_capacity(records.len());
-        for r in records {
-            if !seen.insert(r.serial) {
-                return Err(StoreError::SerialExists(r.serial));
-            }
-        }
-        let rows = records
-            .iter()
-            .map(|r| Ok((r.clone(), json(r)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rows = checked_rows(records)?;
         let pool = self.pool();
         self.run(async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             // All or none: a taken serial aborts the transaction, and dropping it rolls back
             // what the batch had inserted.
             let tx = c.transaction().await.map_err(db_error)?;
-            let insert = tx
-                .prepare_cached(
-                    "INSERT INTO certificates (serial, kind, instance_guid, app_guid,
-                         authority_id, not_before, not_after, revoked_at, record)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
+            insert_rows(&tx, &rows).await?;
+            tx.commit().await.map_err(db_error)
+        })
+    }
+
+    fn insert_signed(
+        &self,
+        signer: AuthorityId,
+        records: &[CertificateRecord],
+    ) -> Result<(), StoreError> {
+        let rows = checked_rows(records)?;
+        let pool = self.pool();
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            // The share lock is held until commit: a save that changes the signer (it takes
+            // the row `FOR UPDATE`) waits for this insert, and an insert that comes after
+            // such a save sees its new state here and refuses.
+            let st = tx
+                .prepare_cached("SELECT state FROM authorities WHERE id = $1 FOR SHARE")
                 .await
                 .map_err(db_error)?;
-            for (r, record) in &rows {
-                let serial: &[u8] = r.serial.as_bytes();
-                let params: [&(dyn ToSql + Sync); 9] = [
-                    &serial,
-                    &kind_name(r.kind),
-                    &r.instance_guid.as_ref().map(|g| g.as_str()),
-                    &r.app_guid.as_ref().map(|g| g.as_str()),
-                    &i64::from(r.authority_id.0),
-                    &r.not_before,
-                    &r.not_after,
-                    &r.revoked_at,
-                    record,
-                ];
-                if let Err(e) = tx.execute(&insert, &params).await {
-                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                        return Err(StoreError::SerialExists(r.serial));
-                    }
-                    return Err(db_error(e));
-                }
+            let state: Option<String> = tx
+                .query_opt(&st, &[&i64::from(signer.0)])
+                .await
+                .map_err(db_error)?
+                .map(|row| row.try_get(0))
+                .transpose()
+                .map_err(db_error)?;
+            if state.as_deref() != Some("active") {
+                return Err(StoreError::NotActive(signer));
             }
+            insert_rows(&tx, &rows).await?;
             tx.commit().await.map_err(db_error)
         })
     }
@@ -580,9 +689,11 @@ impl Store for PostgresStore {
         let r = record.clone();
         let value = json(record)?;
         self.run(async move {
-            let c = pool.get().await.map_err(pool_error)?;
+            let mut c = pool.get().await.map_err(pool_error)?;
+            // The notification goes out only if the update commits.
+            let tx = c.transaction().await.map_err(db_error)?;
             // Every searched column follows the record, so queries keep finding it as it is.
-            let st = c
+            let st = tx
                 .prepare_cached(
                     "UPDATE certificates SET kind = $2, instance_guid = $3, app_guid = $4,
                          authority_id = $5, not_before = $6, not_after = $7, revoked_at = $8,
@@ -603,10 +714,11 @@ impl Store for PostgresStore {
                 &r.revoked_at,
                 &value,
             ];
-            match c.execute(&st, &params).await.map_err(db_error)? {
-                0 => Err(StoreError::NotFound(r.serial)),
-                _ => Ok(()),
+            if tx.execute(&st, &params).await.map_err(db_error)? == 0 {
+                return Err(StoreError::NotFound(r.serial));
             }
+            tx.execute(NOTIFY_CHANGES, &[]).await.map_err(db_error)?;
+            tx.commit().await.map_err(db_error)
         })
     }
 
@@ -753,6 +865,219 @@ impl Store for PostgresStore {
                 None => Ok(None),
             }
         })
+    }
+
+    fn lock_init(&self) -> Result<InitLock, StoreError> {
+        loop {
+            let pool = self.pool();
+            let held = self.run(async move {
+                let c = pool.get().await.map_err(pool_error)?;
+                let deadline = tokio::time::Instant::now() + INIT_LOCK_WAIT;
+                loop {
+                    let got: bool = c
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&INIT_LOCK])
+                        .await
+                        .map_err(db_error)?
+                        .try_get(0)
+                        .map_err(db_error)?;
+                    if got {
+                        // A session lock: the connection leaves the pool and holds it until
+                        // it is closed (on drop, or when the process dies).
+                        return Ok(Some(deadpool_postgres::Object::take(c)));
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })?;
+            if let Some(client) = held {
+                return Ok(InitLock::new(Box::new(client)));
+            }
+            tracing::info!("waiting for another process to finish initializing the database");
+        }
+    }
+
+    fn change_feed(&self) -> Option<std::sync::mpsc::Receiver<()>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.feed
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        let runtime = self.runtime.as_ref()?;
+        if !self
+            .feed
+            .started
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            runtime.spawn(listen_forever(std::sync::Arc::downgrade(&self.feed)));
+        }
+        Some(rx)
+    }
+}
+
+impl PostgresStore {
+    /// One transaction: optionally compare the version, then the generations, the sequence
+    /// and the version change together and every listener is notified on commit.
+    fn save_generations(
+        &self,
+        changed: &[AuthorityRecord],
+        bundle_sequence: u64,
+        expected_version: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let pool = self.pool();
+        let rows = changed
+            .iter()
+            .map(|a| Ok((i64::from(a.id.0), a.state.as_str(), json(a)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let sequence = i64::try_from(bundle_sequence)
+            .map_err(|_| StoreError::Backend(format!("sequence {bundle_sequence} too large")))?;
+        let expected = expected_version
+            .map(i64::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Conflict)?;
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            // The row lock orders concurrent saves; under READ COMMITTED a waiting save
+            // re-checks the condition against the row the winner left, and then matches
+            // nothing.
+            let st = tx
+                .prepare_cached(
+                    "UPDATE bundle_sequence SET value = $1, version = version + 1
+                     WHERE $2::bigint IS NULL OR version = $2
+                     RETURNING version",
+                )
+                .await
+                .map_err(db_error)?;
+            let Some(row) = tx
+                .query_opt(&st, &[&sequence, &expected])
+                .await
+                .map_err(db_error)?
+            else {
+                return Err(StoreError::Conflict);
+            };
+            let version = non_negative("bundle_sequence.version", row.try_get(0))?;
+            // Waits for every certificate insert that checked one of these generations
+            // (`FOR SHARE`), so none of them commits against the state replaced here.
+            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            tx.execute(
+                "SELECT id FROM authorities WHERE id = ANY($1) FOR UPDATE",
+                &[&ids],
+            )
+            .await
+            .map_err(db_error)?;
+            let upsert = tx
+                .prepare_cached(
+                    "INSERT INTO authorities (id, state, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (id) DO UPDATE
+                     SET state = EXCLUDED.state, record = EXCLUDED.record",
+                )
+                .await
+                .map_err(db_error)?;
+            for (id, state, record) in &rows {
+                tx.execute(&upsert, &[id, state, record])
+                    .await
+                    .map_err(db_error)?;
+            }
+            tx.execute(NOTIFY_CHANGES, &[]).await.map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(version)
+        })
+    }
+}
+
+/// A stored counter that may not be negative.
+fn non_negative(key: &str, value: Result<i64, tokio_postgres::Error>) -> Result<u64, StoreError> {
+    let v = value.map_err(db_error)?;
+    u64::try_from(v).map_err(|_| StoreError::Corrupt {
+        key: key.into(),
+        message: format!("negative value {v}"),
+    })
+}
+
+/// The listener: one dedicated connection that `LISTEN`s on the changes channel and wakes
+/// the subscribers on every notification, connecting again with backoff when it is lost.
+/// Ends when the store is dropped.
+async fn listen_forever(feed: std::sync::Weak<ChangeFeed>) {
+    let mut backoff = LISTEN_BACKOFF.0;
+    loop {
+        let Some(f) = feed.upgrade() else { return };
+        let (config, tls) = (f.config.clone(), f.tls.clone());
+        drop(f);
+        let ended = match tls {
+            Some(tls) => {
+                listen_once(
+                    &config,
+                    tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                    &feed,
+                    &mut backoff,
+                )
+                .await
+            }
+            None => listen_once(&config, tokio_postgres::NoTls, &feed, &mut backoff).await,
+        };
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                "the change listener lost its database connection");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(LISTEN_BACKOFF.1);
+    }
+}
+
+/// One listening connection, until it ends. Once `LISTEN` is in place it wakes every
+/// subscriber (notifications sent while no listener ran are lost: reload once) and resets the
+/// backoff.
+async fn listen_once<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    feed: &std::sync::Weak<ChangeFeed>,
+    backoff: &mut Duration,
+) -> Result<(), tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + Unpin + 'static,
+{
+    use tokio_postgres::AsyncMessage;
+    let (client, mut connection) = config.connect(tls).await?;
+    let listen_sql = format!("LISTEN {CHANGES_CHANNEL}");
+    let listen = client.batch_execute(&listen_sql);
+    tokio::pin!(listen);
+    // The connection only moves while it is polled: drive it until LISTEN is acknowledged.
+    loop {
+        tokio::select! {
+            done = &mut listen => { done?; break; }
+            msg = std::future::poll_fn(|cx| connection.poll_message(cx)) => match msg {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    }
+    *backoff = LISTEN_BACKOFF.0;
+    let wake = |feed: &std::sync::Weak<ChangeFeed>| match feed.upgrade() {
+        Some(f) => {
+            f.notify();
+            true
+        }
+        None => false,
+    };
+    if !wake(feed) {
+        return Ok(());
+    }
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(_))) => {
+                if !wake(feed) {
+                    return Ok(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
     }
 }
 

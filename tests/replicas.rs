@@ -1,0 +1,424 @@
+//! Several `lanyard serve` replicas on one PostgreSQL database: they initialize it once,
+//! issue without ever repeating a serial or losing a record, spend a join token once, see each
+//! other's rotation steps within a second, and never record a certificate of a generation
+//! another replica has already deactivated.
+//!
+//! The server comes from `LANYARD_TEST_POSTGRES_URL` (a role that may create databases, no
+//! TLS); without it the test is skipped with a note, except where `CI` is set or
+//! `LANYARD_REQUIRE_POSTGRES=1`, where it fails. `scripts/test.sh` starts a throwaway server.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use lanyard::api;
+use lanyard::client::{new_key_and_csr, tls_config};
+use lanyard::timefmt::parse_rfc3339;
+
+/// The test server's URL, or `None` (after a note) where skipping is allowed.
+fn server_url() -> Option<String> {
+    if let Ok(url) = std::env::var("LANYARD_TEST_POSTGRES_URL") {
+        if !url.is_empty() {
+            return Some(url);
+        }
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let required = std::env::var("LANYARD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    assert!(
+        !(ci || required),
+        "LANYARD_TEST_POSTGRES_URL is not set, and PostgreSQL tests may not be skipped here \
+         (CI or LANYARD_REQUIRE_POSTGRES=1). Run scripts/test.sh (it starts a throwaway \
+         PostgreSQL) or set LANYARD_TEST_POSTGRES_URL=postgres://USER@HOST:PORT/postgres"
+    );
+    eprintln!("note: PostgreSQL replica test skipped: LANYARD_TEST_POSTGRES_URL is not set");
+    None
+}
+
+/// `url` with its database replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = base[start..]
+        .find('/')
+        .map(|i| start + i)
+        .unwrap_or(base.len());
+    match query {
+        Some(q) => format!("{}/{db}?{q}", &base[..end]),
+        None => format!("{}/{db}", &base[..end]),
+    }
+}
+
+async fn admin(server: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let result = client.batch_execute(sql).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// A fresh database name on the test server.
+fn fresh_name() -> String {
+    format!(
+        "lanyard_replicas_{}",
+        hex::encode(lanyard::ids::Serial::random().unwrap().as_bytes())
+    )
+}
+
+/// A client of `replica` with the operator credential in `operator_dir`.
+fn operator_of(replica: &TestCa, operator_dir: &Path) -> CheckedClient {
+    CheckedClient::from_credential_dir(&replica.url(), operator_dir).unwrap()
+}
+
+/// A client of `replica` trusting `bundle`, presenting `identity` if given.
+fn client_of(replica: &TestCa, bundle: &str, identity: Option<(&str, &str)>) -> CheckedClient {
+    CheckedClient::new(
+        &replica.url(),
+        tls_config(bundle.as_bytes(), identity).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A cell credential joined through `replica`; the token is made by `op`.
+async fn join_cell(
+    op: &CheckedClient,
+    replica: &TestCa,
+    bundle: &str,
+    name: &str,
+) -> (String, String) {
+    let t: api::JoinTokenResponse = op
+        .post(
+            "/v1/join-tokens",
+            &api::JoinTokenRequest {
+                role: "cell".into(),
+                name: name.into(),
+                ttl_seconds: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let (key, csr) = new_key_and_csr().unwrap();
+    let issued: api::IssuedCertificate = client_of(replica, bundle, None)
+        .post("/v1/join", &api::CsrRequest { csr }, Some(&t.token))
+        .await
+        .unwrap();
+    (issued.certificate_chain, key.to_string())
+}
+
+/// Asks `cell` for an instance certificate with a fresh key.
+async fn issue(cell: &CheckedClient, n: u32) -> Result<api::IssuedCertificate, String> {
+    let (_key, csr) = new_key_and_csr().unwrap();
+    cell.post::<_, api::IssuedCertificate>(
+        "/v1/instance-certificates",
+        &instance_request(&csr, n),
+        None,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+fn time(s: &str) -> SystemTime {
+    parse_rfc3339(s).unwrap_or_else(|| panic!("not an RFC 3339 time: {s}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_on_one_database_keep_rotation_and_issuance_consistent() {
+    let Some(server) = server_url() else {
+        return;
+    };
+    let name = fresh_name();
+    admin(&server, &format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = with_database(&server, &name);
+    let shared = tempfile::tempdir().unwrap();
+    let kek: PathBuf = shared.path().join("kek");
+
+    // Three replicas starting at once on the empty database, each with `auto_init` and its
+    // own state_dir, sharing the KEK file: exactly one initializes.
+    let overrides = vec![
+        ("storage".to_string(), "backend = \"postgres\"".to_string()),
+        ("storage".to_string(), format!("url = \"{url}\"")),
+        (
+            "keys".to_string(),
+            format!("kek_file = \"{}\"", kek.display()),
+        ),
+        // notBefore is the signing time, so it can be compared with rotation times.
+        ("issuance".to_string(), "backdate = \"0s\"".to_string()),
+    ];
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let o = overrides.clone();
+            std::thread::spawn(move || {
+                let o: Vec<(&str, &str)> =
+                    o.iter().map(|(s, l)| (s.as_str(), l.as_str())).collect();
+                TestCa::start_with(&o)
+            })
+        })
+        .collect();
+    let replicas: Vec<TestCa> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+    let initialized: Vec<usize> = (0..3)
+        .filter(|&i| replicas[i].operator_dir().join("cert.pem").exists())
+        .collect();
+    assert_eq!(
+        initialized.len(),
+        1,
+        "exactly one replica initializes (wrote the operator credential)"
+    );
+    let op_dir = replicas[initialized[0]].operator_dir();
+    let ops: Vec<CheckedClient> = replicas.iter().map(|r| operator_of(r, &op_dir)).collect();
+    let authorities: api::AuthoritiesResponse = ops[2].get("/v1/authorities").await.unwrap();
+    assert_eq!(
+        authorities.authorities.len(),
+        1,
+        "one generation 1, not one per replica"
+    );
+    let bundle = std::fs::read_to_string(op_dir.join("trust-bundle.pem")).unwrap();
+
+    // (a) Several cells issuing concurrently on all three replicas: every certificate a client
+    // received is recorded, and no serial appears twice.
+    const CELLS_PER_REPLICA: usize = 2;
+    const EACH: u32 = 8;
+    let mut cells = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        for c in 0..CELLS_PER_REPLICA {
+            let (chain, key) = join_cell(&ops[i], r, &bundle, &format!("cell-{i}-{c}")).await;
+            cells.push(client_of(r, &bundle, Some((&chain, &key))));
+        }
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = cells
+        .iter()
+        .enumerate()
+        .map(|(k, cell)| {
+            let cell = cell.clone();
+            tokio::spawn(async move {
+                let mut serials = Vec::new();
+                for n in 0..EACH {
+                    serials.push(issue(&cell, k as u32 * 100 + n).await.unwrap().serial);
+                }
+                serials
+            })
+        })
+        .collect();
+    let mut received = Vec::new();
+    for t in tasks {
+        received.extend(t.await.unwrap());
+    }
+    println!(
+        "issued {} certificates from {} cells on 3 replicas in {:?}",
+        received.len(),
+        cells.len(),
+        started.elapsed()
+    );
+    let list: api::CertificatesResponse = ops[1].get("/v1/certificates?limit=1000").await.unwrap();
+    let mut seen = HashSet::new();
+    for c in &list.certificates {
+        assert!(seen.insert(c.serial.clone()), "serial {} twice", c.serial);
+    }
+    for s in &received {
+        assert!(seen.contains(s), "{s} was issued but is not recorded");
+    }
+
+    // (b) One join token raced on two replicas is accepted exactly once.
+    let t: api::JoinTokenResponse = ops[0]
+        .post(
+            "/v1/join-tokens",
+            &api::JoinTokenRequest {
+                role: "cell".into(),
+                name: "raced".into(),
+                ttl_seconds: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let race: Vec<_> = [1, 2]
+        .iter()
+        .map(|&i| {
+            let c = client_of(&replicas[i], &bundle, None);
+            let token = t.token.clone();
+            tokio::spawn(async move {
+                let (_key, csr) = new_key_and_csr().unwrap();
+                c.post::<_, api::IssuedCertificate>(
+                    "/v1/join",
+                    &api::CsrRequest { csr },
+                    Some(&token),
+                )
+                .await
+                .is_ok()
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for r in race {
+        accepted += usize::from(r.await.unwrap());
+    }
+    assert_eq!(accepted, 1, "a raced join token is accepted exactly once");
+
+    // (c) A prepare on A reaches long polls held on B and on C within a second.
+    let (seq, _) = client_of(&replicas[1], &bundle, None)
+        .trust_bundle(None, 0, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let polls: Vec<_> = [1, 2]
+        .iter()
+        .map(|&i| {
+            let c = client_of(&replicas[i], &bundle, None);
+            tokio::spawn(async move {
+                let answer = c.trust_bundle(Some(seq), 30, false).await;
+                (Instant::now(), answer)
+            })
+        })
+        .collect();
+    // Let both polls park on their servers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let prepared_at = Instant::now();
+    let _: api::AuthorityView = ops[0]
+        .post("/v1/authorities/prepare", &serde_json::json!({}), None)
+        .await
+        .unwrap();
+    let deadline = prepared_at + Duration::from_secs(3);
+    for (i, p) in polls.into_iter().enumerate() {
+        let (at, answer) = tokio::time::timeout_at(deadline.into(), p)
+            .await
+            .unwrap_or_else(|_| panic!("the long poll on replica {} did not wake", i + 1))
+            .unwrap();
+        let (new_seq, pem) = answer.unwrap().expect("a new bundle, not 304");
+        assert!(new_seq > seq);
+        assert_eq!(pem::parse_many(&pem).unwrap().len(), 2, "both roots");
+        println!(
+            "prepare on replica 0 reached the long poll on replica {} after {:?}",
+            i + 1,
+            at.saturating_duration_since(prepared_at)
+        );
+    }
+    // The same step on another replica, which has seen it, is the normal conflict.
+    let again = ops[2]
+        .post::<_, api::AuthorityView>("/v1/authorities/prepare", &serde_json::json!({}), None)
+        .await;
+    assert!(again.is_err(), "a second prepare is refused: {again:?}");
+
+    // (d) Activate and retire --force on A while B issues in a loop: no recorded certificate
+    // was signed by a generation after it stopped being active.
+    let (_, both_roots) = client_of(&replicas[1], &bundle, None)
+        .trust_bundle(None, 0, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let (chain, key) = join_cell(&ops[1], &replicas[1], &both_roots, "cell-loop").await;
+    let looping = client_of(&replicas[1], &both_roots, Some((&chain, &key)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let issuer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut n) = (0u32, 0u32, 0u32);
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                match issue(&looping, 10_000 + n).await {
+                    Ok(_) => ok += 1,
+                    // After the retirement the cell's own generation-1 credential is refused.
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _: api::AuthorityView = ops[0]
+        .post(
+            "/v1/authorities/2/activate",
+            &api::ForceRequest { force: true },
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: api::AuthorityView = ops[0]
+        .post(
+            "/v1/authorities/1/retire",
+            &api::ForceRequest { force: true },
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = issuer.await.unwrap();
+    println!(
+        "issuing on replica 1 during the rotation on replica 0: {ok} issued, {failed} refused"
+    );
+    assert!(ok > 0, "the loop issued before the rotation");
+
+    // Every record, read from the database itself: the operator credential was signed by the
+    // retired generation, so the API no longer accepts it.
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let mut gens: HashMap<i64, (String, Option<SystemTime>, Option<SystemTime>)> = HashMap::new();
+    for row in db
+        .query(
+            "SELECT id, state, record->>'retiring_at', record->>'retired_at' FROM authorities",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let retiring: Option<String> = row.get(2);
+        let retired: Option<String> = row.get(3);
+        gens.insert(
+            row.get(0),
+            (
+                row.get(1),
+                retiring.as_deref().map(time),
+                retired.as_deref().map(time),
+            ),
+        );
+    }
+    assert_eq!(gens[&1].0, "retired");
+    let rows = db
+        .query("SELECT authority_id, not_before FROM certificates", &[])
+        .await
+        .unwrap();
+    let mut after_deactivation = Duration::ZERO;
+    for row in &rows {
+        let id: i64 = row.get(0);
+        let not_before: SystemTime = row.get(1);
+        let (_, retiring, retired) = &gens[&id];
+        if let Some(retired) = retired {
+            assert!(
+                not_before <= *retired,
+                "a certificate of generation {id} has notBefore {not_before:?}, after the \
+                 generation retired at {retired:?}"
+            );
+        }
+        if let Some(d) = retiring.and_then(|r| not_before.duration_since(r).ok()) {
+            after_deactivation = after_deactivation.max(d);
+        }
+    }
+    println!(
+        "{} records checked; the latest notBefore past its generation's deactivation: \
+         {after_deactivation:?}",
+        rows.len()
+    );
+    drop(db);
+    let _ = driver.await;
+
+    drop(replicas);
+    let _ = admin(
+        &server,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
+}
