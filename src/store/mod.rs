@@ -98,4 +98,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Removes and returns a join token: of any number of calls for the same hash, even
     /// concurrent ones, exactly one gets it; the others get `None`.
     fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
+    /// Removes every join token that expired before `now` (`expires_at < now`), durably, and
+    /// returns how many; tokens expiring at `now` or later stay. Tokens nobody spends would
+    /// otherwise pile up forever.
+    fn purge_expired_join_tokens(&self, now: SystemTime) -> Result<u64, StoreError>;
 }

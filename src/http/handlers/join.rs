@@ -150,3 +150,18 @@ pub(super) async fn join(
         }
     }
 }
+
+impl AppState {
+    /// Removes expired join tokens on the blocking pool (the maintenance loop's turn);
+    /// failures are logged and the next round retries.
+    pub(crate) async fn purge_expired_join_tokens(&self) {
+        let ca = self.ca.clone();
+        match self.pool.run(move || ca.purge_expired_join_tokens()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(purged = n, "expired join tokens removed"),
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "purging expired join tokens failed; will retry")
+            }
+        }
+    }
+}
