@@ -239,7 +239,11 @@ impl Connection {
         };
         let place = if matches!(identity, PeerIdentity::Verified { .. }) {
             match self.admission.authenticated.clone().try_acquire_owned() {
-                Ok(p) => Place::Authenticated(p),
+                Ok(p) => {
+                    // Cells behind one NAT are not limited per address.
+                    drop(address_slot);
+                    Place::Authenticated(p)
+                }
                 Err(_) => {
                     tracing::warn!(%addr, "authenticated connection budget exhausted");
                     refuse(
