@@ -113,6 +113,63 @@ pub(crate) struct ListenConfig {
     /// `127.0.0.1`).
     #[serde(default)]
     pub server_names: Vec<String>,
+    /// Connections not yet classified (TLS handshake, client-certificate check, or being
+    /// refused), each bounded by the handshake timeout. Beyond it a new connection is closed
+    /// at once, so the accept loop never stops accepting.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Connections whose client certificate verified against the bundle (cells, operators,
+    /// components). Agents hold one long poll each, so this is sized for the platform.
+    #[serde(default = "default_max_authenticated_connections")]
+    pub max_authenticated_connections: usize,
+    /// Connections without a verified client certificate (public endpoints, joins). Beyond
+    /// it they are answered 503 while authenticated ones are still served.
+    #[serde(default = "default_max_anonymous_connections")]
+    pub max_anonymous_connections: usize,
+    /// Anonymous connections (and handshakes in progress) from one IP address; generous so a
+    /// NAT or a proxy in front of many clients still works.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Trust-bundle long polls held for anonymous callers; beyond it they are answered at
+    /// once instead of held, so polls cannot take every anonymous connection from joins.
+    #[serde(default = "default_max_anonymous_long_polls")]
+    pub max_anonymous_long_polls: usize,
+    /// Threads that run requests' blocking work (signing, store writes) at once; default
+    /// four per CPU (store writes wait on fsync or the database, not only on the CPU).
+    #[serde(default = "default_blocking_threads")]
+    pub blocking_threads: usize,
+    /// Requests whose blocking work may wait for a thread; beyond it they are answered 503
+    /// with `Retry-After: 1`.
+    #[serde(default = "default_blocking_queue_depth")]
+    pub blocking_queue_depth: usize,
+}
+
+fn default_max_handshakes() -> usize {
+    4096
+}
+
+fn default_max_authenticated_connections() -> usize {
+    32768
+}
+
+fn default_max_anonymous_connections() -> usize {
+    4096
+}
+
+fn default_max_connections_per_address() -> usize {
+    256
+}
+
+fn default_max_anonymous_long_polls() -> usize {
+    2048
+}
+
+fn default_blocking_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) * 4
+}
+
+fn default_blocking_queue_depth() -> usize {
+    1024
 }
 
 /// `[keys]`
@@ -243,6 +300,13 @@ pub(crate) const SERVER_KEYS: &[(&str, &str)] = &[
     ("", "auto_init"),
     ("listen", "address"),
     ("listen", "server_names"),
+    ("listen", "max_handshakes"),
+    ("listen", "max_authenticated_connections"),
+    ("listen", "max_anonymous_connections"),
+    ("listen", "max_connections_per_address"),
+    ("listen", "max_anonymous_long_polls"),
+    ("listen", "blocking_threads"),
+    ("listen", "blocking_queue_depth"),
     ("keys", "kek_file"),
     ("authority", "algorithm"),
     ("authority", "root_ttl"),
@@ -377,6 +441,28 @@ impl Config {
                     "storage.backend",
                     format!("`{other}` is not a backend (use \"sled\" or \"postgres\")"),
                 ))
+            }
+        }
+        let l = &self.listen;
+        for (key, value) in [
+            ("listen.max_handshakes", l.max_handshakes),
+            (
+                "listen.max_authenticated_connections",
+                l.max_authenticated_connections,
+            ),
+            (
+                "listen.max_anonymous_connections",
+                l.max_anonymous_connections,
+            ),
+            (
+                "listen.max_connections_per_address",
+                l.max_connections_per_address,
+            ),
+            ("listen.blocking_threads", l.blocking_threads),
+        ] {
+            // Zero would refuse every connection (or every request) of that kind.
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be at least 1"));
             }
         }
         for n in &self.listen.server_names {

@@ -14,6 +14,8 @@ pub(super) async fn bundle_loop(agent: Arc<Agent>) {
     let mut failures = 0u32;
     loop {
         let known = agent.bundle.read().unwrap_or_else(|p| p.into_inner()).0;
+        // The client presents the cell credential, so this poll counts in the CA's
+        // authenticated budget: a platform of agents never fills the anonymous one.
         match agent.client().trust_bundle(Some(known), 60, false).await {
             Ok(Some((seq, pem_text))) => {
                 failures = 0;

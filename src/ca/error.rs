@@ -47,6 +47,10 @@ pub enum CaError {
     /// 503: not ready.
     #[error("{0}")]
     NotReady(String),
+    /// 503: too much work queued or too many connections of the caller's kind; answered
+    /// with `Retry-After: 1`, since a retry a moment later may find room.
+    #[error("{0}")]
+    Busy(String),
     /// 500: our fault; the detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),

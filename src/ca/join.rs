@@ -61,6 +61,12 @@ impl Ca {
         })
     }
 
+    /// Removes join tokens that expired unspent, and returns how many; run periodically so
+    /// the store does not grow with tokens nobody used.
+    pub(crate) fn purge_expired_join_tokens(&self) -> Result<u64, CaError> {
+        Ok(self.store.purge_expired_join_tokens(SystemTime::now())?)
+    }
+
     /// Whether `token` is a live join token (without spending it).
     pub(crate) fn check_join_token(&self, token: &str) -> Result<(), CaError> {
         live_token(self.store.get_join_token(&token_hash(token))?).map(|_| ())

@@ -58,6 +58,7 @@ pub(super) async fn maintenance_loop(st: Arc<AppState>) {
             r = rx.changed() => if r.is_err() { return },
         }
         st.refresh_local_credentials().await;
+        st.purge_expired_join_tokens().await;
     }
 }
 

@@ -40,7 +40,7 @@ pub(crate) fn status_of(e: &CaError) -> StatusCode {
         CaError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         CaError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         CaError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-        CaError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CaError::NotReady(_) | CaError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         CaError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -62,15 +62,20 @@ pub(crate) fn problem_of(e: &CaError) -> crate::api::Problem {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = Problem::from(&self.0).into_response();
-        if matches!(self.0, CaError::RateLimited(_)) {
+        match self.0 {
             // The join limiter counts failures per minute.
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-        } else if matches!(self.0, CaError::NotReady(_)) {
-            // Unavailability here is brief (a rotation by another replica, the database
-            // reconnecting): a prompt retry is the likely cure.
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            CaError::RateLimited(_) => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            // Queues drain in milliseconds and connections close all the time; unavailability
+            // is brief too (a rotation by another replica, the database reconnecting): a
+            // prompt retry is the likely cure.
+            CaError::Busy(_) | CaError::NotReady(_) => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         r
     }

@@ -89,6 +89,7 @@ macro_rules! store_conformance_tests {
             last_leaf_not_after_is_the_latest_of_each_generation,
             a_join_token_is_read_without_spending_it_and_taken_once,
             of_concurrent_takes_of_one_join_token_exactly_one_wins,
+            expired_join_tokens_are_purged_and_live_ones_stay,
             everything_written_is_there_after_reopening,
         );
     };
@@ -1075,6 +1076,52 @@ pub(crate) fn of_concurrent_takes_of_one_join_token_exactly_one_wins<H: Harness>
             "{winners} of {THREADS} concurrent takes got the token (round {round})"
         );
     }
+    Ok(())
+}
+
+/// Purging removes exactly the tokens that expired before the given time, says how many,
+/// and the rest can still be read and taken; a second purge finds nothing.
+pub(crate) fn expired_join_tokens_are_purged_and_live_ones_stay<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    promise!(
+        s.purge_expired_join_tokens(at(1_000))? == 0,
+        "an empty store purges nothing"
+    );
+    let live = token("cell-1", 2_000)?;
+    let boundary = token("cell-2", 1_000)?;
+    s.insert_join_token(b"expired-1", &token("cell-3", 10)?)?;
+    s.insert_join_token(b"expired-2", &token("cell-4", 999)?)?;
+    s.insert_join_token(b"live", &live)?;
+    s.insert_join_token(b"boundary", &boundary)?;
+    let purged = s.purge_expired_join_tokens(at(1_000))?;
+    promise!(purged == 2, "two tokens had expired (purged {purged})");
+    for hash in [&b"expired-1"[..], b"expired-2"] {
+        promise!(
+            s.get_join_token(hash)?.is_none(),
+            "a purged token cannot be read"
+        );
+    }
+    let got = s.get_join_token(b"boundary")?;
+    promise!(
+        got.as_ref().is_some_and(|g| same_token(g, &boundary)),
+        "a token expiring at the purge time stays (got {got:?})"
+    );
+    promise!(
+        s.purge_expired_join_tokens(at(1_000))? == 0,
+        "a second purge finds nothing"
+    );
+    let got = s.take_join_token(b"live")?;
+    promise!(
+        got.as_ref().is_some_and(|g| same_token(g, &live)),
+        "a live token can still be taken (got {got:?})"
+    );
+    let s = h.reopen(s)?;
+    promise!(
+        s.get_join_token(b"expired-1")?.is_none() && s.get_join_token(b"boundary")?.is_some(),
+        "a purge is durable"
+    );
     Ok(())
 }
 

@@ -181,4 +181,9 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn change_feed(&self) -> Option<std::sync::mpsc::Receiver<()>> {
         None
     }
+
+    /// Removes every join token that expired before `now` (`expires_at < now`), durably, and
+    /// returns how many; tokens expiring at `now` or later stay. Tokens nobody spends would
+    /// otherwise pile up forever.
+    fn purge_expired_join_tokens(&self, now: SystemTime) -> Result<u64, StoreError>;
 }

@@ -440,6 +440,29 @@ impl Store for SledStore {
             None => Ok(None),
         }
     }
+
+    fn purge_expired_join_tokens(&self, now: SystemTime) -> Result<u64, StoreError> {
+        let mut purged = 0u64;
+        for item in self.tokens.iter() {
+            let (hash, v) = item.map_err(backend)?;
+            let rec: JoinTokenRecord = decode(b"join_token", &v)?;
+            // Removed only if still the same expired record, so a token re-inserted under
+            // the same hash in the meantime is not lost.
+            if rec.expires_at < now
+                && self
+                    .tokens
+                    .compare_and_swap(&hash, Some(v), None as Option<&[u8]>)
+                    .map_err(backend)?
+                    .is_ok()
+            {
+                purged += 1;
+            }
+        }
+        if purged > 0 {
+            self.durable()?;
+        }
+        Ok(purged)
+    }
 }
 
 /// Releases the sled store's init lock when dropped.

@@ -26,9 +26,7 @@ impl FromRequestParts<S> for Authenticated {
         // enough for the request path; a changed bundle re-verifies the chain off it.
         let identity = if caller.needs_chain_check(&st.ca) {
             let ca = st.ca.clone();
-            tokio::task::spawn_blocking(move || caller.current_identity(&ca))
-                .await
-                .map_err(|e| CaError::Internal(format!("worker failed: {e}")))?
+            st.pool.run(move || caller.current_identity(&ca)).await?
         } else {
             caller.current_identity(&st.ca)
         };

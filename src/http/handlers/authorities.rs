@@ -35,7 +35,7 @@ pub(super) async fn authorities(
     _op: OperatorCaller,
 ) -> Result<Json<api::AuthoritiesResponse>, ApiError> {
     let ca = st.ca.clone();
-    let (gens, seq) = blocking(move || ca.generations()).await?;
+    let (gens, seq) = blocking(&st, move || ca.generations()).await?;
     Ok(Json(authorities_view(&gens, seq)))
 }
 
@@ -70,7 +70,7 @@ pub(super) async fn prepare(
     OptionalJson(_body): OptionalJson<api::PrepareRequest>,
 ) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
-    let (g, last_leaf) = blocking(move || ca.prepare()).await?;
+    let (g, last_leaf) = blocking(&st, move || ca.prepare()).await?;
     tracing::info!(authority = %g.id, "authority prepared by operator");
     Ok((StatusCode::CREATED, Json(authority_view(&g, last_leaf))).into_response())
 }
@@ -96,7 +96,7 @@ async fn rotation_step(
 ) -> Result<Json<api::AuthorityView>, ApiError> {
     let id = parse_authority(&id)?;
     let ca = st.ca.clone();
-    let (g, last_leaf) = blocking(move || match step {
+    let (g, last_leaf) = blocking(&st, move || match step {
         StepKind::Activate => ca.activate(id, force),
         StepKind::Retire => ca.retire(id, force),
     })

@@ -69,7 +69,7 @@ pub(super) async fn certificates(
         limit,
     };
     let ca = st.ca.clone();
-    let records = blocking(move || ca.list_certificates(&query)).await?;
+    let records = blocking(&st, move || ca.list_certificates(&query)).await?;
     Ok(Json(api::CertificatesResponse {
         certificates: records.iter().map(certificate_view).collect(),
     }))
@@ -113,7 +113,7 @@ pub(super) async fn revoke(
 ) -> Result<Json<api::CertificateView>, ApiError> {
     let serial: Serial = serial.parse().map_err(|e| CaError::invalid("serial", e))?;
     let ca = st.ca.clone();
-    let rec = blocking(move || ca.revoke(&serial, body.reason)).await?;
+    let rec = blocking(&st, move || ca.revoke(&serial, body.reason)).await?;
     tracing::info!(serial = %rec.serial, "certificate revoked");
     Ok(Json(certificate_view(&rec)))
 }

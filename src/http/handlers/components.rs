@@ -40,6 +40,6 @@ pub(super) async fn component_certificate(
     ApiJson(req): ApiJson<api::ComponentCertificateRequest>,
 ) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
-    let issued = blocking(move || ca.issue_component(&role, &req)).await?;
+    let issued = blocking(&st, move || ca.issue_component(&role, &req)).await?;
     Ok(created(&issued))
 }

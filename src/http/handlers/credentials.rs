@@ -25,7 +25,7 @@ async fn own_credential(
         .into());
     }
     let ca = st.ca.clone();
-    let issued = blocking(move || ca.renew_own_credential(&role, &req)).await?;
+    let issued = blocking(&st, move || ca.renew_own_credential(&role, &req)).await?;
     Ok(created(&issued))
 }
 

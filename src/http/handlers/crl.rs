@@ -37,7 +37,7 @@ const CRL_VALIDITY: Duration = Duration::from_secs(3600);
 pub(super) async fn crl(State(st): State<S>, ApiPath(id): ApiPath) -> Result<Response, ApiError> {
     let id = parse_authority(&id)?;
     let ca = st.ca.clone();
-    let der = blocking(move || ca.crl(id, CRL_VALIDITY)).await?;
+    let der = blocking(&st, move || ca.crl(id, CRL_VALIDITY)).await?;
     let mut r = der.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -43,7 +43,7 @@ pub(super) async fn instance_certificate(
     ApiJson(req): ApiJson<api::InstanceCertificateRequest>,
 ) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
-    let issued = blocking(move || ca.issue_instance(&role, &req)).await?;
+    let issued = blocking(&st, move || ca.issue_instance(&role, &req)).await?;
     Ok(created(&issued))
 }
 
@@ -96,7 +96,7 @@ pub(super) async fn instance_batch(
         })
         .collect();
     let ca = st.ca.clone();
-    let results = blocking(move || ca.issue_instance_batch(&role, items)).await?;
+    let results = blocking(&st, move || ca.issue_instance_batch(&role, items)).await?;
     Ok(Json(api::BatchResponse {
         results: results
             .into_iter()

@@ -46,7 +46,7 @@ pub(super) async fn join_token(
     ApiJson(req): ApiJson<api::JoinTokenRequest>,
 ) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
-    let t = blocking(move || ca.create_join_token(&role, &req)).await?;
+    let t = blocking(&st, move || ca.create_join_token(&role, &req)).await?;
     Ok((StatusCode::CREATED, Json(t)).into_response())
 }
 
@@ -115,13 +115,17 @@ pub(super) async fn join(
     let token_ok = match &token {
         Some(t) => {
             let (ca, t) = (st.ca.clone(), t.clone());
-            blocking(move || ca.check_join_token(&t)).await
+            blocking(&st, move || ca.check_join_token(&t)).await
         }
         None => Err(ApiError(CaError::Unauthenticated(
             "a join token is required: `Authorization: Bearer <token>`".into(),
         ))),
     };
     if let Err(e) = token_ok {
+        // A busy or unavailable server is no guess at a token.
+        if !matches!(e.0, CaError::Unauthenticated(_)) {
+            return Err(e);
+        }
         // Only failures count, so a valid token is never slowed down by someone's guessing.
         if !join_allowed(&st, ip) {
             return Err(CaError::RateLimited(
@@ -136,13 +140,28 @@ pub(super) async fn join(
     let bytes = read_body(request).await?;
     let req: api::CsrRequest = parse_json(&bytes)?;
     let ca = st.ca.clone();
-    match blocking(move || ca.join(&token, &req)).await {
+    match blocking(&st, move || ca.join(&token, &req)).await {
         Ok(i) => Ok(created(&i)),
         Err(e) => {
             if matches!(e.0, CaError::Unauthenticated(_)) {
                 join_failed(&st, ip);
             }
             Err(e)
+        }
+    }
+}
+
+impl AppState {
+    /// Removes expired join tokens on the blocking pool (the maintenance loop's turn);
+    /// failures are logged and the next round retries.
+    pub(crate) async fn purge_expired_join_tokens(&self) {
+        let ca = self.ca.clone();
+        match self.pool.run(move || ca.purge_expired_join_tokens()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(purged = n, "expired join tokens removed"),
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "purging expired join tokens failed; will retry")
+            }
         }
     }
 }

@@ -15,6 +15,7 @@ mod instances;
 mod join;
 mod openapi;
 mod ops;
+mod pool;
 mod trust_bundle;
 
 #[cfg(test)]
@@ -22,6 +23,7 @@ mod tests;
 
 pub(crate) use auth::{Authenticated, CellCaller, OperatorCaller};
 pub use openapi::ApiDoc;
+pub(crate) use pool::BlockingPool;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -53,6 +55,10 @@ pub(crate) struct AppState {
     pub(super) refresh_lock: Mutex<()>,
     /// Flips to `true` when the server stops, so held long polls answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Where every request's blocking work runs (see [`blocking`]).
+    pub(super) pool: BlockingPool,
+    /// Turns for anonymous trust-bundle long polls; without one a poll answers at once.
+    pub(super) anonymous_polls: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -75,8 +81,26 @@ impl AppState {
         Self::build(ca, None)
     }
 
-    fn build(ca: Arc<Ca>, server_cert: Option<Arc<ServerCert>>) -> Self {
+    /// State without a TLS listener whose blocking work runs on `pool`.
+    #[cfg(test)]
+    pub(crate) fn in_process_with_pool(ca: Arc<Ca>, pool: BlockingPool) -> Self {
         AppState {
+            pool,
+            ..Self::build(ca, None)
+        }
+    }
+
+    fn build(ca: Arc<Ca>, server_cert: Option<Arc<ServerCert>>) -> Self {
+        let listen = &ca.config().listen;
+        let pool = BlockingPool::new(listen.blocking_threads, listen.blocking_queue_depth);
+        let anonymous_polls = Arc::new(tokio::sync::Semaphore::new(
+            listen
+                .max_anonymous_long_polls
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        AppState {
+            pool,
+            anonymous_polls,
             ca,
             server_cert,
             join_failures: Mutex::new(HashMap::new()),
@@ -225,14 +249,13 @@ async fn count_response(State(st): State<S>, r: Response) -> Response {
     r
 }
 
-/// Runs CA work on a blocking thread.
+/// Runs CA work on the state's bounded pool; a full queue is a 503 with `Retry-After: 1`.
+/// Every handler's blocking work goes through here.
 async fn blocking<T: Send + 'static>(
+    st: &AppState,
     f: impl FnOnce() -> Result<T, CaError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CaError::Internal(format!("worker failed: {e}")))?
-        .map_err(ApiError)
+    st.pool.run(f).await?.map_err(ApiError)
 }
 
 /// `201 Created` with the issued certificate.

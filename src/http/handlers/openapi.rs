@@ -80,7 +80,7 @@ pub(super) const JOIN_TOKEN: &str = "join_token";
         api::Health,
         api::Readiness,
     )),
-    modifiers(&SecuritySchemes, &OptionalBodies),
+    modifiers(&SecuritySchemes, &OptionalBodies, &BusyAnswers),
 )]
 pub struct ApiDoc;
 
@@ -117,6 +117,58 @@ impl Modify for OptionalBodies {
                         if let [only] = rest[..] {
                             content.schema = Some(only.clone());
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Any operation may be answered 503 with `Retry-After` when the server is busy: its
+/// blocking work queue is full, or the connection found no room in its budget (anonymous
+/// or authenticated). Added to every operation here rather than written on each.
+struct BusyAnswers;
+
+/// What a busy 503 means, as the document says it.
+const BUSY: &str = "The server is busy (its work queue is full, or there are too many \
+    connections of the caller's kind); retry after `Retry-After` seconds";
+
+impl Modify for BusyAnswers {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                match op.responses.responses.get_mut("503") {
+                    Some(RefOr::T(r)) => {
+                        r.description = format!("{}; or: {BUSY}", r.description);
+                    }
+                    Some(RefOr::Ref(_)) => {}
+                    None => {
+                        let busy = ResponseBuilder::new()
+                            .description(BUSY)
+                            .header(
+                                "Retry-After",
+                                HeaderBuilder::new()
+                                    .description(Some("Seconds to wait before retrying"))
+                                    .build(),
+                            )
+                            .content(
+                                crate::problem::PROBLEM_JSON,
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("Problem")))
+                                    .build(),
+                            )
+                            .build();
+                        op.responses
+                            .responses
+                            .insert("503".to_string(), RefOr::T(busy));
                     }
                 }
             }

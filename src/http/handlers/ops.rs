@@ -27,7 +27,7 @@ use crate::http::problem::ApiError;
 )]
 pub(super) async fn metrics(State(st): State<S>) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
-    let text = blocking(move || ca.render_metrics()).await?;
+    let text = blocking(&st, move || ca.render_metrics()).await?;
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

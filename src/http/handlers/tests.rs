@@ -197,3 +197,40 @@ async fn the_trust_bundle_carries_its_sequence_as_etag_and_answers_304_when_unch
         .unwrap();
     assert_eq!(ca.send(stale).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_full_blocking_queue_answers_503_with_retry_after_and_work_resumes_after() {
+    let ca = TestCa::new();
+    // One thread, no queue: one job in flight fills the pool.
+    let state = Arc::new(AppState::in_process_with_pool(
+        ca.state.ca().clone(),
+        super::BlockingPool::new(1, 0),
+    ));
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let job = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            state
+                .pool
+                .run(move || {
+                    let _ = held.recv();
+                })
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while state.pool.free() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "job never admitted");
+        tokio::task::yield_now().await;
+    }
+    let get = || Request::get("/metrics").body(Body::empty()).unwrap();
+    let r = router(state.clone()).oneshot(get()).await.unwrap();
+    assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    let detail = problem(r, StatusCode::SERVICE_UNAVAILABLE, "not-ready").await;
+    assert!(detail.contains("retry"), "{detail}");
+
+    release.send(()).unwrap();
+    job.await.unwrap().unwrap();
+    let r = router(state).oneshot(get()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

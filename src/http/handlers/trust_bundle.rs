@@ -1,5 +1,10 @@
 //! `GET /v1/trust-bundle`: the published roots as PEM or a SPIFFE bundle, with the bundle
 //! sequence as ETag and an optional long poll (`?wait=`) for the next sequence.
+//!
+//! Anonymous callers hold at most `listen.max_anonymous_long_polls` polls at once; beyond
+//! that their poll is answered at once (as if `wait` were 0), so held polls never take every
+//! anonymous connection from joining cells. Callers with a verified client certificate
+//! (agents) are not counted: their connections have their own budget.
 
 use std::time::Duration;
 
@@ -12,6 +17,7 @@ use super::{paths, query_map, S};
 use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::ApiError;
+use crate::http::tls::{Caller, PeerIdentity};
 use crate::http::views::spiffe_bundle;
 
 /// Longest a bundle long poll is held.
@@ -49,9 +55,13 @@ pub(crate) const MAX_WAIT: u64 = 300;
 )]
 pub(super) async fn trust_bundle(
     State(st): State<S>,
+    caller: Option<axum::Extension<Caller>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
+    let authenticated = caller
+        .as_ref()
+        .is_some_and(|c| matches!(c.identity, PeerIdentity::Verified { .. }));
     let m = query_map(q.as_deref())?;
     let wait = match m.get("wait") {
         None => 0,
@@ -83,7 +93,13 @@ pub(super) async fn trust_bundle(
     let mut bundle = rx.borrow_and_update().clone();
     if let Some(n) = known {
         if bundle.sequence <= n {
-            if wait == 0 {
+            // Held while the poll is held; an anonymous caller without one is answered now.
+            let turn = if authenticated {
+                None
+            } else {
+                st.anonymous_polls.clone().try_acquire_owned().ok()
+            };
+            if wait == 0 || (!authenticated && turn.is_none()) {
                 return Ok(not_modified(bundle.sequence));
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);

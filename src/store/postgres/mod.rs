@@ -915,6 +915,18 @@ impl Store for PostgresStore {
         }
         Some(rx)
     }
+
+    fn purge_expired_join_tokens(&self, now: SystemTime) -> Result<u64, StoreError> {
+        let pool = self.pool();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached("DELETE FROM join_tokens WHERE expires_at < $1")
+                .await
+                .map_err(db_error)?;
+            c.execute(&st, &[&now]).await.map_err(db_error)
+        })
+    }
 }
 
 impl PostgresStore {
