@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord, Store, StoreError,
+    GenerationState, JoinTokenRecord, LeaseGrant, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Guid, Name, Serial};
 
@@ -85,6 +85,7 @@ macro_rules! store_conformance_tests {
             a_join_token_is_read_without_spending_it_and_taken_once,
             of_concurrent_takes_of_one_join_token_exactly_one_wins,
             everything_written_is_there_after_reopening,
+            a_lease_has_one_holder_until_it_lapses,
         );
     };
     (@each $harness:expr; $($check:ident),* $(,)?) => {
@@ -976,6 +977,85 @@ pub(crate) fn everything_written_is_there_after_reopening<H: Harness>(
         distinct.len() == 4,
         "each record is there once after two reopens (got {})",
         distinct.len()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Leases.
+
+/// A shared store grants a lease to one holder at a time: its holder renews it (the expiry
+/// moves forward), another is refused and told who holds it, leases of other names are
+/// independent, and once it lapses another holder takes it. A store only one process can
+/// open answers `Unshared` to everyone and reports no holder.
+pub(crate) fn a_lease_has_one_holder_until_it_lapses<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const PERIOD: Duration = Duration::from_secs(1);
+    let s = h.open_fresh()?;
+    promise!(
+        s.current_lease("schedule")?.is_none(),
+        "a lease never taken has no holder"
+    );
+    let first = match s.acquire_lease("schedule", "replica-a", PERIOD)? {
+        LeaseGrant::Unshared => {
+            let again = s.acquire_lease("schedule", "replica-b", PERIOD)?;
+            promise!(
+                again == LeaseGrant::Unshared,
+                "a store that answered Unshared answers it to everyone (got {again:?})"
+            );
+            promise!(
+                s.current_lease("schedule")?.is_none(),
+                "an unshared store reports no holder"
+            );
+            return Ok(());
+        }
+        LeaseGrant::Held(l) => l,
+        LeaseGrant::Refused(l) => {
+            return Err(Violation::Broken(format!(
+                "a free lease was refused (held by {l:?})"
+            )))
+        }
+    };
+    promise!(
+        first.holder == "replica-a",
+        "the lease names its holder (got {first:?})"
+    );
+    let got = s.acquire_lease("schedule", "replica-b", PERIOD)?;
+    promise!(
+        matches!(&got, LeaseGrant::Refused(l) if l.holder == "replica-a"),
+        "a held lease is refused to another, naming the holder (got {got:?})"
+    );
+    let current = s.current_lease("schedule")?;
+    promise!(
+        current.as_ref().is_some_and(|l| l.holder == "replica-a"),
+        "the current holder is reported (got {current:?})"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let renewed = s.acquire_lease("schedule", "replica-a", PERIOD)?;
+    promise!(
+        matches!(&renewed, LeaseGrant::Held(l) if l.holder == "replica-a" && l.expires_at > first.expires_at),
+        "the holder renews its lease and the expiry moves forward (got {renewed:?}, was {first:?})"
+    );
+    let other = s.acquire_lease("other", "replica-b", PERIOD)?;
+    promise!(
+        matches!(&other, LeaseGrant::Held(l) if l.holder == "replica-b"),
+        "leases of other names are independent (got {other:?})"
+    );
+    std::thread::sleep(PERIOD + Duration::from_millis(300));
+    promise!(
+        s.current_lease("schedule")?.is_none(),
+        "a lapsed lease has no holder"
+    );
+    let taken = s.acquire_lease("schedule", "replica-b", PERIOD)?;
+    promise!(
+        matches!(&taken, LeaseGrant::Held(l) if l.holder == "replica-b"),
+        "a lapsed lease goes to the next caller (got {taken:?})"
+    );
+    let got = s.acquire_lease("schedule", "replica-a", PERIOD)?;
+    promise!(
+        matches!(&got, LeaseGrant::Refused(l) if l.holder == "replica-b"),
+        "the former holder is refused once another took it (got {got:?})"
     );
     Ok(())
 }

@@ -13,11 +13,11 @@ mod sled_store;
 pub(crate) use postgres::PostgresStore;
 pub(crate) use records::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord,
+    GenerationState, JoinTokenRecord, Lease, LeaseGrant,
 };
 pub(crate) use sled_store::SledStore;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::ids::{AuthorityId, Serial};
 
@@ -98,4 +98,20 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Removes and returns a join token: of any number of calls for the same hash, even
     /// concurrent ones, exactly one gets it; the others get `None`.
     fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` for `period` from now (the store's
+    /// clock, so holders on hosts whose clocks differ still agree). A shared store grants it
+    /// when nobody holds it, when it has lapsed, or when `holder` already holds it (a
+    /// renewal, which moves the expiry forward), and refuses it otherwise, naming the holder;
+    /// of concurrent callers at most one is granted a lease that is not theirs already. A
+    /// store only one process can open answers [`LeaseGrant::Unshared`] to everyone.
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        period: Duration,
+    ) -> Result<LeaseGrant, StoreError>;
+    /// Who holds the lease `name` now: `None` if nobody does (never taken, or lapsed), and
+    /// always `None` on a store that answers [`LeaseGrant::Unshared`].
+    fn current_lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
 }

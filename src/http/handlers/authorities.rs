@@ -35,8 +35,12 @@ pub(super) async fn authorities(
     _op: OperatorCaller,
 ) -> Result<Json<api::AuthoritiesResponse>, ApiError> {
     let ca = st.ca.clone();
-    let (gens, seq) = blocking(move || ca.generations()).await?;
-    Ok(Json(authorities_view(&gens, seq)))
+    let (gens, seq, lease) = blocking(move || {
+        let (gens, seq) = ca.generations()?;
+        Ok((gens, seq, ca.schedule_lease()?))
+    })
+    .await?;
+    Ok(Json(authorities_view(&gens, seq, lease.as_ref())))
 }
 
 #[utoipa::path(

@@ -36,6 +36,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 
+use super::maintenance::ScheduleLease;
 use super::problem::ApiError;
 use super::tls::ServerCert;
 use super::views::issued_view;
@@ -53,6 +54,8 @@ pub(crate) struct AppState {
     pub(super) refresh_lock: Mutex<()>,
     /// Flips to `true` when the server stops, so held long polls answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Whether this replica runs the rotation schedule now.
+    pub(in crate::http) lease: ScheduleLease,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,9 +65,10 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for a server that serves `server_cert` on its TLS listener.
-    pub(crate) fn new(ca: Arc<Ca>, server_cert: Arc<ServerCert>) -> Self {
-        Self::build(ca, Some(server_cert))
+    /// State for a server that serves `server_cert` on its TLS listener, as the replica
+    /// named `replica`.
+    pub(crate) fn new(ca: Arc<Ca>, server_cert: Arc<ServerCert>, replica: String) -> Self {
+        Self::build(ca, Some(server_cert), replica)
     }
 
     /// State without a TLS listener, for driving the router in-process: every request is
@@ -72,11 +76,18 @@ impl AppState {
     /// refreshes leave the server certificate alone.
     #[cfg(test)]
     pub(crate) fn in_process(ca: Arc<Ca>) -> Self {
-        Self::build(ca, None)
+        let st = Self::build(ca, None, "in-process".into());
+        // No lease loop runs in-process: this state acts as the holder, as the only
+        // process of its store.
+        st.lease
+            .hold_for(std::time::Duration::from_secs(365 * 86400));
+        st
     }
 
-    fn build(ca: Arc<Ca>, server_cert: Option<Arc<ServerCert>>) -> Self {
+    fn build(ca: Arc<Ca>, server_cert: Option<Arc<ServerCert>>, replica: String) -> Self {
+        let lease = ScheduleLease::new(replica, ca.config().rotation.lease.0);
         AppState {
+            lease,
             ca,
             server_cert,
             join_failures: Mutex::new(HashMap::new()),

@@ -18,6 +18,7 @@
 //! runs on the store's own threads). Dropping the store shuts its runtime down in the
 //! background, which is allowed in any context too.
 
+mod ha;
 mod migrations;
 
 use std::collections::HashSet;
@@ -33,8 +34,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 
 use super::{
-    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, JoinTokenRecord, Store,
-    StoreError,
+    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, JoinTokenRecord, Lease,
+    LeaseGrant, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Serial};
 
@@ -753,6 +754,19 @@ impl Store for PostgresStore {
                 None => Ok(None),
             }
         })
+    }
+
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        period: Duration,
+    ) -> Result<LeaseGrant, StoreError> {
+        self.acquire_lease_now(name, holder, period)
+    }
+
+    fn current_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.current_lease_now(name)
     }
 }
 

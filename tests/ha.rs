@@ -1,0 +1,193 @@
+//! Several replicas on one PostgreSQL database: the schedule lease and its takeover.
+//!
+//! The server comes from `LANYARD_TEST_POSTGRES_URL` (a role that may create databases, no
+//! TLS); without it these tests are skipped with a note, except where `CI` is set or
+//! `LANYARD_REQUIRE_POSTGRES=1`, where they fail. `scripts/test.sh` starts a throwaway server.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lanyard::api;
+
+/// The test server's URL, or `None` (after a note) where skipping is allowed.
+fn server_url() -> Option<String> {
+    if let Ok(url) = std::env::var("LANYARD_TEST_POSTGRES_URL") {
+        if !url.is_empty() {
+            return Some(url);
+        }
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let required = std::env::var("LANYARD_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    assert!(
+        !(ci || required),
+        "LANYARD_TEST_POSTGRES_URL is not set, and PostgreSQL tests may not be skipped here \
+         (CI or LANYARD_REQUIRE_POSTGRES=1). Run scripts/test.sh (it starts a throwaway \
+         PostgreSQL) or set LANYARD_TEST_POSTGRES_URL=postgres://USER@HOST:PORT/postgres"
+    );
+    eprintln!("note: PostgreSQL test skipped: LANYARD_TEST_POSTGRES_URL is not set");
+    None
+}
+
+/// `url` with its database replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let end = base[start..]
+        .find('/')
+        .map(|i| start + i)
+        .unwrap_or(base.len());
+    match query {
+        Some(q) => format!("{}/{db}?{q}", &base[..end]),
+        None => format!("{}/{db}", &base[..end]),
+    }
+}
+
+async fn admin(server: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(server, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let result = client.batch_execute(sql).await;
+    drop(client);
+    let _ = driver.await;
+    result
+}
+
+/// A fresh database on the test server, dropped (with any session still on it) at the end.
+struct Database {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn fresh(server: &str) -> Database {
+        let name = format!(
+            "lanyard_ha_{}",
+            hex::encode(lanyard::ids::Serial::random().unwrap().as_bytes())
+        );
+        admin(server, &format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        Database {
+            server: server.to_string(),
+            url: with_database(server, &name),
+            name,
+        }
+    }
+
+    async fn drop_it(self) {
+        let _ = admin(
+            &self.server,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        )
+        .await;
+    }
+}
+
+/// A replica on `db_url` sharing `kek_from`'s key-encryption key (none: the first replica,
+/// which initializes the database).
+fn replica(db_url: &str, name: &str, kek_from: Option<&Path>, extra: &[(&str, &str)]) -> TestCa {
+    let dir = tempfile::tempdir().unwrap();
+    let url_line = format!("url = \"{db_url}\"");
+    let name_line = format!("replica_name = \"{name}\"");
+    let mut overrides = vec![
+        ("storage", "backend = \"postgres\""),
+        ("storage", url_line.as_str()),
+    ];
+    overrides.extend_from_slice(extra);
+    let config = write_config(dir.path(), &overrides);
+    // A top-level key goes before the first table.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{name_line}\n{text}")).unwrap();
+    if let Some(kek) = kek_from {
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::copy(kek, dir.path().join("data/kek")).unwrap();
+    }
+    let log = dir.path().join("serve.log");
+    let mut ca = TestCa {
+        dir,
+        config,
+        port: 0,
+        child: None,
+        log,
+    };
+    ca.spawn();
+    ca
+}
+
+async fn lease_seen_by(client: &CheckedClient) -> Option<api::ScheduleLease> {
+    let a: api::AuthoritiesResponse = client.get("/v1/authorities").await.unwrap();
+    a.schedule_lease
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_replica_holds_the_schedule_lease_and_another_takes_over_when_it_dies() {
+    let Some(server) = server_url() else {
+        return;
+    };
+    let db = Database::fresh(&server).await;
+    let lease = ("rotation", "lease = \"2s\"");
+    let mut a = replica(&db.url, "replica-a", None, &[lease]);
+    let kek = a.state_dir().join("kek");
+    let b = replica(&db.url, "replica-b", Some(&kek), &[lease]);
+    // Both replicas answer with the same operator credential (one CA).
+    let via_a = a.operator();
+    let via_b = CheckedClient::from_credential_dir(&b.url(), &a.operator_dir()).unwrap();
+
+    // `a` started first and took the lease; `b` sees the same holder.
+    let seen_a = lease_seen_by(&via_a).await.expect("a holder");
+    let seen_b = lease_seen_by(&via_b).await.expect("a holder");
+    assert_eq!(seen_a.holder, "replica-a");
+    assert_eq!(seen_b.holder, "replica-a");
+    // The holder renews it: the expiry moves while it lives.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = lease_seen_by(&via_b).await.expect("still held");
+    assert_eq!(later.holder, "replica-a");
+    assert!(
+        later.expires_at > seen_a.expires_at,
+        "{later:?} vs {seen_a:?}"
+    );
+
+    // The holder dies without a word; `b` must take over within two lease periods.
+    let killed = Instant::now();
+    if let Some(mut child) = a.child.take() {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let taken = loop {
+        if let Some(l) = lease_seen_by(&via_b).await {
+            if l.holder == "replica-b" {
+                break killed.elapsed();
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "replica-b did not take the lease over\n{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("takeover after the holder died: {taken:?} (lease 2s)");
+    assert!(taken < Duration::from_secs(4), "took {taken:?}");
+    assert!(b
+        .log_text()
+        .contains("this replica holds the schedule lease"));
+
+    drop(b);
+    drop(a);
+    db.drop_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_the_embedded_store_there_is_no_lease_to_show() {
+    let ca = TestCa::start();
+    let a: api::AuthoritiesResponse = ca.operator().get("/v1/authorities").await.unwrap();
+    assert!(a.schedule_lease.is_none());
+    let raw: serde_json::Value = ca.operator().get("/v1/authorities").await.unwrap();
+    assert!(raw["schedule_lease"].is_null() && raw.get("schedule_lease").is_some());
+}
