@@ -191,3 +191,201 @@ async fn on_the_embedded_store_there_is_no_lease_to_show() {
     let raw: serde_json::Value = ca.operator().get("/v1/authorities").await.unwrap();
     assert!(raw["schedule_lease"].is_null() && raw.get("schedule_lease").is_some());
 }
+
+// ---------------------------------------------------------------------------------------
+// Database outages, simulated by a TCP forwarder between lanyard and PostgreSQL.
+
+/// Forwards 127.0.0.1:<port> to the database while up; cut, it closes every forwarded
+/// connection and holds new ones open without forwarding a byte (a database that stopped
+/// answering, the hardest case: no refusal to react to, only timeouts).
+struct Forwarder {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(target: std::net::SocketAddr) -> Forwarder {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let forward = up2.load(Ordering::SeqCst);
+                let task = tokio::spawn(async move {
+                    if !forward {
+                        // Black hole: hold the socket, answer nothing.
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Forwarder {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    /// The outage: every connection closed, new ones black-holed.
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// The database is back (the black-holed connections stay dead, as after a real
+    /// outage, until the client gives up on them).
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+/// The database URL with its host and port replaced by the forwarder's.
+fn through(url: &str, port: u16) -> String {
+    let start = url
+        .find('@')
+        .map(|i| i + 1)
+        .unwrap_or(url.find("://").unwrap() + 3);
+    let end = start + url[start..].find('/').unwrap();
+    format!("{}127.0.0.1:{port}{}", &url[..start], &url[end..])
+}
+
+fn target_of(url: &str) -> std::net::SocketAddr {
+    let start = url
+        .find('@')
+        .map(|i| i + 1)
+        .unwrap_or(url.find("://").unwrap() + 3);
+    let end = start + url[start..].find('/').unwrap();
+    let hostport = &url[start..end];
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport.parse().unwrap()
+}
+
+/// Status, `Retry-After` and elapsed time of one request.
+async fn timed(
+    ca: &TestCa,
+    identity: Option<(&str, &str)>,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> (u16, Option<String>, Duration) {
+    let start = Instant::now();
+    let (status, _, _, headers) = raw(ca, identity, method, path, body, &[]).await;
+    let retry = headers
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_answers_503_quickly_keeps_the_bundle_and_recovers() {
+    let Some(server) = server_url() else {
+        return;
+    };
+    let db = Database::fresh(&server).await;
+    let fwd = Forwarder::start(target_of(&db.url)).await;
+    let url_line = format!("url = \"{}\"", through(&db.url, fwd.port));
+    let ca = TestCa::start_with(&[
+        ("storage", "backend = \"postgres\""),
+        ("storage", &url_line),
+    ]);
+    let cell = ca.join_cell("cell-1").await;
+    cell.issue_instance(1).await.unwrap();
+    let op_chain = std::fs::read_to_string(ca.operator_dir().join("cert.pem")).unwrap();
+    let op_key = std::fs::read_to_string(ca.operator_dir().join("key.pem")).unwrap();
+    let op = Some((op_chain.as_str(), op_key.as_str()));
+    let cell_id = Some((cell.chain_pem.as_str(), cell.key_pem.as_str()));
+    let (status, _, _) = timed(&ca, None, "GET", "/readyz", None).await;
+    assert_eq!(status, 200);
+    let issue_body = || {
+        let (_key, csr) = lanyard::client::new_key_and_csr().unwrap();
+        Some(serde_json::to_vec(&instance_request(&csr, 2)).unwrap())
+    };
+
+    fwd.cut();
+    let mut worst = Duration::ZERO;
+    for (who, method, path, body) in [
+        (cell_id, "POST", "/v1/instance-certificates", issue_body()),
+        (op, "GET", "/v1/authorities", None),
+        (op, "GET", "/v1/certificates", None),
+        (cell_id, "POST", "/v1/instance-certificates", issue_body()),
+    ] {
+        let (status, retry, took) = timed(&ca, who, method, path, body).await;
+        eprintln!("outage: {method} {path} -> {status} in {took:?}");
+        assert_eq!(status, 503, "{method} {path}\n{}", ca.log_text());
+        assert!(retry.is_some(), "{method} {path}: 503 without Retry-After");
+        assert!(
+            took < Duration::from_secs(2),
+            "{method} {path} took {took:?}"
+        );
+        worst = worst.max(took);
+    }
+    // The bundle is served from memory.
+    let (status, _, took) = timed(&ca, None, "GET", "/v1/trust-bundle", None).await;
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_millis(500), "bundle took {took:?}");
+    // Readiness says so, quickly.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, retry, took) = timed(&ca, None, "GET", "/readyz", None).await;
+    assert_eq!(status, 503);
+    assert!(retry.is_some());
+    assert!(took < Duration::from_secs(2), "readyz took {took:?}");
+    eprintln!("outage: worst time to 503: {worst:?}; readyz 503 in {took:?}");
+
+    fwd.restore();
+    let back = Instant::now();
+    loop {
+        let (status, _, _) = timed(
+            &ca,
+            cell_id,
+            "POST",
+            "/v1/instance-certificates",
+            issue_body(),
+        )
+        .await;
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "no recovery within 30s\n{}",
+            ca.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("recovered {:?} after the database returned", back.elapsed());
+    // Past the readiness cache (a second), readiness follows.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, _) = timed(&ca, None, "GET", "/readyz", None).await;
+    assert_eq!(status, 200);
+
+    drop(ca);
+    drop(fwd);
+    db.drop_it().await;
+}

@@ -62,10 +62,19 @@ pub(crate) fn problem_of(e: &CaError) -> crate::api::Problem {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = Problem::from(&self.0).into_response();
-        if matches!(self.0, CaError::RateLimited(_)) {
+        match self.0 {
             // The join limiter counts failures per minute.
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            CaError::RateLimited(_) => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            }
+            // Not ready (the database unreachable, no active generation): worth another try
+            // soon, here or on another replica.
+            CaError::NotReady(_) => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         r
     }

@@ -86,6 +86,7 @@ macro_rules! store_conformance_tests {
             of_concurrent_takes_of_one_join_token_exactly_one_wins,
             everything_written_is_there_after_reopening,
             a_lease_has_one_holder_until_it_lapses,
+            a_store_that_answers_answers_the_ping,
         );
     };
     (@each $harness:expr; $($check:ident),* $(,)?) => {
@@ -1056,6 +1057,22 @@ pub(crate) fn a_lease_has_one_holder_until_it_lapses<H: Harness>(
     promise!(
         matches!(&got, LeaseGrant::Refused(l) if l.holder == "replica-b"),
         "the former holder is refused once another took it (got {got:?})"
+    );
+    Ok(())
+}
+
+/// A store that serves calls answers the reachability check, quickly.
+pub(crate) fn a_store_that_answers_answers_the_ping<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.put_meta("k", b"v")?;
+    let start = std::time::Instant::now();
+    s.ping()?;
+    promise!(
+        start.elapsed() < Duration::from_secs(1),
+        "the ping answers within a second (took {:?})",
+        start.elapsed()
     );
     Ok(())
 }

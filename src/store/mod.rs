@@ -114,4 +114,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Who holds the lease `name` now: `None` if nobody does (never taken, or lapsed), and
     /// always `None` on a store that answers [`LeaseGrant::Unshared`].
     fn current_lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
+
+    /// Answers `Ok` when the backend can serve calls now, quickly (within about a second)
+    /// either way: a cheap round trip for a database, nothing for an embedded store.
+    fn ping(&self) -> Result<(), StoreError>;
 }

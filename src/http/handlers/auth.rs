@@ -22,19 +22,17 @@ impl FromRequestParts<S> for Authenticated {
             )
             .into());
         };
-        // The usual case (same bundle as at the handshake) is a revocation lookup, cheap
-        // enough for the request path; a changed bundle re-verifies the chain off it.
-        let identity = if caller.needs_chain_check(&st.ca) {
-            let ca = st.ca.clone();
-            tokio::task::spawn_blocking(move || caller.current_identity(&ca))
-                .await
-                .map_err(|e| CaError::Internal(format!("worker failed: {e}")))?
-        } else {
-            caller.current_identity(&st.ca)
-        };
+        // Off the async runtime: the revocation lookup is a store call, which may wait up to
+        // the store's call limit while the database is unreachable, and a changed bundle
+        // re-verifies the chain.
+        let ca = st.ca.clone();
+        let identity = tokio::task::spawn_blocking(move || caller.current_identity(&ca))
+            .await
+            .map_err(|e| CaError::Internal(format!("worker failed: {e}")))?;
         match identity {
             PeerIdentity::Verified { role, .. } => Ok(Authenticated(role)),
             PeerIdentity::Untrusted(why) => Err(CaError::Unauthenticated(why).into()),
+            PeerIdentity::Unavailable(why, _) => Err(CaError::NotReady(why).into()),
             PeerIdentity::Anonymous => Err(CaError::Unauthenticated(
                 "this endpoint requires a client certificate issued by this CA".into(),
             )

@@ -28,6 +28,8 @@ use crate::ids::AuthorityId;
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
+            body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn authorities(
@@ -65,6 +67,8 @@ pub(super) async fn authorities(
         (status = 413, description = "The body is over 1 MiB",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -139,6 +143,8 @@ async fn rotation_step(
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
+            body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn activate(
@@ -175,6 +181,8 @@ pub(super) async fn activate(
         (status = 413, description = "The body is over 1 MiB",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]

@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Whether this replica runs the rotation schedule now.
     pub(in crate::http) lease: ScheduleLease,
+    /// The last store check of `/readyz`: when, and the failure if it failed.
+    readiness: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -88,6 +90,7 @@ impl AppState {
         let lease = ScheduleLease::new(replica, ca.config().rotation.lease.0);
         AppState {
             lease,
+            readiness: tokio::sync::Mutex::new(None),
             ca,
             server_cert,
             join_failures: Mutex::new(HashMap::new()),

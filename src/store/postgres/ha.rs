@@ -1,4 +1,5 @@
-//! What several replicas sharing the database need beyond the records: leases.
+//! What several replicas sharing the database need beyond the records: leases, and a cheap
+//! reachability check for readiness.
 //!
 //! Kept apart from the record methods in `mod.rs`; the [`Store`](crate::store::Store)
 //! implementation there delegates to these.
@@ -70,6 +71,23 @@ impl PostgresStore {
                 .map_err(db_error)?
                 .map(|row| lease_of(&row))
                 .transpose()
+        })
+    }
+}
+
+/// How long a readiness check waits for the database: less than a call, so `/readyz`
+/// answers within its own budget.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl PostgresStore {
+    /// See [`Store::ping`](crate::store::Store::ping).
+    pub(super) fn ping_now(&self) -> Result<(), StoreError> {
+        let pool = self.pool();
+        self.run_with_timeout(PING_TIMEOUT, async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            // An empty query: one round trip, no parsing, no snapshot.
+            c.simple_query("").await.map_err(db_error)?;
+            Ok(())
         })
     }
 }

@@ -44,16 +44,32 @@ use crate::ids::{AuthorityId, Serial};
 /// share it.
 const POOL_SIZE: usize = 8;
 
-/// How long to wait for a new connection (TCP, TLS and authentication).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a new connection (TCP, TLS and authentication). Short: while the
+/// database is unreachable a request must get its 503 within two seconds, not hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// How long a call waits for a free connection of the pool.
-const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call waits for a free connection of the pool (as short, for the same reason:
+/// a pool that stays exhausted that long is overload, answered 503 with `Retry-After`).
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The longest any one call may take, waiting for a connection included. Past it the call
-/// answers [`StoreError::Unavailable`] instead of holding a request forever on a database
-/// that stopped answering.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// answers [`StoreError::Unavailable`] instead of holding a request on a database that
+/// stopped answering (a connection whose peer vanished without closing it). The CA's writes
+/// are single-row or small-batch transactions, far below it on a healthy database.
+const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Calls that may legitimately take longer: opening (schema migrations wait for another
+/// replica's) and the bulk copy of `lanyard store migrate`.
+const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Unacknowledged data older than this makes the kernel drop the connection, so a connection
+/// whose peer vanished (a call that timed out on it) is closed and not handed out again, and
+/// the pool reconnects when the database is back.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle connections are probed after this long, and dropped after three unanswered probes
+/// two seconds apart, for the same reason.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 
 /// PostgreSQL-backed [`Store`].
 pub(crate) struct PostgresStore {
@@ -173,6 +189,14 @@ impl ConnectOptions {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
         if config.get_application_name().is_none() {
             config.application_name("lanyard");
         }
@@ -349,7 +373,7 @@ impl PostgresStore {
             runtime: Some(runtime),
         };
         let pool = store.pool.clone();
-        let before = store.run(async move {
+        let before = store.run_with_timeout(LONG_CALL_TIMEOUT, async move {
             let client = pool.get().await.map_err(pool_error)?;
             migrations::apply(client).await
         })?;
@@ -367,16 +391,24 @@ impl PostgresStore {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        self.run_with_timeout(CALL_TIMEOUT, work)
+    }
+
+    /// [`Self::run`] with another limit than [`CALL_TIMEOUT`].
+    fn run_with_timeout<T, F>(&self, limit: Duration, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let Some(runtime) = &self.runtime else {
             return Err(StoreError::Unavailable("the store is closed".into()));
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         runtime.spawn(async move {
-            let answer = match tokio::time::timeout(CALL_TIMEOUT, work).await {
+            let answer = match tokio::time::timeout(limit, work).await {
                 Ok(answer) => answer,
                 Err(_) => Err(StoreError::Unavailable(format!(
-                    "the database did not answer within {}s",
-                    CALL_TIMEOUT.as_secs()
+                    "the database did not answer within {limit:?}"
                 ))),
             };
             // The caller waits on `rx` until this send; it cannot be gone.
@@ -767,6 +799,10 @@ impl Store for PostgresStore {
 
     fn current_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
         self.current_lease_now(name)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.ping_now()
     }
 }
 
