@@ -389,3 +389,168 @@ async fn a_database_outage_answers_503_quickly_keeps_the_bundle_and_recovers() {
     drop(fwd);
     db.drop_it().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// `lanyard store migrate`.
+
+/// Runs `lanyard store migrate --to <url>` with `ca`'s config.
+fn migrate(ca: &TestCa, url: &str) -> (i32, String) {
+    let out = std::process::Command::new(BIN)
+        .args(["store", "migrate", "--to", url, "--config"])
+        .arg(&ca.config)
+        .env_remove("LANYARD_KEK")
+        .env_remove("LANYARD_STORAGE_URL")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sled_ca_migrates_to_postgres_whole_and_serves_from_it() {
+    let Some(server) = server_url() else {
+        return;
+    };
+    let db = Database::fresh(&server).await;
+    let mut ca = TestCa::start();
+    let cell = ca.join_cell("cell-1").await;
+    let mut issued = Vec::new();
+    for n in 1..=3 {
+        issued.push(cell.issue_instance(n).await.unwrap());
+    }
+    let (code, _, err) = ca.cli(&["revoke", &issued[0].serial, "--reason", "superseded"]);
+    assert_eq!(code, 0, "{err}");
+    let _: serde_json::Value = ca
+        .operator()
+        .post("/v1/authorities/prepare", &serde_json::json!({}), None)
+        .await
+        .unwrap();
+    let token: api::JoinTokenResponse = ca
+        .operator()
+        .post(
+            "/v1/join-tokens",
+            &api::JoinTokenRequest {
+                role: "cell".into(),
+                name: "cell-2".into(),
+                ttl_seconds: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let before: api::AuthoritiesResponse = ca.operator().get("/v1/authorities").await.unwrap();
+    let (_, bundle_before) = ca
+        .anonymous()
+        .trust_bundle(None, 0, false)
+        .await
+        .unwrap()
+        .unwrap();
+    let list_before: api::CertificatesResponse = ca
+        .operator()
+        .get("/v1/certificates?limit=1000")
+        .await
+        .unwrap();
+
+    // Not while the server holds the store.
+    let (code, err) = migrate(&ca, &db.url);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in use by another lanyard process"), "{err}");
+
+    ca.stop();
+    let (code, err) = migrate(&ca, &db.url);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("migrated 2 generation(s)"), "{err}");
+
+    // The same config, on the database.
+    let text = std::fs::read_to_string(&ca.config).unwrap();
+    let text = text.replace(
+        "backend = \"sled\"",
+        &format!("backend = \"postgres\"\nurl = \"{}\"", db.url),
+    );
+    std::fs::write(&ca.config, text).unwrap();
+    std::fs::rename(
+        ca.state_dir().join("store"),
+        ca.state_dir().join("store.migrated"),
+    )
+    .unwrap();
+    ca.spawn();
+
+    let after: api::AuthoritiesResponse = ca.operator().get("/v1/authorities").await.unwrap();
+    let gens = |a: &api::AuthoritiesResponse| {
+        a.authorities
+            .iter()
+            .map(|g| (g.id.clone(), g.state.clone(), g.root_certificate.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(gens(&after), gens(&before));
+    assert_eq!(after.trust_bundle_sequence, before.trust_bundle_sequence);
+    let (_, bundle_after) = ca
+        .anonymous()
+        .trust_bundle(None, 0, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bundle_after, bundle_before);
+    let list_after: api::CertificatesResponse = ca
+        .operator()
+        .get("/v1/certificates?limit=1000")
+        .await
+        .unwrap();
+    let view = |l: &api::CertificatesResponse| {
+        let mut v: Vec<_> = l
+            .certificates
+            .iter()
+            .map(|c| (c.serial.clone(), c.revoked_at.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(view(&list_after), view(&list_before));
+    let revoked = list_after
+        .certificates
+        .iter()
+        .find(|c| c.serial == issued[0].serial)
+        .unwrap();
+    assert!(revoked.revoked_at.is_some(), "the revocation came along");
+    // The join token works, once.
+    let (_key, csr) = lanyard::client::new_key_and_csr().unwrap();
+    let joined: Result<api::IssuedCertificate, _> = ca
+        .anonymous()
+        .post(
+            "/v1/join",
+            &api::CsrRequest { csr: csr.clone() },
+            Some(&token.token),
+        )
+        .await;
+    assert!(joined.is_ok(), "{joined:?}");
+    let again: Result<api::IssuedCertificate, _> = ca
+        .anonymous()
+        .post("/v1/join", &api::CsrRequest { csr }, Some(&token.token))
+        .await;
+    assert!(again.is_err(), "a join token is spent once");
+    // The keys opened under the same KEK: a new certificate issues.
+    let cell = Credential::new(&ca, cell.chain_pem.clone(), cell.key_pem.clone());
+    let fresh = cell.issue_instance(9).await.unwrap();
+    assert!(!fresh.serial.is_empty());
+
+    ca.stop();
+    db.drop_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_migrate_refuses_a_database_that_is_not_empty() {
+    let Some(server) = server_url() else {
+        return;
+    };
+    let db = Database::fresh(&server).await;
+    let mut ca = TestCa::start();
+    ca.stop();
+    let (code, err) = migrate(&ca, &db.url);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = migrate(&ca, &db.url);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not empty"), "{err}");
+    db.drop_it().await;
+}

@@ -118,4 +118,17 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Answers `Ok` when the backend can serve calls now, quickly (within about a second)
     /// either way: a cheap round trip for a database, nothing for an embedded store.
     fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every metadata value, in no particular order (for copying a whole store).
+    fn all_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Up to `limit` certificate records in increasing serial order (the serial's bytes),
+    /// starting after `after` (from the first when `None`): paging through them all visits
+    /// each record once.
+    fn certificates_after(
+        &self,
+        after: Option<&Serial>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// Every unspent join token with the hash it is stored under, in no particular order.
+    fn all_join_tokens(&self) -> Result<Vec<(Vec<u8>, JoinTokenRecord)>, StoreError>;
 }

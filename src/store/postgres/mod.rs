@@ -18,6 +18,7 @@
 //! runs on the store's own threads). Dropping the store shuts its runtime down in the
 //! background, which is allowed in any context too.
 
+mod export;
 mod ha;
 mod migrations;
 
@@ -803,6 +804,22 @@ impl Store for PostgresStore {
 
     fn ping(&self) -> Result<(), StoreError> {
         self.ping_now()
+    }
+
+    fn all_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.all_meta_now()
+    }
+
+    fn certificates_after(
+        &self,
+        after: Option<&Serial>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.certificates_after_now(after, limit)
+    }
+
+    fn all_join_tokens(&self) -> Result<Vec<(Vec<u8>, JoinTokenRecord)>, StoreError> {
+        self.all_join_tokens_now()
     }
 }
 
