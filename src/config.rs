@@ -490,6 +490,8 @@ pub(crate) fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String>
         // servers that tests start included.
         "LANYARD_TEST_POSTGRES_URL",
         "LANYARD_REQUIRE_POSTGRES",
+        // scripts/test.sh's thread count, inherited the same way when set.
+        "LANYARD_TEST_THREADS",
     ];
     let known: std::collections::HashSet<String> = key_sets
         .iter()
