@@ -350,6 +350,19 @@ pub struct AuthoritiesResponse {
     pub authorities: Vec<AuthorityView>,
     /// Current bundle sequence.
     pub trust_bundle_sequence: u64,
+    /// Which replica runs the automatic rotation schedule and intermediate renewal now:
+    /// `null` on the embedded store (one process) or when no replica holds the lease.
+    pub schedule_lease: Option<ScheduleLease>,
+}
+
+/// The schedule lease: one replica at a time runs the rotation schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleLease {
+    /// The holder's replica name (`replica_name`, default `<hostname>:<listen port>`).
+    pub holder: String,
+    /// When the lease lapses unless its holder renews it (RFC 3339).
+    #[schema(format = DateTime)]
+    pub expires_at: String,
 }
 
 /// `GET /v1/certificates` answer.

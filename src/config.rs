@@ -81,6 +81,10 @@ pub(crate) struct Config {
     /// Initialize an empty state on `serve` (dev).
     #[serde(default)]
     pub auto_init: bool,
+    /// This replica's name, for the schedule lease and logs; default
+    /// `<hostname>:<listen port>` (the port actually bound).
+    #[serde(default)]
+    pub replica_name: Option<String>,
     /// Where the API listens.
     pub listen: ListenConfig,
     /// Key-encryption key source.
@@ -244,6 +248,15 @@ pub(crate) struct RotationConfig {
     /// How often the scheduler looks (default 10s).
     #[serde(default = "default_check_interval")]
     pub check_interval: ConfigDuration,
+    /// How long the schedule lease lasts without a renewal (default 15s): on a shared
+    /// store one replica at a time runs the schedule, and another takes over within two
+    /// lease periods after its holder stops.
+    #[serde(default = "default_lease")]
+    pub lease: ConfigDuration,
+}
+
+fn default_lease() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(15))
 }
 
 /// The shortest root or intermediate lifetime (see `Config::validate`).
@@ -259,6 +272,7 @@ impl Default for RotationConfig {
             automatic: false,
             propagation_delay: ConfigDuration(Duration::from_secs(600)),
             check_interval: default_check_interval(),
+            lease: default_lease(),
         }
     }
 }
@@ -298,6 +312,7 @@ pub(crate) const SERVER_KEYS: &[(&str, &str)] = &[
     ("", "trust_domain"),
     ("", "state_dir"),
     ("", "auto_init"),
+    ("", "replica_name"),
     ("listen", "address"),
     ("listen", "server_names"),
     ("listen", "max_handshakes"),
@@ -319,6 +334,7 @@ pub(crate) const SERVER_KEYS: &[(&str, &str)] = &[
     ("rotation", "automatic"),
     ("rotation", "propagation_delay"),
     ("rotation", "check_interval"),
+    ("rotation", "lease"),
     ("storage", "backend"),
     ("storage", "url"),
     ("client", "server"),
@@ -426,6 +442,23 @@ impl Config {
                 "must be at most a sixth of authority.intermediate_ttl",
             ));
         }
+        // Renewed every third of the period: at least a second keeps that from being busy
+        // work, at most an hour keeps a takeover from waiting for most of a day.
+        let lease = self.rotation.lease.0;
+        if lease < Duration::from_secs(1) || lease > Duration::from_secs(3600) {
+            return Err(ConfigError::key(
+                "rotation.lease",
+                "must be between 1s and 1h",
+            ));
+        }
+        if let Some(name) = &self.replica_name {
+            if name.trim().is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+                return Err(ConfigError::key(
+                    "replica_name",
+                    "must be 1 to 255 printable characters",
+                ));
+            }
+        }
         match self.storage.backend.as_str() {
             "sled" => {}
             "postgres" => match &self.storage.url {
@@ -476,6 +509,15 @@ impl Config {
         Ok(())
     }
 
+    /// This replica's name: `replica_name`, else `<hostname>:<port>` with the port the API
+    /// listener actually bound (`listen.address` may say port 0).
+    pub(crate) fn replica_name(&self, bound_port: u16) -> String {
+        if let Some(n) = &self.replica_name {
+            return n.clone();
+        }
+        format!("{}:{bound_port}", hostname())
+    }
+
     /// The KEK file: the configured one, or none.
     pub(crate) fn kek_file(&self) -> Option<&Path> {
         self.keys.kek_file.as_deref()
@@ -511,6 +553,17 @@ impl Config {
     }
 }
 
+/// The host's name, as the kernel has it (no dependency for one value), else `$HOSTNAME`,
+/// else `localhost`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// Environment variables that start with `LANYARD_` but name no key of `key_sets` and are
 /// not one of the process variables: most likely a misspelled override.
 pub(crate) fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String> {
@@ -523,6 +576,8 @@ pub(crate) fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String>
         // servers that tests start included.
         "LANYARD_TEST_POSTGRES_URL",
         "LANYARD_REQUIRE_POSTGRES",
+        // scripts/test.sh's thread count, inherited the same way when set.
+        "LANYARD_TEST_THREADS",
     ];
     let known: std::collections::HashSet<String> = key_sets
         .iter()
@@ -755,6 +810,32 @@ mod tests {
         lines.push(("rotation", "propagation_delay = \"700ms\""));
         let e = dev_with(&lines).unwrap_err().to_string();
         assert!(e.contains("rotation.propagation_delay"), "{e}");
+    }
+
+    #[test]
+    fn the_schedule_lease_defaults_to_15s_and_is_bounded() {
+        let c = dev_with(&[]).unwrap();
+        assert_eq!(c.rotation.lease.0, Duration::from_secs(15));
+        assert_eq!(c.replica_name, None);
+        for bad in ["lease = \"500ms\"", "lease = \"2h\"", "lease = \"soon\""] {
+            let e = dev_with(&[("rotation", bad)]).unwrap_err().to_string();
+            assert!(e.contains("rotation.lease"), "{e}");
+        }
+        let c = dev_with(&[("rotation", "lease = \"3s\"")]).unwrap();
+        assert_eq!(c.rotation.lease.0, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_replica_name_defaults_to_host_and_bound_port() {
+        let c = dev_with(&[]).unwrap();
+        let name = c.replica_name(8443);
+        assert!(name.ends_with(":8443") && name.len() > 5, "{name}");
+        let f = write(&format!("replica_name = \"ca-1\"\n{DEV}"));
+        let c = Config::load(f.path()).unwrap();
+        assert_eq!(c.replica_name(8443), "ca-1");
+        let f = write(&format!("replica_name = \"\"\n{DEV}"));
+        let e = Config::load(f.path()).unwrap_err().to_string();
+        assert!(e.contains("replica_name"), "{e}");
     }
 
     #[test]

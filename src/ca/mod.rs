@@ -9,23 +9,27 @@
 //! `error.rs` holds the errors, `issuance.rs` certificate requests, `join.rs` join tokens,
 //! `certificates.rs` records and revocation, `authorities.rs` generations, rotation steps, the
 //! bundle and CRLs, `local_credentials.rs` the server certificate and operator credential,
-//! `status.rs` metrics; this file opens and initializes the state.
+//! `status.rs` metrics, `lease.rs` the schedule lease, `migrate.rs` `store migrate`; this file
+//! opens and initializes the state.
 
 mod authorities;
 mod certificates;
 mod error;
 mod issuance;
 mod join;
+mod lease;
 mod local_credentials;
+mod migrate;
 mod status;
 
 pub(crate) use error::{CaError, StartError};
 pub(crate) use local_credentials::LocalCredential;
+pub(crate) use migrate::migrate_to_postgres;
 
 // The data the use cases hand out, re-exported so that callers depend on `ca` alone.
 pub(crate) use crate::authority::{GenerationStatus, Issued, TrustBundle};
 pub(crate) use crate::store::{
-    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord,
+    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, Lease, LeaseGrant,
 };
 
 use std::path::PathBuf;

@@ -7,6 +7,11 @@ use crate::metrics::Metrics;
 use crate::store::GenerationState;
 
 impl Ca {
+    /// Whether the store answers now (for readiness; quick either way).
+    pub(crate) fn check_store(&self) -> Result<(), CaError> {
+        Ok(self.store.ping()?)
+    }
+
     /// The counters, for the layers that count events the CA does not see (HTTP responses,
     /// refused joins).
     pub(crate) fn metrics(&self) -> &Metrics {

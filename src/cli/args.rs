@@ -79,6 +79,9 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         watchers: usize,
     },
+    /// The CA's storage.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print the identity in a certificate file.
     Inspect {
         /// PEM file (the first certificate is shown) or a DER certificate.
@@ -86,6 +89,17 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `lanyard store ...`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the embedded store of `--config` (CA stopped) into an empty PostgreSQL database.
+    Migrate {
+        /// The target: postgres://user:password@host:port/db (empty; migrations are applied).
+        #[arg(long)]
+        to: String,
     },
 }
 

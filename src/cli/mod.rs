@@ -18,7 +18,9 @@ use crate::ca::StartError;
 use crate::client::ClientError;
 use crate::config::{Config, ConfigError};
 
-pub use args::{AuthorityCommand, CertCommand, Cli, Command, CredentialCommand, TokenCommand};
+pub use args::{
+    AuthorityCommand, CertCommand, Cli, Command, CredentialCommand, StoreCommand, TokenCommand,
+};
 pub use output::authority_table;
 
 /// A failure with its exit code.
@@ -158,6 +160,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Init => server_commands::init(&cli),
         Command::Serve => server_commands::serve(&cli).await,
+        Command::Store(StoreCommand::Migrate { to }) => {
+            server_commands::store_migrate(&cli, to).await
+        }
         Command::Agent => {
             let path = config_path(&cli.config, "ca-config/agent.toml");
             crate::agent::run(&path).await.map_err(|e| Failure {

@@ -140,6 +140,7 @@ mod tests {
                 root_certificate: String::new(),
             }],
             trust_bundle_sequence: 3,
+            schedule_lease: None,
         };
         let t = authority_table(&r);
         let lines: Vec<&str> = t.lines().collect();

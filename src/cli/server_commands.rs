@@ -27,6 +27,22 @@ fn print_init_report(r: &crate::ca::InitReport) {
     );
 }
 
+/// `lanyard store migrate --to URL`: copies the stopped CA's embedded store into an empty
+/// PostgreSQL database.
+pub(super) async fn store_migrate(cli: &Cli, to: &str) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let url = to.to_string();
+    let r = tokio::task::spawn_blocking(move || crate::ca::migrate_to_postgres(&config, &url))
+        .await
+        .map_err(Failure::runtime)??;
+    // The URL may carry a password: it is not echoed.
+    eprintln!(
+        "lanyard: migrated {} generation(s) (bundle sequence {}), {} certificate record(s) ({} revoked), {} join token(s) and {} metadata value(s); serve with storage.backend = \"postgres\" and the same key-encryption key",
+        r.generations, r.bundle_sequence, r.certificates, r.revoked, r.join_tokens, r.meta
+    );
+    Ok(())
+}
+
 /// `lanyard serve`: opens the CA and serves until SIGINT/SIGTERM.
 pub(super) async fn serve(cli: &Cli) -> Result<(), Failure> {
     let config = load_config(cli)?;

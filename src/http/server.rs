@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::handlers::{router, AppState};
-use super::maintenance::{maintenance_loop, rotation_loop};
+use super::maintenance::{lease_loop, maintenance_loop, renew_schedule_lease, rotation_loop};
 use super::problem::ApiError;
 use super::tls::{identify, server_config, Caller, PeerIdentity, ServerCert};
 use super::ServeError;
@@ -112,8 +112,15 @@ pub(crate) async fn serve(
     let server_cert = Arc::new(ServerCert::new(&cred)?);
     let tls = server_config(server_cert.clone())?;
     let acceptor = TlsAcceptor::from(tls);
-    let state = Arc::new(AppState::new(ca.clone(), server_cert));
+    let port = listener.local_addr()?.port();
+    let replica = ca.config().replica_name(port);
+    tracing::info!(replica = %replica, "replica name");
+    let state = Arc::new(AppState::new(ca.clone(), server_cert, replica));
     let app = router(state.clone());
+    // The first lease attempt before the first refresh, so that a single replica (or the
+    // holder) renews a due intermediate at once, as before leases.
+    renew_schedule_lease(&state).await;
+    let lease = tokio::spawn(lease_loop(state.clone()));
     state.refresh_local_credentials().await;
 
     let maintenance = tokio::spawn(maintenance_loop(state.clone()));
@@ -164,6 +171,7 @@ pub(crate) async fn serve(
         });
     }
     maintenance.abort();
+    lease.abort();
     if let Some(s) = scheduler {
         s.abort();
     }

@@ -14,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 use super::ServeError;
-use crate::ca::{Ca, CertificateRecord, LocalCredential};
+use crate::ca::{Ca, CaError, CertificateRecord, LocalCredential};
 use crate::ids::{Role, Serial};
 use crate::tls_provider::provider;
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
@@ -162,6 +162,10 @@ pub(crate) enum PeerIdentity {
     /// A client certificate that does not chain to this CA's bundle, is revoked, or names no
     /// role; the reason is returned in the 401.
     Untrusted(String),
+    /// Its revocation status could not be read (the store is unreachable) at that moment:
+    /// a 503. A request on the connection checks again unless the failure is fresh (under a
+    /// second old), so the handshake's failed lookup and the first request's do not add up.
+    Unavailable(String, std::time::Instant),
     /// A verified client certificate.
     Verified {
         /// The role from its SPIFFE ID.
@@ -188,13 +192,6 @@ pub(crate) struct Caller {
 }
 
 impl Caller {
-    /// Whether [`Caller::current_identity`] would verify the chain again (the bundle
-    /// changed since the handshake), which is CPU work to keep off the async runtime.
-    pub(crate) fn needs_chain_check(&self, ca: &Ca) -> bool {
-        matches!(&self.identity, PeerIdentity::Verified { bundle_sequence, .. }
-            if *bundle_sequence != ca.bundle().sequence)
-    }
-
     /// The caller's identity *now*: a connection may outlive its certificate, its root (a
     /// retirement) or its revocation, so every request re-checks expiry and revocation, and
     /// re-verifies the chain when the bundle changed since the handshake.
@@ -220,15 +217,32 @@ impl Caller {
                                 "client certificate {s} is revoked"
                             ))
                         }
-                        Err(_) => {
-                            return PeerIdentity::Untrusted("revocation status unavailable".into())
-                        }
+                        Err(e) => return revocation_unknown(e),
                     }
                 }
                 self.identity.clone()
             }
+            // The handshake could not finish the check: try again, unless it just failed.
+            PeerIdentity::Unavailable(_, at) if at.elapsed() >= UNAVAILABLE_FRESH => {
+                identify(ca, &self.certs)
+            }
             other => other.clone(),
         }
+    }
+}
+
+/// How long a failed revocation lookup stands for the connection before it is tried again.
+const UNAVAILABLE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A failed revocation lookup: unavailable (503) when the store cannot be reached, so a
+/// client retries instead of taking its credential for refused; refused otherwise.
+fn revocation_unknown(e: CaError) -> PeerIdentity {
+    match e {
+        CaError::NotReady(m) => PeerIdentity::Unavailable(
+            format!("revocation status unavailable: {m}"),
+            std::time::Instant::now(),
+        ),
+        _ => PeerIdentity::Untrusted("revocation status unavailable".into()),
     }
 }
 
@@ -289,7 +303,7 @@ pub(crate) fn identify(ca: &Ca, certs: &[CertificateDer<'static>]) -> PeerIdenti
             Ok(true) => {
                 return PeerIdentity::Untrusted(format!("client certificate {s} is revoked"))
             }
-            Err(_) => return PeerIdentity::Untrusted("revocation status unavailable".into()),
+            Err(e) => return revocation_unknown(e),
         }
     }
     PeerIdentity::Verified {

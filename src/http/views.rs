@@ -8,7 +8,7 @@ use der::Decode;
 
 use crate::api;
 use crate::ca::{
-    AuthorityRecord, CaError, CertificateKind, CertificateRecord, GenerationStatus, Issued,
+    AuthorityRecord, CaError, CertificateKind, CertificateRecord, GenerationStatus, Issued, Lease,
     TrustBundle,
 };
 use crate::timefmt::rfc3339;
@@ -17,10 +17,15 @@ use crate::timefmt::rfc3339;
 pub(crate) fn authorities_view(
     gens: &[GenerationStatus],
     sequence: u64,
+    lease: Option<&Lease>,
 ) -> api::AuthoritiesResponse {
     api::AuthoritiesResponse {
         authorities: gens.iter().map(|(g, l)| authority_view(g, *l)).collect(),
         trust_bundle_sequence: sequence,
+        schedule_lease: lease.map(|l| api::ScheduleLease {
+            holder: l.holder.clone(),
+            expires_at: rfc3339(l.expires_at),
+        }),
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord, Store, StoreError,
+    GenerationState, JoinTokenRecord, LeaseGrant, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Guid, Name, Serial};
 
@@ -91,6 +91,9 @@ macro_rules! store_conformance_tests {
             of_concurrent_takes_of_one_join_token_exactly_one_wins,
             expired_join_tokens_are_purged_and_live_ones_stay,
             everything_written_is_there_after_reopening,
+            a_lease_has_one_holder_until_it_lapses,
+            a_store_that_answers_answers_the_ping,
+            the_whole_store_reads_back_for_a_copy,
         );
     };
     (@each $harness:expr; $($check:ident),* $(,)?) => {
@@ -1232,6 +1235,164 @@ pub(crate) fn everything_written_is_there_after_reopening<H: Harness>(
         distinct.len() == 4,
         "each record is there once after two reopens (got {})",
         distinct.len()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Leases.
+
+/// A shared store grants a lease to one holder at a time: its holder renews it (the expiry
+/// moves forward), another is refused and told who holds it, leases of other names are
+/// independent, and once it lapses another holder takes it. A store only one process can
+/// open answers `Unshared` to everyone and reports no holder.
+pub(crate) fn a_lease_has_one_holder_until_it_lapses<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const PERIOD: Duration = Duration::from_secs(1);
+    let s = h.open_fresh()?;
+    promise!(
+        s.current_lease("schedule")?.is_none(),
+        "a lease never taken has no holder"
+    );
+    let first = match s.acquire_lease("schedule", "replica-a", PERIOD)? {
+        LeaseGrant::Unshared => {
+            let again = s.acquire_lease("schedule", "replica-b", PERIOD)?;
+            promise!(
+                again == LeaseGrant::Unshared,
+                "a store that answered Unshared answers it to everyone (got {again:?})"
+            );
+            promise!(
+                s.current_lease("schedule")?.is_none(),
+                "an unshared store reports no holder"
+            );
+            return Ok(());
+        }
+        LeaseGrant::Held(l) => l,
+        LeaseGrant::Refused(l) => {
+            return Err(Violation::Broken(format!(
+                "a free lease was refused (held by {l:?})"
+            )))
+        }
+    };
+    promise!(
+        first.holder == "replica-a",
+        "the lease names its holder (got {first:?})"
+    );
+    let got = s.acquire_lease("schedule", "replica-b", PERIOD)?;
+    promise!(
+        matches!(&got, LeaseGrant::Refused(l) if l.holder == "replica-a"),
+        "a held lease is refused to another, naming the holder (got {got:?})"
+    );
+    let current = s.current_lease("schedule")?;
+    promise!(
+        current.as_ref().is_some_and(|l| l.holder == "replica-a"),
+        "the current holder is reported (got {current:?})"
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let renewed = s.acquire_lease("schedule", "replica-a", PERIOD)?;
+    promise!(
+        matches!(&renewed, LeaseGrant::Held(l) if l.holder == "replica-a" && l.expires_at > first.expires_at),
+        "the holder renews its lease and the expiry moves forward (got {renewed:?}, was {first:?})"
+    );
+    let other = s.acquire_lease("other", "replica-b", PERIOD)?;
+    promise!(
+        matches!(&other, LeaseGrant::Held(l) if l.holder == "replica-b"),
+        "leases of other names are independent (got {other:?})"
+    );
+    std::thread::sleep(PERIOD + Duration::from_millis(300));
+    promise!(
+        s.current_lease("schedule")?.is_none(),
+        "a lapsed lease has no holder"
+    );
+    let taken = s.acquire_lease("schedule", "replica-b", PERIOD)?;
+    promise!(
+        matches!(&taken, LeaseGrant::Held(l) if l.holder == "replica-b"),
+        "a lapsed lease goes to the next caller (got {taken:?})"
+    );
+    let got = s.acquire_lease("schedule", "replica-a", PERIOD)?;
+    promise!(
+        matches!(&got, LeaseGrant::Refused(l) if l.holder == "replica-b"),
+        "the former holder is refused once another took it (got {got:?})"
+    );
+    Ok(())
+}
+
+/// A store that serves calls answers the reachability check, quickly.
+pub(crate) fn a_store_that_answers_answers_the_ping<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.put_meta("k", b"v")?;
+    let start = std::time::Instant::now();
+    s.ping()?;
+    promise!(
+        start.elapsed() < Duration::from_secs(1),
+        "the ping answers within a second (took {:?})",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+/// The read-all methods see everything, each once: every metadata value, every record
+/// (revocations included) page by page in increasing serial order, every unspent token.
+pub(crate) fn the_whole_store_reads_back_for_a_copy<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    promise!(
+        s.all_meta()?.is_empty()
+            && s.certificates_after(None, 10)?.is_empty()
+            && s.all_join_tokens()?.is_empty(),
+        "a fresh store reads back empty"
+    );
+    s.put_meta("a", b"1")?;
+    s.put_meta("b", b"2")?;
+    let mut meta = s.all_meta()?;
+    meta.sort();
+    promise!(
+        meta == [
+            ("a".to_string(), b"1".to_vec()),
+            ("b".to_string(), b"2".to_vec())
+        ],
+        "every metadata value reads back (got {meta:?})"
+    );
+    let mut records = Vec::new();
+    for n in 0..5u64 {
+        records.push(instance(&format!("a{n}"), "b1", 1, 10 + n, 1_000)?);
+    }
+    s.insert_certificates(&records)?;
+    records[2].revoked_at = Some(at(50));
+    s.update_certificate(&records[2])?;
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.certificates_after(after.as_ref(), 2)?;
+        promise!(page.len() <= 2, "a page holds at most its limit");
+        let Some(last) = page.last() else { break };
+        after = Some(last.serial);
+        seen.extend(page);
+    }
+    let mut expected: Vec<Serial> = records.iter().map(|r| r.serial).collect();
+    expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    promise!(
+        serials(&seen) == expected,
+        "paging visits every record once, in serial order (got {:?})",
+        serials(&seen)
+    );
+    let revoked = seen.iter().find(|r| r.serial == records[2].serial);
+    promise!(
+        revoked.is_some_and(|r| same_cert(r, &records[2])),
+        "records read back as they are now, revocation included"
+    );
+    let t1 = token("cell-1", 900)?;
+    s.insert_join_token(b"one", &t1)?;
+    s.insert_join_token(b"two", &token("cell-2", 900)?)?;
+    s.take_join_token(b"two")?;
+    let tokens = s.all_join_tokens()?;
+    promise!(
+        tokens.len() == 1 && tokens[0].0 == b"one" && same_token(&tokens[0].1, &t1),
+        "every unspent token reads back under its hash (got {tokens:?})"
     );
     Ok(())
 }

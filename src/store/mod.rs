@@ -13,11 +13,11 @@ mod sled_store;
 pub(crate) use postgres::PostgresStore;
 pub(crate) use records::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord,
+    GenerationState, JoinTokenRecord, Lease, LeaseGrant,
 };
 pub(crate) use sled_store::SledStore;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::ids::{AuthorityId, Serial};
 
@@ -186,4 +186,37 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// returns how many; tokens expiring at `now` or later stay. Tokens nobody spends would
     /// otherwise pile up forever.
     fn purge_expired_join_tokens(&self, now: SystemTime) -> Result<u64, StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` for `period` from now (the store's
+    /// clock, so holders on hosts whose clocks differ still agree). A shared store grants it
+    /// when nobody holds it, when it has lapsed, or when `holder` already holds it (a
+    /// renewal, which moves the expiry forward), and refuses it otherwise, naming the holder;
+    /// of concurrent callers at most one is granted a lease that is not theirs already. A
+    /// store only one process can open answers [`LeaseGrant::Unshared`] to everyone.
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        period: Duration,
+    ) -> Result<LeaseGrant, StoreError>;
+    /// Who holds the lease `name` now: `None` if nobody does (never taken, or lapsed), and
+    /// always `None` on a store that answers [`LeaseGrant::Unshared`].
+    fn current_lease(&self, name: &str) -> Result<Option<Lease>, StoreError>;
+
+    /// Answers `Ok` when the backend can serve calls now, quickly (within about a second)
+    /// either way: a cheap round trip for a database, nothing for an embedded store.
+    fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every metadata value, in no particular order (for copying a whole store).
+    fn all_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Up to `limit` certificate records in increasing serial order (the serial's bytes),
+    /// starting after `after` (from the first when `None`): paging through them all visits
+    /// each record once.
+    fn certificates_after(
+        &self,
+        after: Option<&Serial>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// Every unspent join token with the hash it is stored under, in no particular order.
+    fn all_join_tokens(&self) -> Result<Vec<(Vec<u8>, JoinTokenRecord)>, StoreError>;
 }

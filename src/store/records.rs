@@ -165,6 +165,27 @@ pub(crate) struct JoinTokenRecord {
     pub expires_at: SystemTime,
 }
 
+/// Who holds a lease, and until when (the database's clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lease {
+    /// The holder's name (a replica name).
+    pub holder: String,
+    /// When it lapses unless renewed.
+    pub expires_at: SystemTime,
+}
+
+/// The answer to [`super::Store::acquire_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LeaseGrant {
+    /// The store belongs to one process (it locks out every other), so whoever asks holds
+    /// the lease: there is nobody to share it with.
+    Unshared,
+    /// Granted (taken or renewed) to the caller, as recorded.
+    Held(Lease),
+    /// Another holder has it and it has not lapsed.
+    Refused(Lease),
+}
+
 mod b64 {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};

@@ -12,7 +12,7 @@ use sled::Transactional;
 
 use super::{
     AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, JoinTokenRecord,
-    Store, StoreError,
+    Lease, LeaseGrant, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Serial};
 
@@ -462,6 +462,71 @@ impl Store for SledStore {
             self.durable()?;
         }
         Ok(purged)
+    }
+
+    fn acquire_lease(
+        &self,
+        _name: &str,
+        _holder: &str,
+        _period: std::time::Duration,
+    ) -> Result<LeaseGrant, StoreError> {
+        // sled locks its files: this process is the only one with the store, so the only
+        // possible holder.
+        Ok(LeaseGrant::Unshared)
+    }
+
+    fn current_lease(&self, _name: &str) -> Result<Option<Lease>, StoreError> {
+        Ok(None)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        // In this process: there whenever the process is.
+        Ok(())
+    }
+
+    fn all_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.meta
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                let key = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    message: "a metadata key that is not UTF-8".into(),
+                })?;
+                Ok((key, v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn certificates_after(
+        &self,
+        after: Option<&Serial>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        use std::ops::Bound;
+        // The tree is keyed by the serial's bytes, so its order is the promised one.
+        let start = match after {
+            Some(s) => Bound::Excluded(s.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.certs
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn all_join_tokens(&self) -> Result<Vec<(Vec<u8>, JoinTokenRecord)>, StoreError> {
+        self.tokens
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                Ok((k.to_vec(), decode(b"join_token", &v)?))
+            })
+            .collect()
     }
 }
 

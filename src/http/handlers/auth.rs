@@ -22,17 +22,15 @@ impl FromRequestParts<S> for Authenticated {
             )
             .into());
         };
-        // The usual case (same bundle as at the handshake) is a revocation lookup, cheap
-        // enough for the request path; a changed bundle re-verifies the chain off it.
-        let identity = if caller.needs_chain_check(&st.ca) {
-            let ca = st.ca.clone();
-            st.pool.run(move || caller.current_identity(&ca)).await?
-        } else {
-            caller.current_identity(&st.ca)
-        };
+        // Off the async runtime, on the bounded pool: the revocation lookup is a store call,
+        // which may wait up to the store's call limit while the database is unreachable, and a
+        // changed bundle re-verifies the chain.
+        let ca = st.ca.clone();
+        let identity = st.pool.run(move || caller.current_identity(&ca)).await?;
         match identity {
             PeerIdentity::Verified { role, .. } => Ok(Authenticated(role)),
             PeerIdentity::Untrusted(why) => Err(CaError::Unauthenticated(why).into()),
+            PeerIdentity::Unavailable(why, _) => Err(CaError::NotReady(why).into()),
             PeerIdentity::Anonymous => Err(CaError::Unauthenticated(
                 "this endpoint requires a client certificate issued by this CA".into(),
             )

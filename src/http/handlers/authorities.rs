@@ -28,6 +28,8 @@ use crate::ids::AuthorityId;
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
+            body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn authorities(
@@ -35,8 +37,12 @@ pub(super) async fn authorities(
     _op: OperatorCaller,
 ) -> Result<Json<api::AuthoritiesResponse>, ApiError> {
     let ca = st.ca.clone();
-    let (gens, seq) = blocking(&st, move || ca.generations()).await?;
-    Ok(Json(authorities_view(&gens, seq)))
+    let (gens, seq, lease) = blocking(&st, move || {
+        let (gens, seq) = ca.generations()?;
+        Ok((gens, seq, ca.schedule_lease()?))
+    })
+    .await?;
+    Ok(Json(authorities_view(&gens, seq, lease.as_ref())))
 }
 
 #[utoipa::path(
@@ -61,6 +67,8 @@ pub(super) async fn authorities(
         (status = 413, description = "The body is over 1 MiB",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -135,6 +143,8 @@ async fn rotation_step(
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
+            body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn activate(
@@ -171,6 +181,8 @@ pub(super) async fn activate(
         (status = 413, description = "The body is over 1 MiB",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]

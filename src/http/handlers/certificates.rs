@@ -35,6 +35,8 @@ use crate::ids::{Guid, Serial};
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
+            body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn certificates(
@@ -102,6 +104,8 @@ pub(super) async fn certificates(
         (status = 422, description = "A well-formed but invalid value: `serial` is not 16 bytes of hex; `detail` names the field",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]

@@ -52,7 +52,7 @@ async fn own_credential(
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+        (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -87,7 +87,7 @@ pub(super) async fn cell_credential(
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+        (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]

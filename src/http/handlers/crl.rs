@@ -32,6 +32,8 @@ const CRL_VALIDITY: Duration = Duration::from_secs(3600);
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
+            body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn crl(State(st): State<S>, ApiPath(id): ApiPath) -> Result<Response, ApiError> {

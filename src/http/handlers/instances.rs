@@ -33,7 +33,7 @@ use crate::http::views::issued_view;
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+        (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -68,7 +68,7 @@ pub(super) async fn instance_certificate(
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+        (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]

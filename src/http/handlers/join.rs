@@ -38,6 +38,8 @@ use crate::http::tls::Caller;
             body = api::Problem, content_type = "application/problem+json"),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
+            body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn join_token(
@@ -93,7 +95,7 @@ fn join_failed(st: &AppState, ip: IpAddr) {
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No active authority generation, or its intermediate is about to expire",
+        (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]

@@ -38,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 
+use super::maintenance::ScheduleLease;
 use super::problem::ApiError;
 use super::tls::ServerCert;
 use super::views::issued_view;
@@ -59,6 +60,10 @@ pub(crate) struct AppState {
     pub(super) pool: BlockingPool,
     /// Turns for anonymous trust-bundle long polls; without one a poll answers at once.
     pub(super) anonymous_polls: Arc<tokio::sync::Semaphore>,
+    /// Whether this replica runs the rotation schedule now.
+    pub(in crate::http) lease: ScheduleLease,
+    /// The last store check of `/readyz`: when, and the failure if it failed.
+    readiness: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -68,9 +73,10 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State for a server that serves `server_cert` on its TLS listener.
-    pub(crate) fn new(ca: Arc<Ca>, server_cert: Arc<ServerCert>) -> Self {
-        Self::build(ca, Some(server_cert))
+    /// State for a server that serves `server_cert` on its TLS listener, as the replica
+    /// named `replica`.
+    pub(crate) fn new(ca: Arc<Ca>, server_cert: Arc<ServerCert>, replica: String) -> Self {
+        Self::build(ca, Some(server_cert), replica)
     }
 
     /// State without a TLS listener, for driving the router in-process: every request is
@@ -78,19 +84,27 @@ impl AppState {
     /// refreshes leave the server certificate alone.
     #[cfg(test)]
     pub(crate) fn in_process(ca: Arc<Ca>) -> Self {
-        Self::build(ca, None)
+        let st = Self::build(ca, None, "in-process".into());
+        // No lease loop runs in-process: this state acts as the holder, as the only
+        // process of its store.
+        st.lease
+            .hold_for(std::time::Duration::from_secs(365 * 86400));
+        st
     }
 
     /// State without a TLS listener whose blocking work runs on `pool`.
     #[cfg(test)]
     pub(crate) fn in_process_with_pool(ca: Arc<Ca>, pool: BlockingPool) -> Self {
-        AppState {
+        let st = AppState {
             pool,
-            ..Self::build(ca, None)
-        }
+            ..Self::build(ca, None, "in-process".into())
+        };
+        st.lease
+            .hold_for(std::time::Duration::from_secs(365 * 86400));
+        st
     }
 
-    fn build(ca: Arc<Ca>, server_cert: Option<Arc<ServerCert>>) -> Self {
+    fn build(ca: Arc<Ca>, server_cert: Option<Arc<ServerCert>>, replica: String) -> Self {
         let listen = &ca.config().listen;
         let pool = BlockingPool::new(listen.blocking_threads, listen.blocking_queue_depth);
         let anonymous_polls = Arc::new(tokio::sync::Semaphore::new(
@@ -98,9 +112,12 @@ impl AppState {
                 .max_anonymous_long_polls
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         ));
+        let lease = ScheduleLease::new(replica, ca.config().rotation.lease.0);
         AppState {
             pool,
             anonymous_polls,
+            lease,
+            readiness: tokio::sync::Mutex::new(None),
             ca,
             server_cert,
             join_failures: Mutex::new(HashMap::new()),

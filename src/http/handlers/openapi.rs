@@ -73,6 +73,7 @@ pub(super) const JOIN_TOKEN: &str = "join_token";
         api::RevokeRequest,
         api::AuthorityView,
         api::AuthoritiesResponse,
+        api::ScheduleLease,
         api::CertificateView,
         api::CertificatesResponse,
         api::SpiffeBundle,

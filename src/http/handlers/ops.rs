@@ -1,6 +1,8 @@
 //! Endpoints for operations and tooling: `/healthz`, `/readyz`, `/metrics`, and the OpenAPI
 //! document.
 
+use std::time::{Duration, Instant};
+
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +24,8 @@ use crate::http::problem::ApiError;
         (status = 200, description = "Prometheus text exposition format 0.0.4",
             body = String, content_type = "text/plain"),
         (status = 500, description = "The server failed; the details are in its log",
+            body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
@@ -77,21 +81,49 @@ pub(super) async fn healthz() -> Json<api::Health> {
     get,
     path = paths::READYZ,
     tag = "operations",
-    summary = "Readiness: an authority generation is active",
+    summary = "Readiness: an authority generation is active and the store answers",
     extensions(("x-lanyard-role" = json!("public"))),
     responses(
         (status = 200, description = "Ready to issue",
             body = api::Readiness, content_type = "application/json"),
-        (status = 503, description = "No active authority generation",
+        (status = 503, description = "No active authority generation, or the database is unreachable",
             body = api::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub(super) async fn readyz(State(st): State<S>) -> Result<Json<api::Readiness>, ApiError> {
+    if let Some(why) = st.store_unreachable().await {
+        return Err(CaError::NotReady(format!("the store is unreachable: {why}")).into());
+    }
     match st.ca.active_authority() {
         Some(id) => Ok(Json(api::Readiness {
             status: "ready".into(),
             active_authority: id.to_string(),
         })),
         None => Err(CaError::NotReady("no active authority generation".into()).into()),
+    }
+}
+
+/// How long one store check answers `/readyz`: probes (one per second per replica) cannot
+/// load the database, however often they come.
+const READINESS_CACHE: Duration = Duration::from_secs(1);
+
+impl super::AppState {
+    /// Why the store is unreachable (`None` when it answers), checked at most once per
+    /// [`READINESS_CACHE`]; concurrent probes wait for the one check under way.
+    async fn store_unreachable(&self) -> Option<String> {
+        let mut last = self.readiness.lock().await;
+        if let Some((at, why)) = &*last {
+            if at.elapsed() < READINESS_CACHE {
+                return why.clone();
+            }
+        }
+        let ca = self.ca.clone();
+        let why = match tokio::task::spawn_blocking(move || ca.check_store()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(format!("worker failed: {e}")),
+        };
+        *last = Some((Instant::now(), why.clone()));
+        why
     }
 }

@@ -12,10 +12,14 @@ use deadpool_postgres::Object;
 use super::db_error;
 use crate::store::StoreError;
 
-/// The migrations this binary knows, in order; the version is the position plus one.
+/// The migrations this binary knows, in increasing version order. Versions are reserved per
+/// change and may have gaps while a change is still on its branch; every known version a
+/// database lacks is applied, in order, so merges of independent migrations need no
+/// renumbering.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "replicas", include_str!("migrations/0002_replicas.sql")),
+    (3, "lease", include_str!("migrations/0003_lease.sql")),
 ];
 
 /// Any fixed number shared by every lanyard process: the advisory lock that serializes
@@ -25,6 +29,12 @@ const MIGRATION_LOCK: i64 = 0x006c_616e_7961_7264;
 /// The schema version this binary writes.
 pub(super) fn latest_version() -> i64 {
     MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
+}
+
+/// Every version this binary knows, in order.
+#[cfg(test)]
+pub(super) fn known_versions() -> Vec<i64> {
+    MIGRATIONS.iter().map(|m| m.0).collect()
 }
 
 /// Brings the schema up to [`latest_version`], or refuses a newer one. Returns the version
@@ -44,23 +54,30 @@ pub(super) async fn apply(mut client: Object) -> Result<i64, StoreError> {
     )
     .await
     .map_err(db_error)?;
-    let found: i64 = tx
-        .query_one(
-            "SELECT COALESCE(max(version), 0)::bigint FROM schema_migrations",
+    let applied: Vec<i64> = tx
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
             &[],
         )
         .await
         .map_err(db_error)?
-        .try_get(0)
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
         .map_err(db_error)?;
+    let found = applied.last().copied().unwrap_or(0);
     let known = latest_version();
-    if found > known {
+    if let Some(unknown) = applied
+        .iter()
+        .find(|v| !MIGRATIONS.iter().any(|m| m.0 == **v))
+    {
         return Err(StoreError::Backend(format!(
-            "the database schema is at version {found}, newer than this lanyard knows \
-             (version {known}); refusing to use it: upgrade lanyard"
+            "the database schema has version {unknown}, which this lanyard does not know: it \
+             is newer than this binary (which knows up to version {known}); refusing to use \
+             it: upgrade lanyard"
         )));
     }
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| !applied.contains(&m.0)) {
         tx.batch_execute(sql).await.map_err(|e| {
             StoreError::Backend(format!("migration {version} ({name}) failed: {e}"))
         })?;
@@ -80,10 +97,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_are_consecutive_from_one() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.0, i as i64 + 1, "migration {} is out of order", m.1);
+    fn versions_increase_from_one() {
+        assert_eq!(MIGRATIONS.first().map(|m| m.0), Some(1));
+        for w in MIGRATIONS.windows(2) {
+            assert!(w[0].0 < w[1].0, "migration {} is out of order", w[1].1);
         }
-        assert_eq!(latest_version(), MIGRATIONS.len() as i64);
+        assert_eq!(
+            latest_version(),
+            MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
+        );
     }
 }

@@ -18,6 +18,8 @@
 //! runs on the store's own threads). Dropping the store shuts its runtime down in the
 //! background, which is allowed in any context too.
 
+mod export;
+mod ha;
 mod migrations;
 
 use std::collections::HashSet;
@@ -34,7 +36,7 @@ use tokio_postgres::types::{Json, ToSql};
 
 use super::{
     AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, Generations, InitLock,
-    JoinTokenRecord, Store, StoreError,
+    JoinTokenRecord, Lease, LeaseGrant, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Serial};
 
@@ -43,16 +45,32 @@ use crate::ids::{AuthorityId, Serial};
 /// share it.
 const POOL_SIZE: usize = 8;
 
-/// How long to wait for a new connection (TCP, TLS and authentication).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for a new connection (TCP, TLS and authentication). Short: while the
+/// database is unreachable a request must get its 503 within two seconds, not hang.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// How long a call waits for a free connection of the pool.
-const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call waits for a free connection of the pool (as short, for the same reason:
+/// a pool that stays exhausted that long is overload, answered 503 with `Retry-After`).
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// The longest any one call may take, waiting for a connection included. Past it the call
-/// answers [`StoreError::Unavailable`] instead of holding a request forever on a database
-/// that stopped answering.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// answers [`StoreError::Unavailable`] instead of holding a request on a database that
+/// stopped answering (a connection whose peer vanished without closing it). The CA's writes
+/// are single-row or small-batch transactions, far below it on a healthy database.
+const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Calls that may legitimately take longer: opening (schema migrations wait for another
+/// replica's) and the bulk copy of `lanyard store migrate`.
+const LONG_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Unacknowledged data older than this makes the kernel drop the connection, so a connection
+/// whose peer vanished (a call that timed out on it) is closed and not handed out again, and
+/// the pool reconnects when the database is back.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Idle connections are probed after this long, and dropped after three unanswered probes
+/// two seconds apart, for the same reason.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 
 /// The channel every committed change of the generations or a revocation is announced on.
 const CHANGES_CHANNEL: &str = "lanyard_changes";
@@ -216,6 +234,14 @@ impl ConnectOptions {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3);
         if config.get_application_name().is_none() {
             config.application_name("lanyard");
         }
@@ -399,7 +425,7 @@ impl PostgresStore {
             runtime: Some(runtime),
         };
         let pool = store.pool.clone();
-        let before = store.run(async move {
+        let before = store.run_with_timeout(LONG_CALL_TIMEOUT, async move {
             let client = pool.get().await.map_err(pool_error)?;
             migrations::apply(client).await
         })?;
@@ -417,16 +443,24 @@ impl PostgresStore {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
+        self.run_with_timeout(CALL_TIMEOUT, work)
+    }
+
+    /// [`Self::run`] with another limit than [`CALL_TIMEOUT`].
+    fn run_with_timeout<T, F>(&self, limit: Duration, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
         let Some(runtime) = &self.runtime else {
             return Err(StoreError::Unavailable("the store is closed".into()));
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         runtime.spawn(async move {
-            let answer = match tokio::time::timeout(CALL_TIMEOUT, work).await {
+            let answer = match tokio::time::timeout(limit, work).await {
                 Ok(answer) => answer,
                 Err(_) => Err(StoreError::Unavailable(format!(
-                    "the database did not answer within {}s",
-                    CALL_TIMEOUT.as_secs()
+                    "the database did not answer within {limit:?}"
                 ))),
             };
             // The caller waits on `rx` until this send; it cannot be gone.
@@ -926,6 +960,39 @@ impl Store for PostgresStore {
                 .map_err(db_error)?;
             c.execute(&st, &[&now]).await.map_err(db_error)
         })
+    }
+
+    fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        period: Duration,
+    ) -> Result<LeaseGrant, StoreError> {
+        self.acquire_lease_now(name, holder, period)
+    }
+
+    fn current_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.current_lease_now(name)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.ping_now()
+    }
+
+    fn all_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.all_meta_now()
+    }
+
+    fn certificates_after(
+        &self,
+        after: Option<&Serial>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.certificates_after_now(after, limit)
+    }
+
+    fn all_join_tokens(&self) -> Result<Vec<(Vec<u8>, JoinTokenRecord)>, StoreError> {
+        self.all_join_tokens_now()
     }
 }
 
