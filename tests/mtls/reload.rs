@@ -292,9 +292,11 @@ async fn a_full_root_rotation_under_live_app_to_app_traffic_with_the_real_agent_
     // lives 1 to 2 s.
     let ca = TestCa::start_with(&[
         ("issuance", "min_ttl = \"1s\""),
-        ("issuance", "default_ttl = \"2s\""),
-        ("issuance", "max_ttl = \"2s\""),
-        ("rotation", "propagation_delay = \"500ms\""),
+        // The cell credential gets default_ttl: 3 s leaves the agent a margin to renew it
+        // on a loaded machine before its instance renewals need it.
+        ("issuance", "default_ttl = \"3s\""),
+        ("issuance", "max_ttl = \"3s\""),
+        ("rotation", "propagation_delay = \"1s\""),
         ("rotation", "check_interval = \"200ms\""),
     ]);
     let agent = common::agent::TestAgent::start(&ca, "cell-1", "2s");

@@ -904,7 +904,9 @@ impl Store for PostgresStore {
     fn lock_init(&self) -> Result<InitLock, StoreError> {
         loop {
             let pool = self.pool();
-            let held = self.run(async move {
+            // Waiting for another replica to finish initializing is expected here, so this
+            // call has the lock wait as its limit, not the short limit of ordinary calls.
+            let held = self.run_with_timeout(INIT_LOCK_WAIT + CALL_TIMEOUT, async move {
                 let c = pool.get().await.map_err(pool_error)?;
                 let deadline = tokio::time::Instant::now() + INIT_LOCK_WAIT;
                 loop {
