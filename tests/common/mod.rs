@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub(crate) mod agent;
 pub(crate) mod openapi;
+pub(crate) mod postgres;
 
 use lanyard::api;
 use lanyard::client::{new_key_and_csr, tls_config, ClientError, CredentialFiles};
