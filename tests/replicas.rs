@@ -1,7 +1,8 @@
 //! Several `lanyard serve` replicas on one PostgreSQL database: they initialize it once,
 //! issue without ever repeating a serial or losing a record, spend a join token once, see each
 //! other's rotation steps within a second, and never record a certificate of a generation
-//! another replica has already deactivated.
+//! another replica has already deactivated; and a replica SIGKILLed under load, its clients
+//! moving to the survivors, loses no certificate a client received and duplicates none.
 //!
 //! The server comes from `LANYARD_TEST_POSTGRES_URL` (a role that may create databases, no
 //! TLS); without it the test is skipped with a note, except where `CI` is set or
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::postgres::{admin, server_url, with_database};
 use common::*;
 use lanyard::api;
-use lanyard::client::{new_key_and_csr, tls_config};
+use lanyard::client::{new_key_and_csr, tls_config, ClientError};
 use lanyard::timefmt::parse_rfc3339;
 
 /// A fresh database name on the test server.
@@ -82,6 +83,45 @@ async fn issue(cell: &CheckedClient, n: u32) -> Result<api::IssuedCertificate, S
     .map_err(|e| e.to_string())
 }
 
+/// Three replicas starting at once on the (empty) database at `url`, each with `auto_init` and
+/// its own state_dir, sharing the KEK file `kek`; `extra` are further config overrides.
+fn start_replicas(url: &str, kek: &Path, extra: &[(&str, &str)]) -> Vec<TestCa> {
+    let mut overrides = vec![
+        ("storage".to_string(), "backend = \"postgres\"".to_string()),
+        ("storage".to_string(), format!("url = \"{url}\"")),
+        (
+            "keys".to_string(),
+            format!("kek_file = \"{}\"", kek.display()),
+        ),
+    ];
+    overrides.extend(extra.iter().map(|(s, l)| (s.to_string(), l.to_string())));
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let o = overrides.clone();
+            std::thread::spawn(move || {
+                let o: Vec<(&str, &str)> =
+                    o.iter().map(|(s, l)| (s.as_str(), l.as_str())).collect();
+                TestCa::start_with(&o)
+            })
+        })
+        .collect();
+    starts.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// The one replica that initialized the database (it wrote the operator credential).
+fn initializer(replicas: &[TestCa]) -> &TestCa {
+    let initialized: Vec<&TestCa> = replicas
+        .iter()
+        .filter(|r| r.operator_dir().join("cert.pem").exists())
+        .collect();
+    assert_eq!(
+        initialized.len(),
+        1,
+        "exactly one replica initializes (wrote the operator credential)"
+    );
+    initialized[0]
+}
+
 fn time(s: &str) -> SystemTime {
     parse_rfc3339(s).unwrap_or_else(|| panic!("not an RFC 3339 time: {s}"))
 }
@@ -99,38 +139,10 @@ async fn replicas_on_one_database_keep_rotation_and_issuance_consistent() {
     let shared = tempfile::tempdir().unwrap();
     let kek: PathBuf = shared.path().join("kek");
 
-    // Three replicas starting at once on the empty database, each with `auto_init` and its
-    // own state_dir, sharing the KEK file: exactly one initializes.
-    let overrides = vec![
-        ("storage".to_string(), "backend = \"postgres\"".to_string()),
-        ("storage".to_string(), format!("url = \"{url}\"")),
-        (
-            "keys".to_string(),
-            format!("kek_file = \"{}\"", kek.display()),
-        ),
-        // notBefore is the signing time, so it can be compared with rotation times.
-        ("issuance".to_string(), "backdate = \"0s\"".to_string()),
-    ];
-    let starts: Vec<_> = (0..3)
-        .map(|_| {
-            let o = overrides.clone();
-            std::thread::spawn(move || {
-                let o: Vec<(&str, &str)> =
-                    o.iter().map(|(s, l)| (s.as_str(), l.as_str())).collect();
-                TestCa::start_with(&o)
-            })
-        })
-        .collect();
-    let replicas: Vec<TestCa> = starts.into_iter().map(|t| t.join().unwrap()).collect();
-    let initialized: Vec<usize> = (0..3)
-        .filter(|&i| replicas[i].operator_dir().join("cert.pem").exists())
-        .collect();
-    assert_eq!(
-        initialized.len(),
-        1,
-        "exactly one replica initializes (wrote the operator credential)"
-    );
-    let op_dir = replicas[initialized[0]].operator_dir();
+    // Three replicas starting at once on the empty database: exactly one initializes.
+    // notBefore is the signing time, so it can be compared with rotation times.
+    let replicas = start_replicas(&url, &kek, &[("issuance", "backdate = \"0s\"")]);
+    let op_dir = initializer(&replicas).operator_dir();
     let ops: Vec<CheckedClient> = replicas.iter().map(|r| operator_of(r, &op_dir)).collect();
     let authorities: api::AuthoritiesResponse = ops[2].get("/v1/authorities").await.unwrap();
     assert_eq!(
@@ -367,6 +379,213 @@ async fn replicas_on_one_database_keep_rotation_and_issuance_consistent() {
         "{} records checked; the latest notBefore past its generation's deactivation: \
          {after_deactivation:?}",
         rows.len()
+    );
+    drop(db);
+    let _ = driver.await;
+
+    drop(replicas);
+    let _ = admin(
+        &server,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
+}
+
+/// One issuance by a cell that goes round `replicas` (one client per replica URL, all with
+/// the cell's credential): each request starts at the replica after the previous one's, and
+/// moves on to the next on a connection error or a 503, with the same CSR (a retry only makes
+/// another certificate for the same key). `Err` after two rounds without an answer.
+async fn issue_round(
+    replicas: &[CheckedClient],
+    next: &mut usize,
+    retries: &mut u32,
+    n: u32,
+) -> Result<api::IssuedCertificate, String> {
+    let (_key, csr) = new_key_and_csr().unwrap();
+    let request = instance_request(&csr, n);
+    let mut errors = Vec::new();
+    for _ in 0..2 * replicas.len() {
+        let at = *next % replicas.len();
+        *next = at + 1;
+        match replicas[at]
+            .post::<_, api::IssuedCertificate>("/v1/instance-certificates", &request, None)
+            .await
+        {
+            Ok(issued) => return Ok(issued),
+            Err(e @ ClientError::Transport { .. }) => errors.push(e.to_string()),
+            Err(ClientError::Api(p)) if p.status == 503 => errors.push(p.detail),
+            Err(e) => return Err(format!("replica {at}: {e}")),
+        }
+        *retries += 1;
+    }
+    Err(format!("no replica answered: {errors:?}"))
+}
+
+/// Waits until `received` holds at least `n` certificates, up to `within`.
+async fn wait_for_received(
+    received: &std::sync::Mutex<Vec<(bool, api::IssuedCertificate)>>,
+    n: usize,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = received.lock().unwrap().len();
+        if got >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {got} of {n} certificates received within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_sigkilled_mid_load_loses_and_duplicates_nothing() {
+    let Some(server) = server_url() else {
+        return;
+    };
+    let name = fresh_name();
+    admin(&server, &format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = with_database(&server, &name);
+    let shared = tempfile::tempdir().unwrap();
+    let mut replicas = start_replicas(&url, &shared.path().join("kek"), &[]);
+    let op_dir = initializer(&replicas).operator_dir();
+    let bundle = std::fs::read_to_string(op_dir.join("trust-bundle.pem")).unwrap();
+
+    // Two cells joined through each replica; each cell has a client for every replica.
+    const CELLS_PER_REPLICA: usize = 2;
+    const BEFORE: usize = 30;
+    const AFTER: usize = 40;
+    const EACH_AT_MOST: u32 = 200;
+    let mut cells = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        let op = operator_of(r, &op_dir);
+        for c in 0..CELLS_PER_REPLICA {
+            let (chain, key) = join_cell(&op, r, &bundle, &format!("cell-{i}-{c}")).await;
+            let clients: Vec<CheckedClient> = replicas
+                .iter()
+                .map(|each| client_of(each, &bundle, Some((&chain, &key))))
+                .collect();
+            cells.push((i, clients));
+        }
+    }
+
+    // Every certificate a client received, marked with whether the kill had happened when it
+    // arrived; the retries before and after the kill.
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let killed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = cells
+        .into_iter()
+        .enumerate()
+        .map(|(k, (first, clients))| {
+            let (received, killed, stop) = (received.clone(), killed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut next, mut retries) = (first, [0u32; 2]);
+                for n in 0..EACH_AT_MOST {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let mut r = 0;
+                    let issued = issue_round(&clients, &mut next, &mut r, k as u32 * 1000 + n)
+                        .await
+                        .unwrap_or_else(|e| panic!("cell {k}: {e}"));
+                    let after = killed.load(Ordering::SeqCst);
+                    retries[usize::from(after)] += r;
+                    received.lock().unwrap().push((after, issued));
+                }
+                retries
+            })
+        })
+        .collect();
+
+    // Mid-load, SIGKILL the replica that did not initialize and is not the first.
+    wait_for_received(
+        &received,
+        BEFORE,
+        Duration::from_secs(120),
+        "before the kill",
+    )
+    .await;
+    let victim = (1..3)
+        .find(|&i| !replicas[i].operator_dir().join("cert.pem").exists())
+        .unwrap();
+    let mut child = replicas[victim].child.take().unwrap();
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    killed.store(true, Ordering::SeqCst);
+    let at_kill = received.lock().unwrap().len();
+    println!("replica {victim} killed ({status}) after {at_kill} certificates were received");
+
+    // The survivors carry on for a bounded number of certificates.
+    wait_for_received(
+        &received,
+        at_kill + AFTER,
+        Duration::from_secs(120),
+        "after the kill",
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut retries = [0u32; 2];
+    for t in tasks {
+        let r = t.await.unwrap();
+        retries[0] += r[0];
+        retries[1] += r[1];
+    }
+    let received = std::mem::take(&mut *received.lock().unwrap());
+    let after = received.iter().filter(|(a, _)| *a).count();
+    println!(
+        "received {} certificates before the kill and {after} after; retries on another \
+         replica: {} before the kill, {} after",
+        received.len() - after,
+        retries[0],
+        retries[1]
+    );
+    assert!(
+        retries[1] > 0,
+        "after the kill some request went to the killed replica and was retried elsewhere"
+    );
+
+    // No serial was received twice, and each one received is recorded, with its generation.
+    let mut seen = HashSet::new();
+    for (_, c) in &received {
+        assert!(
+            seen.insert(c.serial.clone()),
+            "serial {} received twice",
+            c.serial
+        );
+    }
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let recorded: HashMap<String, i64> = db
+        .query("SELECT serial, authority_id FROM certificates", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (hex::encode(row.get::<_, Vec<u8>>(0)), row.get(1)))
+        .collect();
+    for (_, c) in &received {
+        let authority = recorded
+            .get(&c.serial)
+            .unwrap_or_else(|| panic!("{} was received but is not recorded", c.serial));
+        assert_eq!(
+            authority.to_string(),
+            c.authority_id,
+            "the record of {} names another generation",
+            c.serial
+        );
+    }
+    println!(
+        "{} records in the database, every one of the {} received among them",
+        recorded.len(),
+        received.len()
     );
     drop(db);
     let _ = driver.await;
