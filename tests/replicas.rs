@@ -1,8 +1,9 @@
 //! Several `lanyard serve` replicas on one PostgreSQL database: they initialize it once,
 //! issue without ever repeating a serial or losing a record, spend a join token once, see each
 //! other's rotation steps within a second, and never record a certificate of a generation
-//! another replica has already deactivated; and a replica SIGKILLed under load, its clients
-//! moving to the survivors, loses no certificate a client received and duplicates none.
+//! another replica has already deactivated; a replica SIGKILLed under load, its clients
+//! moving to the survivors, loses no certificate a client received and duplicates none; and
+//! each replica presents its own server certificate.
 //!
 //! The server comes from `LANYARD_TEST_POSTGRES_URL` (a role that may create databases, no
 //! TLS); without it the test is skipped with a note, except where `CI` is set or
@@ -589,6 +590,100 @@ async fn a_replica_sigkilled_mid_load_loses_and_duplicates_nothing() {
     );
     drop(db);
     let _ = driver.await;
+
+    drop(replicas);
+    let _ = admin(
+        &server,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
+}
+
+/// The leaf `replica` presents to a new connection (verified against `bundle` for
+/// `localhost` by the handshake), and its SubjectPublicKeyInfo.
+async fn presented_certificate(
+    replica: &TestCa,
+    bundle: &str,
+) -> (lanyard::x509::inspect::CertInfo, Vec<u8>) {
+    use der::{Decode, Encode};
+    let tls = tls_config(bundle.as_bytes(), None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", replica.port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let s = connector.connect(name, tcp).await.unwrap();
+    let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let spki = x509_cert::Certificate::from_der(&der)
+        .unwrap()
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .unwrap();
+    (
+        lanyard::x509::inspect::CertInfo::from_der(&der).unwrap(),
+        spki,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_replica_presents_its_own_server_certificate_and_keeps_it_across_a_restart() {
+    let Some(server) = server_url() else {
+        return;
+    };
+    let name = fresh_name();
+    admin(&server, &format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = with_database(&server, &name);
+    let shared = tempfile::tempdir().unwrap();
+    let kek = shared.path().join("kek");
+    let url_line = format!("url = \"{url}\"");
+    let kek_line = format!("kek_file = \"{}\"", kek.display());
+    let overrides = [
+        ("storage", "backend = \"postgres\""),
+        ("storage", url_line.as_str()),
+        ("keys", kek_line.as_str()),
+    ];
+    // One after the other: the first initializes the database, the second opens it. Each
+    // is named by its own port (the default `<hostname>:<port>`), which a restart keeps.
+    let mut replicas = vec![
+        TestCa::start_with(&overrides),
+        TestCa::start_with(&overrides),
+    ];
+    let bundle = replicas[0].bundle_pem();
+
+    let (a, a_key) = presented_certificate(&replicas[0], &bundle).await;
+    let (b, b_key) = presented_certificate(&replicas[1], &bundle).await;
+    assert_ne!(a.serial, b.serial, "each replica has its own certificate");
+    assert_ne!(a_key, b_key, "and its own key");
+    // The names clients check are the same on both.
+    assert_eq!(a.dns_names, b.dns_names);
+    assert_eq!(a.ip_addresses, b.ip_addresses);
+    assert!(a.dns_names.contains(&"localhost".to_string()));
+    assert!(a.ip_addresses.contains(&"127.0.0.1".parse().unwrap()));
+    // A client trusting the bundle talks to both.
+    for r in &replicas {
+        client_of(r, &bundle, None)
+            .trust_bundle(None, 0, false)
+            .await
+            .unwrap()
+            .expect("the bundle");
+    }
+
+    // A restarted replica presents its own earlier certificate (a day's life is far from
+    // due), not the other replica's and not a new one; the other keeps its own.
+    replicas[1].restart();
+    let (b2, b2_key) = presented_certificate(&replicas[1], &bundle).await;
+    assert_eq!(b2.serial, b.serial, "{}", replicas[1].log_text());
+    assert_eq!(b2_key, b_key);
+    let (a2, _) = presented_certificate(&replicas[0], &bundle).await;
+    assert_eq!(a2.serial, a.serial);
+    client_of(&replicas[1], &bundle, None)
+        .trust_bundle(None, 0, false)
+        .await
+        .unwrap()
+        .expect("the bundle");
 
     drop(replicas);
     let _ = admin(

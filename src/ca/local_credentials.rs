@@ -17,7 +17,21 @@ use crate::ids::{IdError, Name, Role, Serial};
 use crate::store::{CertificateKind, CertificateRecord};
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
 
-const META_SERVER_TLS: &str = "server_tls";
+/// Where a state created before per-replica server certificates kept the one server
+/// credential of the CA; read once, on a sled store, and moved under the replica's key.
+const META_SERVER_TLS_LEGACY: &str = "server_tls";
+
+/// The meta key of one replica's server credential: each replica has its own certificate
+/// and key, so replicas on one database never overwrite (or load) each other's.
+fn server_tls_key(replica: &str) -> String {
+    format!("server_tls/{replica}")
+}
+
+/// The sealing purpose of one replica's server key: bound to the replica, so a record copied
+/// under another replica's key does not open.
+fn server_tls_purpose(replica: &str) -> String {
+    format!("server-tls/{replica}")
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredServerCert {
@@ -127,7 +141,7 @@ impl Ca {
 
     /// The API server's own certificate: names `localhost`, `127.0.0.1` and
     /// `listen.server_names`.
-    pub(super) fn issue_server_certificate(&self) -> Result<LocalCredential, CaError> {
+    fn issue_server_certificate(&self) -> Result<LocalCredential, CaError> {
         let mut dns = vec!["localhost".to_string()];
         let mut ips: Vec<IpAddr> = vec![
             IpAddr::from([127, 0, 0, 1]),
@@ -155,17 +169,20 @@ impl Ca {
         })
     }
 
-    /// The server certificate stored at init (or by an earlier run), if it is still good:
+    /// The server certificate this replica stored on an earlier start, if it is still good:
     /// signed by the active generation and not past two thirds of its life. Otherwise a new
-    /// one is issued and stored (key sealed under the KEK).
-    pub(crate) fn load_or_issue_server_certificate(&self) -> Result<LocalCredential, CaError> {
-        if let Some(c) = self.stored_server_certificate()? {
+    /// one is issued and stored under this replica's name (key sealed under the KEK).
+    pub(crate) fn load_or_issue_server_certificate(
+        &self,
+        replica: &str,
+    ) -> Result<LocalCredential, CaError> {
+        if let Some(c) = self.stored_server_certificate(replica)? {
             if self.credential_is_fresh(&c.record) {
                 return Ok(c);
             }
         }
         let c = self.issue_server_certificate()?;
-        self.store_server_certificate(&c)?;
+        self.store_server_certificate(replica, &c)?;
         Ok(c)
     }
 
@@ -179,15 +196,41 @@ impl Ca {
         active == Some(r.authority_id) && SystemTime::now() < renew_at
     }
 
-    fn stored_server_certificate(&self) -> Result<Option<LocalCredential>, CaError> {
-        let Some(raw) = self.store.get_meta(META_SERVER_TLS)? else {
+    /// This replica's stored server credential; on a sled store without one, the CA-wide
+    /// credential of a state created before per-replica records, moved to this replica.
+    fn stored_server_certificate(&self, replica: &str) -> Result<Option<LocalCredential>, CaError> {
+        if let Some(raw) = self.store.get_meta(&server_tls_key(replica))? {
+            return self.decode_server_certificate(&raw, &server_tls_purpose(replica));
+        }
+        // Only sled: it is one process, so exactly one replica ever adopts the old record.
+        // On a shared database two replicas could both take it and share a key.
+        if super::uses_postgres(&self.config) {
+            return Ok(None);
+        }
+        let Some(raw) = self.store.get_meta(META_SERVER_TLS_LEGACY)? else {
             return Ok(None);
         };
-        let stored: StoredServerCert = serde_json::from_slice(&raw)
+        if raw.is_empty() {
+            // Already moved (the store cannot delete a meta value; empty means gone).
+            return Ok(None);
+        }
+        let Some(c) = self.decode_server_certificate(&raw, "server-tls")? else {
+            return Ok(None);
+        };
+        self.store_server_certificate(replica, &c)?;
+        self.store.put_meta(META_SERVER_TLS_LEGACY, b"")?;
+        tracing::info!(replica, serial = %c.record.serial, "server certificate moved to this replica's record");
+        Ok(Some(c))
+    }
+
+    fn decode_server_certificate(
+        &self,
+        raw: &[u8],
+        purpose: &str,
+    ) -> Result<Option<LocalCredential>, CaError> {
+        let stored: StoredServerCert = serde_json::from_slice(raw)
             .map_err(|e| CaError::Internal(format!("stored server certificate: {e}")))?;
-        let key = self
-            .authority
-            .open_secret("server-tls", &stored.sealed_key)?;
+        let key = self.authority.open_secret(purpose, &stored.sealed_key)?;
         let key_pem = String::from_utf8(key.to_vec())
             .map_err(|_| CaError::Internal("stored server key is not PEM".into()))?;
         let Some(record) = self.store.get_certificate(&stored.serial)? else {
@@ -200,17 +243,17 @@ impl Ca {
         }))
     }
 
-    /// Persists the server credential, its key sealed under the KEK.
-    pub(super) fn store_server_certificate(&self, c: &LocalCredential) -> Result<(), CaError> {
+    /// Persists `replica`'s server credential, its key sealed under the KEK.
+    fn store_server_certificate(&self, replica: &str, c: &LocalCredential) -> Result<(), CaError> {
         let stored = StoredServerCert {
             chain_pem: c.chain_pem.clone(),
             sealed_key: self
                 .authority
-                .seal_secret("server-tls", c.key_pem.as_bytes())?,
+                .seal_secret(&server_tls_purpose(replica), c.key_pem.as_bytes())?,
             serial: c.record.serial,
         };
         let raw = serde_json::to_vec(&stored).map_err(|e| CaError::Internal(e.to_string()))?;
-        self.store.put_meta(META_SERVER_TLS, &raw)?;
+        self.store.put_meta(&server_tls_key(replica), &raw)?;
         Ok(())
     }
 
@@ -218,14 +261,15 @@ impl Ca {
     /// longer fresh; `None` while it is. The caller swaps it in.
     pub(crate) fn refresh_server_certificate(
         &self,
+        replica: &str,
         current: &CertificateRecord,
     ) -> Result<Option<LocalCredential>, CaError> {
         if self.credential_is_fresh(current) {
             return Ok(None);
         }
         let cred = self.issue_server_certificate()?;
-        self.store_server_certificate(&cred)?;
-        tracing::info!(serial = %cred.record.serial, authority = %cred.record.authority_id, "server certificate renewed");
+        self.store_server_certificate(replica, &cred)?;
+        tracing::info!(replica, serial = %cred.record.serial, authority = %cred.record.authority_id, "server certificate renewed");
         Ok(Some(cred))
     }
 
@@ -262,5 +306,94 @@ impl Ca {
                 .map_err(|e| CaError::Internal(format!("writing {}: {e}", path.display())))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A freshly initialized CA on sled in a temporary directory (kept alive with it).
+    fn test_ca() -> (Ca, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lanyard.toml");
+        let text = include_str!("../../ca-config/lanyard.toml")
+            .replace(
+                "state_dir = \"./data\"",
+                &format!(
+                    "state_dir = {:?}",
+                    dir.path().join("state").display().to_string()
+                ),
+            )
+            .replace(
+                "kek_file = \"./data/kek\"",
+                &format!(
+                    "kek_file = {:?}",
+                    dir.path().join("kek").display().to_string()
+                ),
+            )
+            .replace("automatic = true", "automatic = false");
+        std::fs::write(&path, text).unwrap();
+        let (ca, _) = Ca::init(&Config::load(&path).unwrap()).unwrap();
+        (ca, dir)
+    }
+
+    fn key_der(c: &LocalCredential) -> Vec<u8> {
+        rcgen::KeyPair::from_pem(&c.key_pem)
+            .unwrap()
+            .public_key_der()
+    }
+
+    #[test]
+    fn each_replica_name_gets_and_reloads_its_own_server_credential() {
+        let (ca, _dir) = test_ca();
+        let a = ca.load_or_issue_server_certificate("host:1").unwrap();
+        let b = ca.load_or_issue_server_certificate("host:2").unwrap();
+        assert_ne!(a.record.serial, b.record.serial);
+        assert_ne!(key_der(&a), key_der(&b), "each replica has its own key");
+        assert!(ca.store.get_meta("server_tls/host:1").unwrap().is_some());
+        assert!(ca.store.get_meta("server_tls/host:2").unwrap().is_some());
+        // Each reloads its own, not the last one stored.
+        let a2 = ca.load_or_issue_server_certificate("host:1").unwrap();
+        let b2 = ca.load_or_issue_server_certificate("host:2").unwrap();
+        assert_eq!(a2.record.serial, a.record.serial);
+        assert_eq!(*a2.key_pem, *a.key_pem);
+        assert_eq!(b2.record.serial, b.record.serial);
+        assert_eq!(*b2.key_pem, *b.key_pem);
+        // A record copied under another replica's key does not open: the seal names the
+        // replica.
+        let raw = ca.store.get_meta("server_tls/host:1").unwrap().unwrap();
+        ca.store.put_meta("server_tls/host:3", &raw).unwrap();
+        assert!(ca.load_or_issue_server_certificate("host:3").is_err());
+    }
+
+    #[test]
+    fn a_state_with_the_old_ca_wide_record_moves_it_to_the_first_replica() {
+        let (ca, _dir) = test_ca();
+        // What `init` stored before per-replica records.
+        let old = ca.issue_server_certificate().unwrap();
+        let stored = StoredServerCert {
+            chain_pem: old.chain_pem.clone(),
+            sealed_key: ca
+                .authority
+                .seal_secret("server-tls", old.key_pem.as_bytes())
+                .unwrap(),
+            serial: old.record.serial,
+        };
+        ca.store
+            .put_meta(
+                META_SERVER_TLS_LEGACY,
+                &serde_json::to_vec(&stored).unwrap(),
+            )
+            .unwrap();
+        let moved = ca.load_or_issue_server_certificate("host:1").unwrap();
+        assert_eq!(moved.record.serial, old.record.serial);
+        assert_eq!(*moved.key_pem, *old.key_pem);
+        // Taken once: the next replica name gets a new credential, the first keeps the old.
+        let other = ca.load_or_issue_server_certificate("host:2").unwrap();
+        assert_ne!(other.record.serial, old.record.serial);
+        let again = ca.load_or_issue_server_certificate("host:1").unwrap();
+        assert_eq!(again.record.serial, old.record.serial);
     }
 }

@@ -187,9 +187,8 @@ impl Ca {
             "lanyard init",
         )
         .map_err(|e| StartError::Runtime(format!("operator credential: {e}")))?;
-        ca.issue_server_certificate()
-            .and_then(|c| ca.store_server_certificate(&c))
-            .map_err(|e| StartError::Runtime(format!("server certificate: {e}")))?;
+        // No server certificate here: each replica issues its own on its first start, under
+        // its replica name, which needs the port `serve` binds.
         ca.store.put_meta(META_INITIALIZED, b"1")?;
         Ok((
             ca,

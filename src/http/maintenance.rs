@@ -131,7 +131,10 @@ impl AppState {
             self.ca.renew_intermediate_if_due()?;
         }
         if let Some(server_cert) = &self.server_cert {
-            if let Some(cred) = self.ca.refresh_server_certificate(&server_cert.record())? {
+            if let Some(cred) = self
+                .ca
+                .refresh_server_certificate(&self.lease.replica, &server_cert.record())?
+            {
                 server_cert.replace(&cred)?;
             }
         }

@@ -105,16 +105,18 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let port = listener.local_addr()?.port();
+    let replica = ca.config().replica_name(port);
+    tracing::info!(replica = %replica, "replica name");
+    // The certificate is this replica's own (stored under its name), so replicas sharing a
+    // database never present, or overwrite, each other's key.
     let cred = {
-        let ca = ca.clone();
-        tokio::task::spawn_blocking(move || ca.load_or_issue_server_certificate()).await??
+        let (ca, replica) = (ca.clone(), replica.clone());
+        tokio::task::spawn_blocking(move || ca.load_or_issue_server_certificate(&replica)).await??
     };
     let server_cert = Arc::new(ServerCert::new(&cred)?);
     let tls = server_config(server_cert.clone())?;
     let acceptor = TlsAcceptor::from(tls);
-    let port = listener.local_addr()?.port();
-    let replica = ca.config().replica_name(port);
-    tracing::info!(replica = %replica, "replica name");
     let state = Arc::new(AppState::new(ca.clone(), server_cert, replica));
     let app = router(state.clone());
     // The first lease attempt before the first refresh, so that a single replica (or the
