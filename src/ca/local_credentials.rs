@@ -200,6 +200,30 @@ impl Ca {
         }))
     }
 
+    /// The serial of the server certificate stored for use (the one the server presents, or
+    /// will after its next refresh); `None` before init stored one.
+    pub(super) fn current_server_serial(&self) -> Result<Option<Serial>, CaError> {
+        let Some(raw) = self.store.get_meta(META_SERVER_TLS)? else {
+            return Ok(None);
+        };
+        let stored: StoredServerCert = serde_json::from_slice(&raw)
+            .map_err(|e| CaError::Internal(format!("stored server certificate: {e}")))?;
+        Ok(Some(stored.serial))
+    }
+
+    /// The serial of the certificate in the local operator credential directory, if there is
+    /// one that parses.
+    pub(super) fn local_operator_serial(&self) -> Option<Serial> {
+        let pem_text =
+            std::fs::read(self.config.operator_credential_dir().join("cert.pem")).ok()?;
+        parse_pem_certs(&pem_text)
+            .ok()?
+            .into_iter()
+            .next()
+            .and_then(|d| CertInfo::from_der(&d).ok())
+            .and_then(|i| i.serial.parse::<Serial>().ok())
+    }
+
     /// Persists the server credential, its key sealed under the KEK.
     pub(super) fn store_server_certificate(&self, c: &LocalCredential) -> Result<(), CaError> {
         let stored = StoredServerCert {
