@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::postgres::{server_url, Database};
 use common::*;
 use der::Decode;
 use lanyard::api;
@@ -39,21 +40,41 @@ async fn revoke_raw(ca: &TestCa, serial: &str) -> (u16, String, serde_json::Valu
 #[tokio::test(flavor = "multi_thread")]
 async fn revoking_twice_answers_200_both_times_with_the_same_revoked_at_and_the_crl_lists_it_once()
 {
-    let ca = TestCa::start();
+    revoke_twice_and_read_the_crl(&TestCa::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_revoking_twice_answers_the_same_record_and_the_crl_lists_it_once() {
+    let Some(server) = server_url() else {
+        return;
+    };
+    let db = Database::fresh(&server).await;
+    let url_line = format!("url = \"{}\"", db.url);
+    let ca = TestCa::start_with(&[
+        ("storage", "backend = \"postgres\""),
+        ("storage", &url_line),
+    ]);
+    revoke_twice_and_read_the_crl(&ca).await;
+    drop(ca);
+    db.drop_it().await;
+}
+
+/// Revokes an instance certificate twice and checks both answers, the CRL and a 404.
+async fn revoke_twice_and_read_the_crl(ca: &TestCa) {
     let cell = ca.join_cell("cell-1").await;
     let issued = cell.issue_instance(1).await.unwrap();
     let serial = issued.serial.clone();
 
-    let (s1, _, first) = revoke_raw(&ca, &serial).await;
+    let (s1, _, first) = revoke_raw(ca, &serial).await;
     assert_eq!(s1, 200, "{first}");
-    let (s2, _, second) = revoke_raw(&ca, &serial).await;
+    let (s2, _, second) = revoke_raw(ca, &serial).await;
     assert_eq!(s2, 200, "{second}");
     assert!(first["revoked_at"].is_string(), "{first}");
     assert_eq!(first["revoked_at"], second["revoked_at"]);
     assert_eq!(first, second, "a retry answers the record as it is");
 
     let authority = first["authority_id"].as_str().unwrap();
-    let (s, ct, der, _) = raw(&ca, None, "GET", &format!("/v1/crl/{authority}"), None, &[]).await;
+    let (s, ct, der, _) = raw(ca, None, "GET", &format!("/v1/crl/{authority}"), None, &[]).await;
     assert_eq!(s, 200);
     assert_eq!(ct, "application/pkix-crl");
     let crl = CertificateList::from_der(&der).unwrap();
@@ -67,7 +88,7 @@ async fn revoking_twice_answers_200_both_times_with_the_same_revoked_at_and_the_
     assert_eq!(listed, 1, "the CRL lists the serial once");
 
     // An unknown serial is still 404.
-    let (s, ct, p) = revoke_raw(&ca, "0123456789abcdef0123456789abcdef").await;
+    let (s, ct, p) = revoke_raw(ca, "0123456789abcdef0123456789abcdef").await;
     assert_eq!(s, 404, "{p}");
     assert_eq!(ct, "application/problem+json");
 }
