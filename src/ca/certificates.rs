@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::{Ca, CaError};
 use crate::ids::Serial;
-use crate::store::{CertificateQuery, CertificateRecord};
+use crate::store::{CertificateKind, CertificateQuery, CertificateRecord, StoreError};
 
 impl Ca {
     /// `GET /v1/certificates`.
@@ -24,29 +24,60 @@ impl Ca {
             .is_some_and(|r| r.revoked_at.is_some()))
     }
 
-    /// `POST /v1/certificates/{serial}/revoke`.
+    /// `POST /v1/certificates/{serial}/revoke`. Retrying is harmless: a certificate already
+    /// revoked is answered as it is (its first revocation time and reason stay).
+    ///
+    /// The CA's own credentials are refused: revoking the server's TLS certificate would
+    /// leave it presenting a revoked certificate, and revoking the local operator credential
+    /// would lock out every operator who relies on it.
     pub(crate) fn revoke(
         &self,
         serial: &Serial,
         reason: Option<String>,
     ) -> Result<CertificateRecord, CaError> {
-        let mut rec = self
-            .store
-            .get_certificate(serial)?
-            .ok_or_else(|| CaError::NotFound(format!("no certificate with serial {serial}")))?;
-        if rec.revoked_at.is_some() {
-            return Err(CaError::Conflict(format!(
-                "certificate {serial} is already revoked"
-            )));
-        }
         if let Some(r) = &reason {
             if r.len() > 1024 {
                 return Err(CaError::invalid("reason", "at most 1024 characters"));
             }
         }
-        rec.revoked_at = Some(SystemTime::now());
-        rec.revocation_reason = reason;
-        self.store.update_certificate(&rec)?;
-        Ok(rec)
+        let rec = self
+            .store
+            .get_certificate(serial)?
+            .ok_or_else(|| CaError::NotFound(format!("no certificate with serial {serial}")))?;
+        if rec.revoked_at.is_some() {
+            return Ok(rec);
+        }
+        self.refuse_own_credential(&rec)?;
+        match self
+            .store
+            .revoke(serial, SystemTime::now(), reason.as_deref())
+        {
+            Ok(outcome) => Ok(outcome.into_record()),
+            Err(StoreError::NotFound(_)) => Err(CaError::NotFound(format!(
+                "no certificate with serial {serial}"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A `409` when `rec` is a server certificate still in its lifetime (any replica's: each
+    /// has its own, and each presents it until its next refresh) or the local operator
+    /// credential.
+    fn refuse_own_credential(&self, rec: &CertificateRecord) -> Result<(), CaError> {
+        let serial = &rec.serial;
+        if rec.kind == CertificateKind::Server && rec.not_after > SystemTime::now() {
+            return Err(CaError::Conflict(format!(
+                "certificate {serial} is this CA's own TLS server certificate (each replica has its own); revoking it would leave a server presenting a revoked certificate. It is not revoked: the server re-issues it automatically (past two thirds of its life or after a root rotation)"
+            )));
+        }
+        if self.local_operator_serial().as_ref() == Some(serial) {
+            let dir = self.config.operator_credential_dir();
+            return Err(CaError::Conflict(format!(
+                "certificate {serial} is the local operator credential in {}; revoking it would lock out every operator who uses it. It is not revoked: to replace its key, run `lanyard credential renew --credential {}`",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        Ok(())
     }
 }

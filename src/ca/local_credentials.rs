@@ -243,6 +243,19 @@ impl Ca {
         }))
     }
 
+    /// The serial of the certificate in the local operator credential directory, if there is
+    /// one that parses.
+    pub(super) fn local_operator_serial(&self) -> Option<Serial> {
+        let pem_text =
+            std::fs::read(self.config.operator_credential_dir().join("cert.pem")).ok()?;
+        parse_pem_certs(&pem_text)
+            .ok()?
+            .into_iter()
+            .next()
+            .and_then(|d| CertInfo::from_der(&d).ok())
+            .and_then(|i| i.serial.parse::<Serial>().ok())
+    }
+
     /// Persists `replica`'s server credential, its key sealed under the KEK.
     fn store_server_certificate(&self, replica: &str, c: &LocalCredential) -> Result<(), CaError> {
         let stored = StoredServerCert {

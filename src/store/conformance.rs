@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord, LeaseGrant, Store, StoreError,
+    GenerationState, JoinTokenRecord, LeaseGrant, RevokeOutcome, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Guid, Name, Serial};
 
@@ -83,6 +83,10 @@ macro_rules! store_conformance_tests {
             a_serial_repeated_within_one_batch_fails_and_writes_nothing,
             updating_a_certificate_replaces_it_and_keeps_it_findable,
             updating_an_unknown_serial_fails_and_writes_nothing,
+            a_revoke_writes_the_record_and_the_index_together_and_survives_a_reopen,
+            revoking_again_leaves_the_first_revocation_as_it_is,
+            of_concurrent_revokes_of_one_serial_exactly_one_revokes_it,
+            revoking_an_unknown_serial_fails_and_writes_nothing,
             queries_filter_by_instance_and_app,
             queries_answer_newest_first_within_the_limit,
             revoked_lists_the_revocations_of_that_generation_only,
@@ -819,6 +823,160 @@ pub(crate) fn updating_an_unknown_serial_fails_and_writes_nothing<H: Harness>(
     promise!(
         s.revoked(AuthorityId(1))?.is_empty(),
         "a failed update records no revocation"
+    );
+    Ok(())
+}
+
+/// `revoke` sets the record's time and reason and lists it in `revoked` in one step, which
+/// is still there after a reopen; other records stay as they were.
+pub(crate) fn a_revoke_writes_the_record_and_the_index_together_and_survives_a_reopen<
+    H: Harness,
+>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let r = instance("a1", "b1", 1, 10, 100)?;
+    let other = instance("a1", "b1", 1, 11, 100)?;
+    s.insert_certificates(&[r.clone(), other.clone()])?;
+    let mut expected = r.clone();
+    expected.revoked_at = Some(at(50));
+    expected.revocation_reason = Some("key compromise".into());
+    match s.revoke(&r.serial, at(50), Some("key compromise"))? {
+        RevokeOutcome::Revoked(got) => promise!(
+            same_cert(&got, &expected),
+            "revoke answers the revoked record, got {got:?}"
+        ),
+        RevokeOutcome::AlreadyRevoked(got) => {
+            return Err(Violation::Broken(format!(
+                "a first revoke answered AlreadyRevoked with {got:?}"
+            )))
+        }
+    }
+    let s = h.reopen(s)?;
+    stored_as(&s, &expected)?;
+    stored_as(&s, &other)?;
+    let revoked = s.revoked(AuthorityId(1))?;
+    promise!(
+        revoked == [(r.serial, at(50))],
+        "revoked lists the revocation after a reopen, got {revoked:?}"
+    );
+    let found = s.query_certificates(&query(Some("a1"), Some("b1"), 100)?)?;
+    promise!(
+        serials(&found) == [other.serial, r.serial],
+        "a revoked record is found once by its instance and app"
+    );
+    Ok(())
+}
+
+/// Revoking a revoked certificate again answers `AlreadyRevoked` with the record as it is:
+/// the first time and reason stay, and `revoked` lists it once.
+pub(crate) fn revoking_again_leaves_the_first_revocation_as_it_is<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let r = instance("a1", "b1", 1, 10, 100)?;
+    s.insert_certificates(std::slice::from_ref(&r))?;
+    let first = s.revoke(&r.serial, at(50), Some("first"))?.into_record();
+    match s.revoke(&r.serial, at(60), Some("second"))? {
+        RevokeOutcome::AlreadyRevoked(got) => promise!(
+            same_cert(&got, &first),
+            "a second revoke answers the record as the first left it, got {got:?}"
+        ),
+        RevokeOutcome::Revoked(got) => {
+            return Err(Violation::Broken(format!(
+                "a second revoke revoked again: {got:?}"
+            )))
+        }
+    }
+    let s = h.reopen(s)?;
+    stored_as(&s, &first)?;
+    let revoked = s.revoked(AuthorityId(1))?;
+    promise!(
+        revoked == [(r.serial, at(50))],
+        "revoked lists the first revocation once, got {revoked:?}"
+    );
+    Ok(())
+}
+
+/// Of concurrent revokes of one serial (different times), exactly one revokes it; the others
+/// answer `AlreadyRevoked` with the winner's record, which is what is stored and listed.
+pub(crate) fn of_concurrent_revokes_of_one_serial_exactly_one_revokes_it<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const THREADS: usize = 6;
+    let s = h.open_fresh()?;
+    let r = instance("a1", "b1", 1, 10, 100)?;
+    s.insert_certificates(std::slice::from_ref(&r))?;
+    let start = Barrier::new(THREADS);
+    let answers: Vec<Result<RevokeOutcome, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let (s, start, serial) = (&s, &start, r.serial);
+                scope.spawn(move || {
+                    start.wait();
+                    s.revoke(&serial, at(50 + i as u64), None)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(StoreError::Backend("a thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut winners = Vec::new();
+    let mut answered = Vec::new();
+    for a in answers {
+        match a? {
+            RevokeOutcome::Revoked(rec) => winners.push(rec),
+            RevokeOutcome::AlreadyRevoked(rec) => answered.push(rec),
+        }
+    }
+    promise!(
+        winners.len() == 1,
+        "{} of {THREADS} concurrent revokes revoked it",
+        winners.len()
+    );
+    let Some(winner) = winners.first() else {
+        return Ok(());
+    };
+    promise!(
+        answered.iter().all(|a| same_cert(a, winner)),
+        "every other revoke answers the winner's record"
+    );
+    stored_as(&s, winner)?;
+    let revoked = s.revoked(AuthorityId(1))?;
+    let winner_at = winner.revoked_at.unwrap_or(at(0));
+    promise!(
+        revoked == [(r.serial, winner_at)],
+        "revoked lists the winner's revocation once, got {revoked:?}"
+    );
+    Ok(())
+}
+
+/// `revoke` of a serial never recorded fails with `NotFound` and records nothing.
+pub(crate) fn revoking_an_unknown_serial_fails_and_writes_nothing<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let r = instance("a1", "b1", 1, 10, 100)?;
+    match s.revoke(&r.serial, at(20), None) {
+        Err(StoreError::NotFound(missing)) => {
+            promise!(missing == r.serial, "NotFound names the serial")
+        }
+        Err(e) => return Err(e.into()),
+        Ok(o) => {
+            return Err(Violation::Broken(format!(
+                "revoking a serial never recorded succeeded: {o:?}"
+            )))
+        }
+    }
+    absent(&s, &r.serial, "a failed revoke")?;
+    promise!(
+        s.revoked(AuthorityId(1))?.is_empty(),
+        "a failed revoke records no revocation"
     );
     Ok(())
 }

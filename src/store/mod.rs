@@ -51,6 +51,24 @@ impl std::fmt::Debug for InitLock {
     }
 }
 
+/// What [`Store::revoke`] did.
+#[derive(Debug, Clone)]
+pub(crate) enum RevokeOutcome {
+    /// This call revoked it; the record as now stored.
+    Revoked(CertificateRecord),
+    /// It was revoked before; the record as it is (unchanged).
+    AlreadyRevoked(CertificateRecord),
+}
+
+impl RevokeOutcome {
+    /// The record as stored after the call.
+    pub(crate) fn into_record(self) -> CertificateRecord {
+        match self {
+            RevokeOutcome::Revoked(r) | RevokeOutcome::AlreadyRevoked(r) => r,
+        }
+    }
+}
+
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -147,6 +165,20 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// [`StoreError::NotFound`] (writing nothing) if the serial was never recorded. On a
     /// shared store, a committed update notifies every [`Store::change_feed`].
     fn update_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError>;
+    /// Revokes a certificate in one atomic, durable step: the record (`revoked_at = at`,
+    /// `revocation_reason = reason`) and the revocation index that [`Store::revoked`] reads
+    /// change together or not at all. A certificate already revoked is left exactly as it is
+    /// (its first `revoked_at` and reason stay) and answered
+    /// [`RevokeOutcome::AlreadyRevoked`], so a retried revoke is harmless; of concurrent
+    /// revokes of one serial exactly one is [`RevokeOutcome::Revoked`].
+    /// [`StoreError::NotFound`] (writing nothing) for a serial never recorded. On a shared
+    /// store, a committed revocation notifies every [`Store::change_feed`].
+    fn revoke(
+        &self,
+        serial: &Serial,
+        at: SystemTime,
+        reason: Option<&str>,
+    ) -> Result<RevokeOutcome, StoreError>;
     /// Records matching every filter of `query`, newest (latest notBefore) first, at most
     /// `query.limit`.
     fn query_certificates(

@@ -12,7 +12,7 @@ use sled::Transactional;
 
 use super::{
     AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, JoinTokenRecord,
-    Lease, LeaseGrant, Store, StoreError,
+    Lease, LeaseGrant, RevokeOutcome, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Serial};
 
@@ -340,6 +340,44 @@ impl Store for SledStore {
         match result {
             Ok(()) => self.durable(),
             Err(TransactionError::Abort(serial)) => Err(StoreError::NotFound(serial)),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
+        }
+    }
+
+    fn revoke(
+        &self,
+        serial: &Serial,
+        at: SystemTime,
+        reason: Option<&str>,
+    ) -> Result<RevokeOutcome, StoreError> {
+        // Read, check and write in one transaction over the record and the index: a
+        // concurrent revoke of the same serial conflicts and is retried by sled, so it then
+        // sees this one's record and leaves it alone.
+        let result = (&self.certs, &self.revoked).transaction(|(certs, revoked)| {
+            let Some(raw) = certs.get(serial.as_bytes())? else {
+                return Err(ConflictableTransactionError::Abort(StoreError::NotFound(
+                    *serial,
+                )));
+            };
+            let mut record: CertificateRecord = decode(serial.to_string().as_bytes(), &raw)
+                .map_err(ConflictableTransactionError::Abort)?;
+            if record.revoked_at.is_some() {
+                return Ok(RevokeOutcome::AlreadyRevoked(record));
+            }
+            record.revoked_at = Some(at);
+            record.revocation_reason = reason.map(str::to_string);
+            let value = encode(&record).map_err(ConflictableTransactionError::Abort)?;
+            let mut revoked_key = record.authority_id.0.to_be_bytes().to_vec();
+            revoked_key.extend_from_slice(record.serial.as_bytes());
+            certs.insert(&serial.as_bytes()[..], value.as_slice())?;
+            revoked.insert(revoked_key.as_slice(), &nanos(at).to_be_bytes()[..])?;
+            Ok(RevokeOutcome::Revoked(record))
+        });
+        match result {
+            // Flushed even when it was already revoked: a retry after a crash that came
+            // before the first call's flush must still answer only once it is durable.
+            Ok(outcome) => self.durable().map(|()| outcome),
+            Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(backend(e)),
         }
     }

@@ -87,7 +87,7 @@ pub(super) async fn certificates(
     params(("serial" = String, Path, description = "The serial, hex")),
     request_body(content = Option<api::RevokeRequest>, content_type = "application/json", description = "Empty, `{}`, or `{\"reason\": \"...\"}`"),
     responses(
-        (status = 200, description = "The revoked record",
+        (status = 200, description = "The revoked record; revoking an already revoked certificate (a retry) answers it as it is, with its first `revoked_at`",
             body = api::CertificateView, content_type = "application/json"),
         (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
             body = api::Problem, content_type = "application/problem+json"),
@@ -97,7 +97,7 @@ pub(super) async fn certificates(
             body = api::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such certificate",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The certificate is already revoked",
+        (status = 409, description = "The certificate is the CA's own TLS server certificate or the local operator credential; `detail` says why and what to do instead",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 1 MiB",
             body = api::Problem, content_type = "application/problem+json"),

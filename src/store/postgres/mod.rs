@@ -36,7 +36,7 @@ use tokio_postgres::types::{Json, ToSql};
 
 use super::{
     AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, Generations, InitLock,
-    JoinTokenRecord, Lease, LeaseGrant, Store, StoreError,
+    JoinTokenRecord, Lease, LeaseGrant, RevokeOutcome, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Serial};
 
@@ -753,6 +753,56 @@ impl Store for PostgresStore {
             }
             tx.execute(NOTIFY_CHANGES, &[]).await.map_err(db_error)?;
             tx.commit().await.map_err(db_error)
+        })
+    }
+
+    fn revoke(
+        &self,
+        serial: &Serial,
+        at: SystemTime,
+        reason: Option<&str>,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let pool = self.pool();
+        let serial = *serial;
+        let reason = reason.map(str::to_string);
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            // The row lock makes concurrent revokes of one serial take turns: the second
+            // reads the first one's committed record and leaves it alone.
+            let st = tx
+                .prepare_cached(
+                    "SELECT record::text FROM certificates WHERE serial = $1 FOR UPDATE",
+                )
+                .await
+                .map_err(db_error)?;
+            let key: &[u8] = serial.as_bytes();
+            let Some(row) = tx.query_opt(&st, &[&key]).await.map_err(db_error)? else {
+                return Err(StoreError::NotFound(serial));
+            };
+            let text: String = row.try_get(0).map_err(db_error)?;
+            let mut record: CertificateRecord = decode(&format!("certificates/{serial}"), &text)?;
+            if record.revoked_at.is_some() {
+                return Ok(RevokeOutcome::AlreadyRevoked(record));
+            }
+            record.revoked_at = Some(at);
+            record.revocation_reason = reason;
+            let value = json(&record)?;
+            // The searched column and the record change in the same statement, so the
+            // revocation index (`revoked_at`) never disagrees with the record.
+            let st = tx
+                .prepare_cached(
+                    "UPDATE certificates SET revoked_at = $2, record = $3 WHERE serial = $1",
+                )
+                .await
+                .map_err(db_error)?;
+            tx.execute(&st, &[&key, &record.revoked_at, &value])
+                .await
+                .map_err(db_error)?;
+            // The notification goes out only if the revocation commits.
+            tx.execute(NOTIFY_CHANGES, &[]).await.map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(RevokeOutcome::Revoked(record))
         })
     }
 
