@@ -912,43 +912,16 @@ impl Store for PostgresStore {
     }
 
     fn get_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {
-        let pool = self.pool();
-        let hash = hash.to_vec();
-        self.run(async move {
-            let c = pool.get().await.map_err(pool_error)?;
-            let st = c
-                .prepare_cached("SELECT record::text FROM join_tokens WHERE hash = $1")
-                .await
-                .map_err(db_error)?;
-            match c.query_opt(&st, &[&hash]).await.map_err(db_error)? {
-                Some(row) => {
-                    let text: String = row.try_get(0).map_err(db_error)?;
-                    Ok(Some(decode("join_token", &text)?))
-                }
-                None => Ok(None),
-            }
-        })
+        self.join_token_query("SELECT record::text FROM join_tokens WHERE hash = $1", hash)
     }
 
     fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {
-        let pool = self.pool();
-        let hash = hash.to_vec();
-        self.run(async move {
-            let c = pool.get().await.map_err(pool_error)?;
-            // The row lock of the delete decides: of concurrent takers, in this process or
-            // another, exactly one deletes the row and gets it back.
-            let st = c
-                .prepare_cached("DELETE FROM join_tokens WHERE hash = $1 RETURNING record::text")
-                .await
-                .map_err(db_error)?;
-            match c.query_opt(&st, &[&hash]).await.map_err(db_error)? {
-                Some(row) => {
-                    let text: String = row.try_get(0).map_err(db_error)?;
-                    Ok(Some(decode("join_token", &text)?))
-                }
-                None => Ok(None),
-            }
-        })
+        // The row lock of the delete decides: of concurrent takers, in this process or
+        // another, exactly one deletes the row and gets it back.
+        self.join_token_query(
+            "DELETE FROM join_tokens WHERE hash = $1 RETURNING record::text",
+            hash,
+        )
     }
 
     fn lock_init(&self) -> Result<InitLock, StoreError> {
@@ -1049,6 +1022,28 @@ impl Store for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Runs `sql` (one `$1` for the token's hash, answering at most one `record::text`) and
+    /// decodes the join token it answers, if any.
+    fn join_token_query(
+        &self,
+        sql: &'static str,
+        hash: &[u8],
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let pool = self.pool();
+        let hash = hash.to_vec();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c.prepare_cached(sql).await.map_err(db_error)?;
+            match c.query_opt(&st, &[&hash]).await.map_err(db_error)? {
+                Some(row) => {
+                    let text: String = row.try_get(0).map_err(db_error)?;
+                    Ok(Some(decode("join_token", &text)?))
+                }
+                None => Ok(None),
+            }
+        })
+    }
+
     /// One transaction: optionally compare the version, then the generations, the sequence
     /// and the version change together and every listener is notified on commit.
     fn save_generations(
