@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
 use super::{blocking, paths, OperatorCaller, S};
 use crate::api;
 use crate::ca::CaError;
@@ -22,14 +23,10 @@ use crate::ids::AuthorityId;
     responses(
         (status = 200, description = "Every generation, oldest first",
             body = api::AuthoritiesResponse, content_type = "application/json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn authorities(
@@ -56,20 +53,13 @@ pub(super) async fn authorities(
     responses(
         (status = 201, description = "Prepared",
             body = api::AuthorityView, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 409, description = "A generation is already prepared, or the rotation is in another step",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn prepare(
@@ -129,22 +119,15 @@ async fn rotation_step(
     responses(
         (status = 200, description = "The generation after the step",
             body = api::AuthorityView, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such generation",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The generation is not prepared, or activating now would break the safety rule (`force` overrides it)",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn activate(
@@ -168,22 +151,15 @@ pub(super) async fn activate(
     responses(
         (status = 200, description = "The generation after the step",
             body = api::AuthorityView, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such generation",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The generation cannot be retired now (`force` overrides the safety rule)",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn retire(

@@ -3,6 +3,7 @@
 use axum::extract::{RawQuery, State};
 use axum::Json;
 
+use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
 use super::{blocking, paths, query_map, OperatorCaller, S};
 use crate::api;
 use crate::ca::{CaError, CertificateQuery};
@@ -27,16 +28,12 @@ use crate::ids::{Guid, Serial};
             body = api::CertificatesResponse, content_type = "application/json"),
         (status = 400, description = "An unknown query parameter, or one given twice",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: `instance_guid`, `app_guid` or `limit`; `detail` names the field",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn certificates(
@@ -89,24 +86,17 @@ pub(super) async fn certificates(
     responses(
         (status = 200, description = "The revoked record; revoking an already revoked certificate (a retry) answers it as it is, with its first `revoked_at`",
             body = api::CertificateView, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such certificate",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The certificate is the CA's own TLS server certificate or the local operator credential; `detail` says why and what to do instead",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: `serial` is not 16 bytes of hex; `detail` names the field",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn revoke(

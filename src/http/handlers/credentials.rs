@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::response::Response;
 
+use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
 use super::{blocking, created, paths, Authenticated, S};
 use crate::api;
 use crate::ca::CaError;
@@ -40,20 +41,13 @@ async fn own_credential(
     responses(
         (status = 201, description = "Issued",
             body = api::IssuedCertificate, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: CSR or its signature, key type; `detail` names the field",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn cell_credential(
@@ -75,20 +69,13 @@ pub(super) async fn cell_credential(
     responses(
         (status = 201, description = "Issued",
             body = api::IssuedCertificate, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: CSR or its signature, key type; `detail` names the field",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn operator_credential(

@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::authorities::parse_authority;
+use super::openapi::ServerFailure;
 use super::{blocking, paths, S};
 use crate::api;
 use crate::http::problem::{ApiError, ApiPath};
@@ -30,10 +31,9 @@ const CRL_VALIDITY: Duration = Duration::from_secs(3600);
             body = api::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such generation",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        ServerFailure,
     ),
 )]
 pub(super) async fn crl(State(st): State<S>, ApiPath(id): ApiPath) -> Result<Response, ApiError> {

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Json;
 
+use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
 use super::{blocking, created, paths, CellCaller, S};
 use crate::api;
 use crate::ca::CaError;
@@ -21,20 +22,13 @@ use crate::http::views::issued_view;
     responses(
         (status = 201, description = "Issued",
             body = api::IssuedCertificate, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: GUID, IP, route name, CSR or its signature, key type, TTL; `detail` names the field",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn instance_certificate(
@@ -60,16 +54,12 @@ pub(super) async fn instance_certificate(
             body = api::BatchResponse, content_type = "application/json"),
         (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 1 MiB, or carries more than 1000 requests",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn instance_batch(

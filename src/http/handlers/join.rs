@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
 use super::{blocking, created, paths, AppState, OperatorCaller, S};
 use crate::api;
 use crate::ca::CaError;
@@ -26,20 +27,13 @@ use crate::http::tls::Caller;
     responses(
         (status = 201, description = "Created; the token is shown once",
             body = api::JoinTokenResponse, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No client certificate, or one that is not (or no longer) trusted",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The caller's role may not use this operation",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: role, name or TTL (1 to 86400); `detail` names the field",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        CallerProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn join_token(
@@ -82,21 +76,17 @@ fn join_failed(st: &AppState, ip: IpAddr) {
     responses(
         (status = 201, description = "The cell credential",
             body = api::IssuedCertificate, content_type = "application/json"),
-        (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No join token, or one that is unknown, used or expired",
-            body = api::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 1 MiB",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: CSR or its signature, key type; `detail` names the field",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many failed join attempts from this address; `Retry-After` says when to try again",
             body = api::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "The server failed; the details are in its log",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
             body = api::Problem, content_type = "application/problem+json"),
+        BodyProblems,
+        ServerFailure,
     ),
 )]
 pub(super) async fn join(

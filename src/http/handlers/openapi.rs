@@ -22,6 +22,63 @@ pub(super) const OPERATOR: &str = "operator_certificate";
 /// Security scheme: a join token as a bearer token.
 pub(super) const JOIN_TOKEN: &str = "join_token";
 
+// The answers most operations share, written once. These types only document responses
+// (`responses(..., BodyProblems, CallerProblems, ServerFailure)` in `#[utoipa::path]`); no
+// handler constructs them, hence `dead_code` is allowed.
+
+/// An operation that reads a JSON body: the body does not fit (400) or is too large (413).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum BodyProblems {
+    /// 400.
+    #[response(
+        status = 400,
+        description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
+        content_type = "application/problem+json"
+    )]
+    BadBody(api::Problem),
+    /// 413.
+    #[response(
+        status = 413,
+        description = "The body is over 1 MiB",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(api::Problem),
+}
+
+/// An operation for a role: no trusted client certificate (401), or another role (403).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum CallerProblems {
+    /// 401.
+    #[response(
+        status = 401,
+        description = "No client certificate, or one that is not (or no longer) trusted",
+        content_type = "application/problem+json"
+    )]
+    Unauthenticated(api::Problem),
+    /// 403.
+    #[response(
+        status = 403,
+        description = "The caller's role may not use this operation",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(api::Problem),
+}
+
+/// Any operation that can fail inside the server (500; the details go to the log only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(super) enum ServerFailure {
+    /// 500.
+    #[response(
+        status = 500,
+        description = "The server failed; the details are in its log",
+        content_type = "application/problem+json"
+    )]
+    Internal(api::Problem),
+}
+
 /// The OpenAPI document of the API.
 #[derive(OpenApi)]
 #[openapi(

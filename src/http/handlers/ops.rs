@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::openapi::ServerFailure;
 use super::openapi::DOCUMENT;
 use super::{blocking, paths, S};
 use crate::api;
@@ -23,10 +24,9 @@ use crate::http::problem::ApiError;
     responses(
         (status = 200, description = "Prometheus text exposition format 0.0.4",
             body = String, content_type = "text/plain"),
-        (status = 500, description = "The server failed; the details are in its log",
-            body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
+        ServerFailure,
     ),
 )]
 pub(super) async fn metrics(State(st): State<S>) -> Result<Response, ApiError> {

@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::openapi::ServerFailure;
 use super::{paths, query_map, S};
 use crate::api;
 use crate::ca::CaError;
@@ -49,8 +50,7 @@ pub(crate) const MAX_WAIT: u64 = 300;
             body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: `wait` is not a whole number of seconds; `detail` names the field",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The server failed; the details are in its log",
-            body = api::Problem, content_type = "application/problem+json"),
+        ServerFailure,
     ),
 )]
 pub(super) async fn trust_bundle(
