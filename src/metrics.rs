@@ -17,16 +17,6 @@ fn kind_index(k: CertificateKind) -> usize {
     KINDS.iter().position(|x| *x == k).unwrap_or(0)
 }
 
-fn kind_name(k: CertificateKind) -> &'static str {
-    match k {
-        CertificateKind::Instance => "instance",
-        CertificateKind::Cell => "cell",
-        CertificateKind::Operator => "operator",
-        CertificateKind::Component => "component",
-        CertificateKind::Server => "server",
-    }
-}
-
 /// The CA's counters.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -70,7 +60,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "lanyard_certificates_issued_total{{kind=\"{}\"}} {}",
-                kind_name(k),
+                k.as_str(),
                 self.issued[kind_index(k)].load(Ordering::Relaxed)
             );
         }

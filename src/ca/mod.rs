@@ -29,7 +29,7 @@ pub(crate) use migrate::migrate_to_postgres;
 // The data the use cases hand out, re-exported so that callers depend on `ca` alone.
 pub(crate) use crate::authority::{GenerationStatus, Issued, TrustBundle};
 pub(crate) use crate::store::{
-    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, Lease, LeaseGrant,
+    AuthorityRecord, CertificateQuery, CertificateRecord, Lease, LeaseGrant,
 };
 
 use std::path::PathBuf;

@@ -8,8 +8,7 @@ use der::Decode;
 
 use crate::api;
 use crate::ca::{
-    AuthorityRecord, CaError, CertificateKind, CertificateRecord, GenerationStatus, Issued, Lease,
-    TrustBundle,
+    AuthorityRecord, CaError, CertificateRecord, GenerationStatus, Issued, Lease, TrustBundle,
 };
 use crate::timefmt::rfc3339;
 
@@ -72,7 +71,7 @@ pub(crate) fn certificate_view(r: &CertificateRecord) -> api::CertificateView {
     let text = |v: Option<&dyn std::fmt::Display>| v.map(ToString::to_string);
     api::CertificateView {
         serial: r.serial.to_string(),
-        kind: kind_name(r.kind).to_string(),
+        kind: r.kind.as_str().to_string(),
         instance_guid: text(r.instance_guid.as_ref().map(|g| g as _)),
         app_guid: text(r.app_guid.as_ref().map(|g| g as _)),
         space_guid: text(r.space_guid.as_ref().map(|g| g as _)),
@@ -84,17 +83,6 @@ pub(crate) fn certificate_view(r: &CertificateRecord) -> api::CertificateView {
         not_after: rfc3339(r.not_after),
         revoked_at: r.revoked_at.map(rfc3339),
         revocation_reason: r.revocation_reason.clone(),
-    }
-}
-
-/// A certificate kind's name on the wire.
-fn kind_name(k: CertificateKind) -> &'static str {
-    match k {
-        CertificateKind::Instance => "instance",
-        CertificateKind::Cell => "cell",
-        CertificateKind::Operator => "operator",
-        CertificateKind::Component => "component",
-        CertificateKind::Server => "server",
     }
 }
 
@@ -138,6 +126,7 @@ mod tests {
 
     use super::*;
     use crate::ids::{AuthorityId, Serial};
+    use crate::store::CertificateKind;
 
     fn record(kind: CertificateKind) -> CertificateRecord {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);

@@ -103,6 +103,19 @@ pub(crate) enum CertificateKind {
     Server,
 }
 
+impl CertificateKind {
+    /// The lowercase name, as serde writes it: in the API, the metrics and the SQL column.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CertificateKind::Instance => "instance",
+            CertificateKind::Cell => "cell",
+            CertificateKind::Operator => "operator",
+            CertificateKind::Component => "component",
+            CertificateKind::Server => "server",
+        }
+    }
+}
+
 /// The durable record of one issued certificate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct CertificateRecord {

@@ -35,8 +35,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 
 use super::{
-    AuthorityRecord, CertificateKind, CertificateQuery, CertificateRecord, Generations, InitLock,
-    JoinTokenRecord, Lease, LeaseGrant, RevokeOutcome, Store, StoreError,
+    AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, JoinTokenRecord,
+    Lease, LeaseGrant, RevokeOutcome, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Serial};
 
@@ -331,16 +331,6 @@ fn decode<T: DeserializeOwned>(key: &str, text: &str) -> Result<T, StoreError> {
     })
 }
 
-fn kind_name(k: CertificateKind) -> &'static str {
-    match k {
-        CertificateKind::Instance => "instance",
-        CertificateKind::Cell => "cell",
-        CertificateKind::Operator => "operator",
-        CertificateKind::Component => "component",
-        CertificateKind::Server => "server",
-    }
-}
-
 /// JSON for a `jsonb` parameter.
 fn json<T: Serialize>(v: &T) -> Result<Json<serde_json::Value>, StoreError> {
     serde_json::to_value(v)
@@ -507,7 +497,7 @@ async fn insert_rows(
         let serial: &[u8] = r.serial.as_bytes();
         let params: [&(dyn ToSql + Sync); 9] = [
             &serial,
-            &kind_name(r.kind),
+            &r.kind.as_str(),
             &r.instance_guid.as_ref().map(|g| g.as_str()),
             &r.app_guid.as_ref().map(|g| g.as_str()),
             &i64::from(r.authority_id.0),
@@ -739,7 +729,7 @@ impl Store for PostgresStore {
             let serial: &[u8] = r.serial.as_bytes();
             let params: [&(dyn ToSql + Sync); 9] = [
                 &serial,
-                &kind_name(r.kind),
+                &r.kind.as_str(),
                 &r.instance_guid.as_ref().map(|g| g.as_str()),
                 &r.app_guid.as_ref().map(|g| g.as_str()),
                 &i64::from(r.authority_id.0),
