@@ -278,7 +278,7 @@ impl Default for RotationConfig {
 }
 
 /// `[storage]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StorageConfig {
     /// `sled` (embedded, default) or `postgres`.
@@ -286,6 +286,17 @@ pub(crate) struct StorageConfig {
     /// PostgreSQL URL for `backend = "postgres"`: `postgres://user:password@host:port/db`,
     /// optionally with `sslmode=disable|prefer|require|verify-full` and `sslrootcert=FILE`.
     pub url: Option<String>,
+}
+
+/// The URL may hold the database password, so `Debug` (and so any `{:?}` of the config) shows
+/// only whether one is set.
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("backend", &self.backend)
+            .field("url", &self.url.as_ref().map(|_| "..."))
+            .finish()
+    }
 }
 
 impl Default for StorageConfig {
@@ -823,6 +834,17 @@ mod tests {
         }
         let c = dev_with(&[("rotation", "lease = \"3s\"")]).unwrap();
         assert_eq!(c.rotation.lease.0, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_debug_output_of_the_config_never_shows_the_database_url() {
+        let c = StorageConfig {
+            backend: "postgres".into(),
+            url: Some("postgres://lanyard:s3cret@db:5432/lanyard".into()),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres"), "{shown}");
     }
 
     #[test]
