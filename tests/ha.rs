@@ -339,13 +339,24 @@ async fn a_database_outage_answers_503_quickly_keeps_the_bundle_and_recovers() {
 
 /// Runs `lanyard store migrate --to <url>` with `ca`'s config.
 fn migrate(ca: &TestCa, url: &str) -> (i32, String) {
-    let out = std::process::Command::new(BIN)
-        .args(["store", "migrate", "--to", url, "--config"])
+    migrate_with(ca, &["--to", url], None)
+}
+
+/// Runs `lanyard store migrate` with `ca`'s config, the target in `args` or in
+/// `LANYARD_MIGRATE_TO`.
+fn migrate_with(ca: &TestCa, args: &[&str], env_url: Option<&str>) -> (i32, String) {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["store", "migrate"])
+        .args(args)
+        .arg("--config")
         .arg(&ca.config)
         .env_remove("LANYARD_KEK")
         .env_remove("LANYARD_STORAGE_URL")
-        .output()
-        .unwrap();
+        .env_remove("LANYARD_MIGRATE_TO");
+    if let Some(url) = env_url {
+        cmd.env("LANYARD_MIGRATE_TO", url);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -403,7 +414,8 @@ async fn a_sled_ca_migrates_to_postgres_whole_and_serves_from_it() {
     assert!(err.contains("in use by another lanyard process"), "{err}");
 
     ca.stop();
-    let (code, err) = migrate(&ca, &db.url);
+    // The URL through the environment, out of the process list.
+    let (code, err) = migrate_with(&ca, &[], Some(&db.url));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("migrated 2 generation(s)"), "{err}");
 
@@ -491,7 +503,8 @@ async fn store_migrate_refuses_a_database_that_is_not_empty() {
     let db = Database::fresh(&server).await;
     let mut ca = TestCa::start();
     ca.stop();
-    let (code, err) = migrate(&ca, &db.url);
+    // The URL through the environment, out of the process list.
+    let (code, err) = migrate_with(&ca, &[], Some(&db.url));
     assert_eq!(code, 0, "{err}");
     let (code, err) = migrate(&ca, &db.url);
     assert_eq!(code, 1, "{err}");

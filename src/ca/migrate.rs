@@ -54,6 +54,9 @@ pub(crate) fn migrate_to_postgres(config: &Config, url: &str) -> Result<MigrateR
 }
 
 fn copy(from: &dyn Store, to: &dyn Store) -> Result<MigrateReport, StartError> {
+    // The lock `init` takes: a replica starting with `auto_init` against the same database
+    // waits for the copy instead of initializing a state of its own beside it.
+    let _init = to.lock_init()?;
     let (gens, sequence) = to.load_authorities()?;
     if !gens.is_empty()
         || sequence != 0

@@ -98,7 +98,8 @@ pub enum StoreCommand {
     /// Copy the embedded store of `--config` (CA stopped) into an empty PostgreSQL database.
     Migrate {
         /// The target: postgres://user:password@host:port/db (empty; migrations are applied).
-        #[arg(long)]
+        /// Give it in `LANYARD_MIGRATE_TO` instead to keep a password out of the process list.
+        #[arg(long, env = "LANYARD_MIGRATE_TO", hide_env_values = true)]
         to: String,
     },
 }
