@@ -372,6 +372,29 @@ pub struct CertificatesResponse {
     pub certificates: Vec<CertificateView>,
 }
 
+/// An instance's ownership binding (`POST /v1/instances/{instance_guid}/release`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceBindingView {
+    /// The instance.
+    #[schema(value_type = Guid)]
+    pub instance_guid: String,
+    /// The owning cell's SPIFFE ID.
+    pub owner: String,
+    /// App GUID it was bound with.
+    #[schema(value_type = Guid)]
+    pub app_guid: String,
+    /// Space GUID it was bound with.
+    #[schema(value_type = Guid)]
+    pub space_guid: String,
+    /// Organization GUID it was bound with.
+    #[schema(value_type = Guid)]
+    pub organization_guid: String,
+    /// RFC 3339: when the binding would have ended by itself (the latest notAfter issued
+    /// under it).
+    #[schema(format = DateTime)]
+    pub not_after: String,
+}
+
 /// An issued certificate's record as the API shows it (`GET /v1/certificates`, and the
 /// answer of revoke).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

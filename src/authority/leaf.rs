@@ -75,15 +75,28 @@ pub(crate) struct Issued {
     pub trust_bundle_sequence: u64,
 }
 
+/// A leaf refused because its instance is bound elsewhere: to another cell, or to the same
+/// cell with another app, space or organization. Nothing was recorded for it.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceBound(pub Guid);
+
+/// One request's outcome in [`Authority::issue`].
+pub(crate) type LeafOutcome = Result<Issued, InstanceBound>;
+
 impl Authority {
     /// Signs every request with the active intermediate and records them all durably, in one
     /// store write, before returning. Validity: notBefore = now - backdate, notAfter = now +
-    /// ttl but never after the intermediate's notAfter.
+    /// ttl but never after the intermediate's notAfter. An instance leaf whose instance is
+    /// bound elsewhere is refused ([`InstanceBound`]) in that same write; the others are
+    /// issued. Answers one outcome per request, in order.
     ///
     /// The store records them only while the signing generation is still stored as active;
     /// if another process deactivated it meanwhile, this reloads the generations and signs
     /// once more with the new active one.
-    pub(crate) fn issue(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
+    pub(crate) fn issue(
+        &self,
+        requests: &[LeafRequest],
+    ) -> Result<Vec<LeafOutcome>, AuthorityError> {
         match self.issue_once(requests) {
             Err(AuthorityError::Store(StoreError::NotActive(_))) => {
                 self.reload()?;
@@ -99,7 +112,7 @@ impl Authority {
     }
 
     /// One attempt of [`Authority::issue`] with the generations in memory.
-    fn issue_once(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
+    fn issue_once(&self, requests: &[LeafRequest]) -> Result<Vec<LeafOutcome>, AuthorityError> {
         // The read lock is held until the records are durable, so a rotation step of this
         // process (which takes the write lock) never misses a certificate being signed; for
         // other processes sharing the store, `insert_signed` checks the signer in the same
@@ -129,7 +142,21 @@ impl Authority {
             }
             let records: Vec<CertificateRecord> = out.iter().map(|i| i.record.clone()).collect();
             match self.store.insert_signed(*id, &records) {
-                Ok(()) => return Ok(out),
+                Ok(refused) => {
+                    // A refused leaf was signed but never recorded nor handed out.
+                    let mut outcomes = Vec::with_capacity(out.len());
+                    for (i, issued) in out.into_iter().enumerate() {
+                        if refused.binary_search(&i).is_err() {
+                            outcomes.push(Ok(issued));
+                            continue;
+                        }
+                        let guid = issued.record.instance_guid.ok_or_else(|| {
+                            StoreError::Backend("the store refused a record of no instance".into())
+                        })?;
+                        outcomes.push(Err(InstanceBound(guid)));
+                    }
+                    return Ok(outcomes);
+                }
                 // 126 random bits make this all but impossible; draw new serials and re-sign.
                 Err(StoreError::SerialExists(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -223,7 +250,8 @@ mod tests {
         let issued = a
             .issue(&[request(Duration::from_secs(3600))])
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .unwrap();
         let info = CertInfo::from_der(
             &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
         )
@@ -249,7 +277,8 @@ mod tests {
         let issued = a
             .issue(&[request(Duration::from_secs(400 * 86400))])
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .unwrap();
         let info = CertInfo::from_der(
             &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
         )

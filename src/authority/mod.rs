@@ -20,7 +20,7 @@ mod generation;
 mod keys;
 mod leaf;
 
-pub(crate) use leaf::{InstanceIds, Issued, LeafRequest, SubjectAttr};
+pub(crate) use leaf::{InstanceBound, InstanceIds, Issued, LeafRequest, SubjectAttr};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -566,7 +566,8 @@ pub(super) mod tests {
         let issued = a
             .issue(&[request(Duration::from_secs(60))])
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .unwrap();
         assert_eq!(issued.record.authority_id, p.id);
         assert!(
             a.retire(AuthorityId(1), false).is_ok(),
@@ -586,7 +587,8 @@ pub(super) mod tests {
         let issued = a
             .issue(&[request(Duration::from_secs(60))])
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .unwrap();
         let info = CertInfo::from_der(
             &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
         )

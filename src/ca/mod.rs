@@ -9,7 +9,7 @@
 //! `error.rs` holds the errors, `issuance.rs` certificate requests, `join.rs` join tokens,
 //! `certificates.rs` records and revocation, `authorities.rs` generations, rotation steps, the
 //! bundle and CRLs, `local_credentials.rs` the server certificate and operator credential,
-//! `status.rs` metrics, `lease.rs` the schedule lease, `migrate.rs` `store migrate`; this file
+//! `ownership.rs` instance bindings, `status.rs` metrics, `lease.rs` the schedule lease, `migrate.rs` `store migrate`; this file
 //! opens and initializes the state.
 
 mod authorities;
@@ -20,6 +20,7 @@ mod join;
 mod lease;
 mod local_credentials;
 mod migrate;
+mod ownership;
 mod status;
 
 pub(crate) use error::{CaError, StartError};
@@ -29,7 +30,7 @@ pub(crate) use migrate::migrate_to_postgres;
 // The data the use cases hand out, re-exported so that callers depend on `ca` alone.
 pub(crate) use crate::authority::{GenerationStatus, Issued, TrustBundle};
 pub(crate) use crate::store::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, Lease, LeaseGrant,
+    AuthorityRecord, CertificateQuery, CertificateRecord, InstanceBinding, Lease, LeaseGrant,
 };
 
 use std::path::PathBuf;

@@ -64,6 +64,9 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Instance ownership bindings.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Load generator against a running CA: issuance throughput and latency.
     Bench {
         /// Certificates to issue.
@@ -89,6 +92,17 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `lanyard instance ...`
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Release an instance's ownership binding (whichever cell owns it), so that another
+    /// cell may obtain certificates for it. Does not revoke anything.
+    Release {
+        /// The instance GUID.
+        guid: String,
     },
 }
 

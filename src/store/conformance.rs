@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord, LeaseGrant, RevokeOutcome, Store, StoreError,
+    GenerationState, JoinTokenRecord, LeaseGrant, ReleaseOutcome, RevokeOutcome, Store, StoreError,
 };
 use crate::ids::{AuthorityId, Guid, Name, Serial};
 
@@ -77,6 +77,9 @@ macro_rules! store_conformance_tests {
             of_concurrent_conditional_saves_exactly_one_wins,
             new_authority_ids_are_unique_and_above_every_stored_id,
             signed_certificates_are_recorded_only_while_the_signer_is_active,
+            the_first_cell_to_get_an_instance_owns_it,
+            a_binding_is_released_by_its_owner_or_by_an_operator,
+            of_concurrent_first_issuances_for_one_instance_exactly_one_owner_wins,
             the_init_lock_has_one_holder_at_a_time,
             inserted_certificates_read_back_field_for_field,
             a_taken_serial_fails_the_whole_batch_and_writes_nothing,
@@ -618,6 +621,206 @@ pub(crate) fn signed_certificates_are_recorded_only_while_the_signer_is_active<H
     let ok = instance("a4", "b1", 2, 60, 1_000)?;
     s.insert_signed(AuthorityId(2), std::slice::from_ref(&ok))?;
     stored_as(&s, &ok)?;
+    Ok(())
+}
+
+/// Seconds from [`at`]'s origin that are decades ahead of any test run: a binding ending
+/// then is live.
+const FAR: u64 = 2_000_000_000;
+
+/// A cell's SPIFFE ID, as bindings name owners.
+fn cell_id(n: u32) -> String {
+    format!("spiffe://lanyard.internal/lanyard/cell/cell-{n}")
+}
+
+/// An instance certificate of `inst`/`app` requested by cell `cell`, valid until `at(end)`.
+fn owned(inst: &str, app: &str, cell: u32, end: u64) -> Result<CertificateRecord, Violation> {
+    let mut r = instance(inst, app, 1, 10, end)?;
+    r.requested_by = cell_id(cell);
+    Ok(r)
+}
+
+/// Instance records bind their instance to the requesting cell with its app, space and
+/// organization, in the insert itself: another cell's record, or the owner's with another
+/// app, is refused (its index answered, nothing of it written) while the rest of the call is
+/// written; the owner's records extend the binding; a binding whose certificates all expired
+/// is replaced; and within one call the first record for an instance decides.
+pub(crate) fn the_first_cell_to_get_an_instance_owns_it<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    let now = SystemTime::now();
+    let first = owned("a1", "b1", 1, FAR)?;
+    let refused = s.insert_signed(AuthorityId(1), std::slice::from_ref(&first))?;
+    promise!(refused.is_empty(), "a free instance binds, got {refused:?}");
+    let theirs = owned("a1", "b1", 2, FAR)?;
+    let other_app = owned("a1", "b2", 1, FAR)?;
+    let again = owned("a1", "b1", 1, FAR + 10)?;
+    let elsewhere = owned("a2", "b1", 2, FAR)?;
+    let batch = [
+        theirs.clone(),
+        other_app.clone(),
+        again.clone(),
+        elsewhere.clone(),
+    ];
+    let refused = s.insert_signed(AuthorityId(1), &batch)?;
+    promise!(
+        refused == vec![0, 1],
+        "another cell and another app are refused, the owner and a free instance are not, got {refused:?}"
+    );
+    absent(&s, &theirs.serial, "another cell's certificate")?;
+    absent(&s, &other_app.serial, "another app's certificate")?;
+    stored_as(&s, &again)?;
+    stored_as(&s, &elsewhere)?;
+    let b = s.get_binding(&guid("a1")?, now)?;
+    promise!(
+        b.as_ref().map(|b| (b.owner.clone(), b.not_after)) == Some((cell_id(1), at(FAR + 10))),
+        "the owner's binding lasts until its latest certificate ends, got {b:?}"
+    );
+
+    let old = owned("a3", "b1", 1, 100)?;
+    s.insert_signed(AuthorityId(1), std::slice::from_ref(&old))?;
+    promise!(
+        s.get_binding(&guid("a3")?, now)?.is_none(),
+        "a binding whose certificates all expired is not live"
+    );
+    let next = owned("a3", "b9", 2, FAR)?;
+    let refused = s.insert_signed(AuthorityId(1), std::slice::from_ref(&next))?;
+    promise!(
+        refused.is_empty(),
+        "an expired binding is replaced at the next issuance, got {refused:?}"
+    );
+    let b = s.get_binding(&guid("a3")?, now)?;
+    promise!(
+        b.as_ref().map(|b| (b.owner.clone(), b.app_guid.clone()))
+            == Some((cell_id(2), guid("b9")?)),
+        "the new issuance owns it, got {b:?}"
+    );
+
+    let pair = [owned("a4", "b1", 2, FAR)?, owned("a4", "b1", 3, FAR)?];
+    let refused = s.insert_signed(AuthorityId(1), &pair)?;
+    promise!(
+        refused == vec![1],
+        "within one call the first record for an instance decides, got {refused:?}"
+    );
+    let s = h.reopen(s)?;
+    let b = s.get_binding(&guid("a4")?, now)?;
+    promise!(
+        b.map(|b| b.owner) == Some(cell_id(2)),
+        "bindings are there after reopening"
+    );
+    Ok(())
+}
+
+/// `release_binding` ends a live binding for its owner or for an operator (no owner), never
+/// for another cell; an unbound instance is `NotBound`; a released instance is free for the
+/// next issuance, by any cell.
+pub(crate) fn a_binding_is_released_by_its_owner_or_by_an_operator<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    let now = SystemTime::now();
+    let a1 = guid("a1")?;
+    s.insert_signed(AuthorityId(1), &[owned("a1", "b1", 1, FAR)?])?;
+    let r = s.release_binding(&a1, Some(&cell_id(2)), now)?;
+    promise!(
+        r == ReleaseOutcome::OwnedElsewhere,
+        "another cell does not release it, got {r:?}"
+    );
+    promise!(
+        s.get_binding(&a1, now)?.is_some(),
+        "a refused release changes nothing"
+    );
+    let r = s.release_binding(&a1, Some(&cell_id(1)), now)?;
+    promise!(
+        matches!(&r, ReleaseOutcome::Released(b) if b.owner == cell_id(1)),
+        "the owner releases it, got {r:?}"
+    );
+    let r = s.release_binding(&a1, Some(&cell_id(1)), now)?;
+    promise!(
+        r == ReleaseOutcome::NotBound,
+        "a second release finds nothing, got {r:?}"
+    );
+    let s = h.reopen(s)?;
+    promise!(s.get_binding(&a1, now)?.is_none(), "a release is durable");
+    let refused = s.insert_signed(AuthorityId(1), &[owned("a1", "b2", 2, FAR)?])?;
+    promise!(
+        refused.is_empty(),
+        "a released instance is free for another cell, got {refused:?}"
+    );
+    let r = s.release_binding(&a1, None, now)?;
+    promise!(
+        matches!(&r, ReleaseOutcome::Released(b) if b.owner == cell_id(2)),
+        "an operator releases anyone's binding, got {r:?}"
+    );
+    let r = s.release_binding(&guid("a7")?, None, now)?;
+    promise!(
+        r == ReleaseOutcome::NotBound,
+        "an instance never bound is not bound, got {r:?}"
+    );
+    Ok(())
+}
+
+/// Of concurrent first issuances for one free instance by different cells, exactly one is
+/// written and owns it; the others are refused and not written.
+pub(crate) fn of_concurrent_first_issuances_for_one_instance_exactly_one_owner_wins<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const THREADS: u32 = 6;
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    let records = (0..THREADS)
+        .map(|i| owned("a1", "b1", i + 1, FAR))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Barrier::new(THREADS as usize);
+    let answers: Vec<Result<Vec<usize>, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = records
+            .iter()
+            .map(|r| {
+                let (s, start) = (&s, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    s.insert_signed(AuthorityId(1), std::slice::from_ref(r))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(StoreError::Backend("a thread panicked".into())))
+            })
+            .collect()
+    });
+    let winners: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a, Ok(refused) if refused.is_empty()))
+        .map(|(i, _)| i)
+        .collect();
+    let losers = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(refused) if refused == &vec![0]))
+        .count();
+    promise!(
+        winners.len() == 1 && losers == THREADS as usize - 1,
+        "exactly one cell wins the instance and the others are refused, got {answers:?}"
+    );
+    let winner = &records[winners[0]];
+    let b = s.get_binding(&guid("a1")?, SystemTime::now())?;
+    promise!(
+        b.map(|b| b.owner) == Some(winner.requested_by.clone()),
+        "the winner owns it"
+    );
+    for (i, r) in records.iter().enumerate() {
+        if i == winners[0] {
+            stored_as(&s, r)?;
+        } else {
+            absent(&s, &r.serial, "a refused concurrent issuance")?;
+        }
+    }
     Ok(())
 }
 

@@ -11,10 +11,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, JoinTokenRecord,
-    Lease, LeaseGrant, RevokeOutcome, Store, StoreError,
+    AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, InstanceBinding,
+    JoinTokenRecord, Lease, LeaseGrant, ReleaseOutcome, RevokeOutcome, Store, StoreError,
 };
-use crate::ids::{AuthorityId, Serial};
+use crate::ids::{AuthorityId, Guid, Serial};
 
 const SEQUENCE_KEY: &[u8] = b"meta/bundle_sequence";
 /// The generations' version (see [`Store::load_generations`]), beside the sequence.
@@ -34,6 +34,8 @@ pub(crate) struct SledStore {
     leaf_max: sled::Tree,
     revoked: sled::Tree,
     tokens: sled::Tree,
+    /// Instance bindings, by instance GUID.
+    bindings: sled::Tree,
     /// Group commit: writes finished, and how many of them the last flush covered.
     written: std::sync::atomic::AtomicU64,
     flushed: std::sync::atomic::AtomicU64,
@@ -118,6 +120,7 @@ impl SledStore {
             leaf_max: t("authority_last_leaf")?,
             revoked: t("revoked_by_authority")?,
             tokens: t("join_tokens")?,
+            bindings: t("instance_bindings")?,
             written: Default::default(),
             flushed: Default::default(),
             flush_lock: Default::default(),
@@ -242,7 +245,7 @@ impl Store for SledStore {
         &self,
         signer: AuthorityId,
         records: &[CertificateRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<usize>, StoreError> {
         // Held until the records are durable: a generation save waits for this insert.
         let _r = self
             .generations_lock
@@ -258,55 +261,53 @@ impl Store for SledStore {
         if !active {
             return Err(StoreError::NotActive(signer));
         }
-        self.insert_certificates(records)
+        self.insert_records(records, Some(SystemTime::now()))
+    }
+
+    fn get_binding(
+        &self,
+        instance: &Guid,
+        now: SystemTime,
+    ) -> Result<Option<InstanceBinding>, StoreError> {
+        let key = instance.as_str().as_bytes();
+        Ok(match self.bindings.get(key).map_err(backend)? {
+            Some(v) => Some(decode::<InstanceBinding>(key, &v)?).filter(|b| !b.expired(now)),
+            None => None,
+        })
+    }
+
+    fn release_binding(
+        &self,
+        instance: &Guid,
+        owner: Option<&str>,
+        now: SystemTime,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let key = instance.as_str().as_bytes();
+        let result = self.bindings.transaction(|bindings| {
+            let Some(raw) = bindings.get(key)? else {
+                return Ok(ReleaseOutcome::NotBound);
+            };
+            let b: InstanceBinding =
+                decode(key, &raw).map_err(ConflictableTransactionError::Abort)?;
+            if b.expired(now) {
+                bindings.remove(key)?;
+                return Ok(ReleaseOutcome::NotBound);
+            }
+            if owner.is_some_and(|o| o != b.owner) {
+                return Ok(ReleaseOutcome::OwnedElsewhere);
+            }
+            bindings.remove(key)?;
+            Ok(ReleaseOutcome::Released(b))
+        });
+        match result {
+            Ok(outcome) => self.durable().map(|()| outcome),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
+        }
     }
 
     fn insert_certificates(&self, records: &[CertificateRecord]) -> Result<(), StoreError> {
-        let encoded = records.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
-        // One transaction over the record and every index: a taken serial aborts it with
-        // nothing written, a crash cannot leave a record without its indexes, and no reader
-        // sees a batch half written. The transaction reads its own writes, so a serial named
-        // twice in one batch aborts it too.
-        let result = (
-            &self.certs,
-            &self.by_instance,
-            &self.by_app,
-            &self.by_time,
-            &self.leaf_max,
-        )
-            .transaction(|(certs, by_instance, by_app, by_time, leaf_max)| {
-                for (r, value) in records.iter().zip(&encoded) {
-                    if certs.get(r.serial.as_bytes())?.is_some() {
-                        return Err(ConflictableTransactionError::Abort(r.serial));
-                    }
-                    certs.insert(&r.serial.as_bytes()[..], value.as_slice())?;
-                    if let Some(g) = &r.instance_guid {
-                        by_instance.insert(index_key(g.as_str(), &r.serial), &[][..])?;
-                    }
-                    if let Some(g) = &r.app_guid {
-                        by_app.insert(index_key(g.as_str(), &r.serial), &[][..])?;
-                    }
-                    let mut tk = nanos(r.not_before).to_be_bytes().to_vec();
-                    tk.extend_from_slice(r.serial.as_bytes());
-                    by_time.insert(tk, &[][..])?;
-                    let key = r.authority_id.0.to_be_bytes();
-                    let current = leaf_max
-                        .get(key)?
-                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(0);
-                    let na = nanos(r.not_after);
-                    if na > current {
-                        leaf_max.insert(&key[..], &na.to_be_bytes()[..])?;
-                    }
-                }
-                Ok(())
-            });
-        match result {
-            Ok(()) => self.durable(),
-            Err(TransactionError::Abort(serial)) => Err(StoreError::SerialExists(serial)),
-            Err(TransactionError::Storage(e)) => Err(backend(e)),
-        }
+        self.insert_records(records, None).map(|_| ())
     }
 
     fn get_certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError> {
@@ -596,6 +597,93 @@ impl SledStore {
         batch.insert(VERSION_KEY, encode(&version)?);
         self.authorities.apply_batch(batch).map_err(backend)?;
         self.durable()
+    }
+}
+
+impl SledStore {
+    /// Records certificates in one transaction; with `bind_at`, instance records are bound
+    /// (judged at that time) and those bound elsewhere refused. Returns the refused indices.
+    fn insert_records(
+        &self,
+        records: &[CertificateRecord],
+        bind_at: Option<SystemTime>,
+    ) -> Result<Vec<usize>, StoreError> {
+        let encoded = records.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let wanted: Vec<Option<InstanceBinding>> = match bind_at {
+            Some(_) => records.iter().map(InstanceBinding::of).collect(),
+            None => vec![None; records.len()],
+        };
+        let now = bind_at.unwrap_or(UNIX_EPOCH);
+        // One transaction over the record, every index and the bindings: a taken serial
+        // aborts it with nothing written, a crash cannot leave a record without its indexes
+        // or binding, no reader sees a batch half written, and two inserts binding the same
+        // instance conflict (sled runs the loser again, and it then sees the winner's
+        // binding). The transaction reads its own writes, so a serial named twice in one
+        // batch aborts it too, and a second record for one instance sees the first's binding.
+        let result = (
+            &self.certs,
+            &self.by_instance,
+            &self.by_app,
+            &self.by_time,
+            &self.leaf_max,
+            &self.bindings,
+        )
+            .transaction(
+                |(certs, by_instance, by_app, by_time, leaf_max, bindings)| {
+                    let mut refused = Vec::new();
+                    for (i, (r, value)) in records.iter().zip(&encoded).enumerate() {
+                        if let Some(want) = &wanted[i] {
+                            let key = want.instance_guid.as_str().as_bytes();
+                            let current = bindings
+                                .get(key)?
+                                .map(|v| decode::<InstanceBinding>(key, &v))
+                                .transpose()
+                                .map_err(|e| ConflictableTransactionError::Abort(Err(e)))?;
+                            match InstanceBinding::merged(current.as_ref(), want, now) {
+                                Some(b) => {
+                                    let v = encode(&b)
+                                        .map_err(|e| ConflictableTransactionError::Abort(Err(e)))?;
+                                    bindings.insert(key, v)?;
+                                }
+                                None => {
+                                    refused.push(i);
+                                    continue;
+                                }
+                            }
+                        }
+                        if certs.get(r.serial.as_bytes())?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(Ok(r.serial)));
+                        }
+                        certs.insert(&r.serial.as_bytes()[..], value.as_slice())?;
+                        if let Some(g) = &r.instance_guid {
+                            by_instance.insert(index_key(g.as_str(), &r.serial), &[][..])?;
+                        }
+                        if let Some(g) = &r.app_guid {
+                            by_app.insert(index_key(g.as_str(), &r.serial), &[][..])?;
+                        }
+                        let mut tk = nanos(r.not_before).to_be_bytes().to_vec();
+                        tk.extend_from_slice(r.serial.as_bytes());
+                        by_time.insert(tk, &[][..])?;
+                        let key = r.authority_id.0.to_be_bytes();
+                        let current = leaf_max
+                            .get(key)?
+                            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                            .map(u64::from_be_bytes)
+                            .unwrap_or(0);
+                        let na = nanos(r.not_after);
+                        if na > current {
+                            leaf_max.insert(&key[..], &na.to_be_bytes()[..])?;
+                        }
+                    }
+                    Ok(refused)
+                },
+            );
+        match result {
+            Ok(refused) => self.durable().map(|()| refused),
+            Err(TransactionError::Abort(Ok(serial))) => Err(StoreError::SerialExists(serial)),
+            Err(TransactionError::Abort(Err(e))) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(backend(e)),
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    authorities, certificates, components, credentials, crl, instances, join, ops, trust_bundle,
+    authorities, certificates, components, credentials, crl, instances, join, ops, ownership,
+    trust_bundle,
 };
 use crate::api;
 
@@ -113,6 +114,8 @@ pub(super) enum ServerFailure {
         certificates::certificates,
         certificates::revoke,
         crl::crl,
+        ownership::release,
+        ownership::release_by_operator,
     ),
     components(schemas(
         api::Problem,
@@ -133,6 +136,7 @@ pub(super) enum ServerFailure {
         api::ScheduleLease,
         api::CertificateView,
         api::CertificatesResponse,
+        api::InstanceBindingView,
         api::SpiffeBundle,
         api::SpiffeKey,
         api::Health,

@@ -35,10 +35,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 
 use super::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, JoinTokenRecord,
-    Lease, LeaseGrant, RevokeOutcome, Store, StoreError,
+    AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, InstanceBinding,
+    JoinTokenRecord, Lease, LeaseGrant, ReleaseOutcome, RevokeOutcome, Store, StoreError,
 };
-use crate::ids::{AuthorityId, Serial};
+use crate::ids::{AuthorityId, Guid, Serial};
 
 /// Connections per process. Writes are short transactions; a handful covers the CA's
 /// blocking threads without crowding the server's `max_connections` when several replicas
@@ -516,6 +516,96 @@ async fn insert_rows(
     Ok(())
 }
 
+/// The columns of `instance_bindings`, in the order [`binding_of`] reads them.
+const BINDING_COLUMNS: &str =
+    "instance_guid, owner, app_guid, space_guid, organization_guid, not_after";
+
+/// A binding from a row of [`BINDING_COLUMNS`].
+fn binding_of(row: &tokio_postgres::Row) -> Result<InstanceBinding, StoreError> {
+    let guid = |i: usize| -> Result<Guid, StoreError> {
+        let text: String = row.try_get(i).map_err(db_error)?;
+        text.parse()
+            .map_err(|e: crate::ids::IdError| StoreError::Corrupt {
+                key: format!("instance_bindings/{text}"),
+                message: e.0,
+            })
+    };
+    Ok(InstanceBinding {
+        instance_guid: guid(0)?,
+        owner: row.try_get(1).map_err(db_error)?,
+        app_guid: guid(2)?,
+        space_guid: guid(3)?,
+        organization_guid: guid(4)?,
+        not_after: row.try_get(5).map_err(db_error)?,
+    })
+}
+
+/// Binds the instances of `rows` inside `tx` (judged at `now`), and returns the indices of
+/// the rows refused because their instance is bound elsewhere, in increasing order.
+///
+/// One conditional upsert per instance record: it inserts a free binding, replaces an
+/// expired one, extends the holder's own, and matches nothing (no row returned) for a live
+/// binding of someone else. Under a concurrent insert of the same instance it waits for that
+/// transaction and then judges the row it left, so exactly one owner wins. Rows are taken in
+/// instance order, so two batches binding the same instances lock them in the same order.
+async fn bind_instances(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[(CertificateRecord, Json<serde_json::Value>)],
+    now: SystemTime,
+) -> Result<Vec<usize>, StoreError> {
+    let mut wanted: Vec<(usize, InstanceBinding)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (r, _))| InstanceBinding::of(r).map(|b| (i, b)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Stable: two records for one instance keep their order, so the first decides.
+    wanted.sort_by(|a, b| a.1.instance_guid.cmp(&b.1.instance_guid));
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO instance_bindings AS b
+                 (instance_guid, owner, app_guid, space_guid, organization_guid, not_after)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (instance_guid) DO UPDATE SET
+                 owner = EXCLUDED.owner, app_guid = EXCLUDED.app_guid,
+                 space_guid = EXCLUDED.space_guid,
+                 organization_guid = EXCLUDED.organization_guid,
+                 not_after = CASE WHEN b.not_after <= $7 THEN EXCLUDED.not_after
+                                  ELSE GREATEST(b.not_after, EXCLUDED.not_after) END
+             WHERE b.not_after <= $7
+                OR (b.owner = EXCLUDED.owner AND b.app_guid = EXCLUDED.app_guid
+                    AND b.space_guid = EXCLUDED.space_guid
+                    AND b.organization_guid = EXCLUDED.organization_guid)
+             RETURNING 1",
+        )
+        .await
+        .map_err(db_error)?;
+    let mut refused = Vec::new();
+    for (i, b) in &wanted {
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &b.instance_guid.as_str(),
+            &b.owner,
+            &b.app_guid.as_str(),
+            &b.space_guid.as_str(),
+            &b.organization_guid.as_str(),
+            &b.not_after,
+            &now,
+        ];
+        if tx
+            .query_opt(&upsert, &params)
+            .await
+            .map_err(db_error)?
+            .is_none()
+        {
+            refused.push(*i);
+        }
+    }
+    refused.sort_unstable();
+    Ok(refused)
+}
+
 const SELECT_CERTIFICATES: &str = "SELECT record::text FROM certificates";
 const NEWEST_FIRST: &str = "ORDER BY not_before DESC, serial DESC";
 
@@ -660,9 +750,10 @@ impl Store for PostgresStore {
         &self,
         signer: AuthorityId,
         records: &[CertificateRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<usize>, StoreError> {
         let rows = checked_rows(records)?;
         let pool = self.pool();
+        let now = SystemTime::now();
         self.run(async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await.map_err(db_error)?;
@@ -683,8 +774,82 @@ impl Store for PostgresStore {
             if state.as_deref() != Some("active") {
                 return Err(StoreError::NotActive(signer));
             }
-            insert_rows(&tx, &rows).await?;
-            tx.commit().await.map_err(db_error)
+            let refused = bind_instances(&tx, &rows, now).await?;
+            let kept: Vec<_> = rows
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| refused.binary_search(i).is_err())
+                .map(|(_, r)| r)
+                .collect();
+            insert_rows(&tx, &kept).await?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(refused)
+        })
+    }
+
+    fn get_binding(
+        &self,
+        instance: &Guid,
+        now: SystemTime,
+    ) -> Result<Option<InstanceBinding>, StoreError> {
+        let pool = self.pool();
+        let guid = instance.as_str().to_string();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {BINDING_COLUMNS} FROM instance_bindings
+                     WHERE instance_guid = $1 AND not_after > $2"
+                ))
+                .await
+                .map_err(db_error)?;
+            c.query_opt(&st, &[&guid, &now])
+                .await
+                .map_err(db_error)?
+                .map(|row| binding_of(&row))
+                .transpose()
+        })
+    }
+
+    fn release_binding(
+        &self,
+        instance: &Guid,
+        owner: Option<&str>,
+        now: SystemTime,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let pool = self.pool();
+        let guid = instance.as_str().to_string();
+        let owner = owner.map(str::to_string);
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            // The row lock orders a release against a concurrent issuance or release.
+            let st = tx
+                .prepare_cached(&format!(
+                    "SELECT {BINDING_COLUMNS} FROM instance_bindings
+                     WHERE instance_guid = $1 FOR UPDATE"
+                ))
+                .await
+                .map_err(db_error)?;
+            let Some(row) = tx.query_opt(&st, &[&guid]).await.map_err(db_error)? else {
+                return Ok(ReleaseOutcome::NotBound);
+            };
+            let b = binding_of(&row)?;
+            let outcome = if b.expired(now) {
+                ReleaseOutcome::NotBound
+            } else if owner.as_deref().is_some_and(|o| o != b.owner) {
+                return Ok(ReleaseOutcome::OwnedElsewhere);
+            } else {
+                ReleaseOutcome::Released(b)
+            };
+            tx.execute(
+                "DELETE FROM instance_bindings WHERE instance_guid = $1",
+                &[&guid],
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(outcome)
         })
     }
 
