@@ -372,6 +372,21 @@ pub struct CertificatesResponse {
     pub certificates: Vec<CertificateView>,
 }
 
+pub use crate::audit::AuditEntry;
+
+/// `GET /v1/audit`: entries in order, and where the next page starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditResponse {
+    /// Up to `limit` entries with `seq` above `after`, in order.
+    pub entries: Vec<AuditEntry>,
+    /// The `after` of the next page: the last entry's `seq` (the request's `after` when no
+    /// entry came back).
+    pub next: u64,
+    /// The `seq` of the log's last entry now (0 for an empty log), so a reader can start
+    /// near the end (`lanyard audit tail`).
+    pub last: u64,
+}
+
 /// An instance's ownership binding (`POST /v1/instances/{instance_guid}/release`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstanceBindingView {

@@ -8,6 +8,7 @@ use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
 use super::keys::LoadedCa;
 use super::{read_lock, Authority, AuthorityError};
+use crate::audit::AuditEvent;
 use crate::ids::{AuthorityId, Guid, Serial};
 use crate::keys::KeyError;
 use crate::store::{CertificateKind, CertificateRecord, StoreError};
@@ -36,8 +37,10 @@ pub(crate) struct LeafRequest {
     pub instance: Option<InstanceIds>,
     /// Name (cells, operators, components, server), for the record.
     pub name: Option<crate::ids::Name>,
-    /// Who asked, for the record.
+    /// Who asked, for the record (and the audit entry's actor).
     pub requested_by: String,
+    /// The audit entry's action (`certificate.issued`, `cell.joined`, `credential.renewed`).
+    pub action: &'static str,
 }
 
 /// Subject attribute kinds a leaf may carry.
@@ -141,7 +144,12 @@ impl Authority {
                 )?);
             }
             let records: Vec<CertificateRecord> = out.iter().map(|i| i.record.clone()).collect();
-            match self.store.insert_signed(*id, &records) {
+            let audit: Vec<AuditEvent> = out
+                .iter()
+                .zip(requests)
+                .map(|(i, r)| issued_event(&i.record, &i.spiffe_id, r.action))
+                .collect();
+            match self.store.insert_signed(*id, &records, &audit) {
                 Ok(refused) => {
                     // A refused leaf was signed but never recorded nor handed out.
                     let mut outcomes = Vec::with_capacity(out.len());
@@ -164,6 +172,40 @@ impl Authority {
         }
         Err(StoreError::Backend("could not find a free serial number".into()).into())
     }
+}
+
+/// The audit event of an issued certificate: who asked, and every identity it carries
+/// (never its key).
+fn issued_event(r: &CertificateRecord, spiffe_id: &str, action: &str) -> AuditEvent {
+    let mut d = serde_json::Map::new();
+    d.insert("serial".into(), r.serial.to_string().into());
+    d.insert("kind".into(), r.kind.as_str().into());
+    d.insert("spiffe_id".into(), spiffe_id.into());
+    d.insert("authority_id".into(), r.authority_id.to_string().into());
+    d.insert(
+        "not_after".into(),
+        crate::timefmt::rfc3339(r.not_after).into(),
+    );
+    let ids = [
+        ("instance_guid", r.instance_guid.as_ref()),
+        ("app_guid", r.app_guid.as_ref()),
+        ("space_guid", r.space_guid.as_ref()),
+        ("organization_guid", r.organization_guid.as_ref()),
+    ];
+    for (k, v) in ids {
+        if let Some(g) = v {
+            d.insert(k.into(), g.to_string().into());
+        }
+    }
+    if let Some(n) = &r.name {
+        d.insert("name".into(), n.to_string().into());
+    }
+    AuditEvent::new(
+        r.requested_by.clone(),
+        action,
+        format!("certificate/{}", r.serial),
+        d.into(),
+    )
 }
 
 fn sign_leaf(

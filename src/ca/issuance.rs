@@ -72,6 +72,7 @@ impl Ca {
             instance: None,
             name: Some(name),
             requested_by: c.requested_by,
+            action: "certificate.issued",
         }
     }
 
@@ -184,6 +185,7 @@ impl Ca {
             instance: Some(ids),
             name: None,
             requested_by: caller.spiffe_id(self.td()),
+            action: "certificate.issued",
         })
     }
 
@@ -297,7 +299,8 @@ impl Ca {
             ttl,
             requested_by: caller.spiffe_id(self.td()),
         };
-        let leaf = self.named_leaf(spec, key);
+        let mut leaf = self.named_leaf(spec, key);
+        leaf.action = "credential.renewed";
         self.issue_one(leaf)
     }
 }

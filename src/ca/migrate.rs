@@ -67,7 +67,7 @@ fn copy(from: &dyn Store, to: &dyn Store) -> Result<MigrateReport, StartError> {
     }
     let mut report = MigrateReport::default();
     let (gens, sequence) = from.load_authorities()?;
-    to.save_authorities(&gens, sequence)?;
+    to.save_authorities(&gens, sequence, &[])?;
     report.generations = gens.len();
     report.bundle_sequence = sequence;
 
@@ -87,7 +87,7 @@ fn copy(from: &dyn Store, to: &dyn Store) -> Result<MigrateReport, StartError> {
     }
 
     for (hash, token) in from.all_join_tokens()? {
-        to.insert_join_token(&hash, &token)?;
+        to.insert_join_token(&hash, &token, &[])?;
         report.join_tokens += 1;
     }
 

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use super::issuance::bound_elsewhere;
 use super::{Ca, CaError};
+use crate::audit::AuditEvent;
 use crate::ids::{Guid, Role};
 use crate::store::{InstanceBinding, ReleaseOutcome};
 
@@ -26,9 +27,10 @@ impl Ca {
                 ))
             }
         };
+        let audit = release_event(&self.td_caller(caller), &guid, owner.is_some());
         match self
             .store
-            .release_binding(&guid, owner.as_deref(), SystemTime::now())?
+            .release_binding(&guid, owner.as_deref(), SystemTime::now(), &[audit])?
         {
             ReleaseOutcome::Released(b) => {
                 tracing::info!(instance = %guid, owner = %b.owner, by = %caller.spiffe_id(self.td()), "instance binding released");
@@ -47,7 +49,11 @@ impl Ca {
         guid: &str,
     ) -> Result<InstanceBinding, CaError> {
         let guid = parse_guid(guid)?;
-        match self.store.release_binding(&guid, None, SystemTime::now())? {
+        let audit = release_event(&self.td_caller(caller), &guid, false);
+        match self
+            .store
+            .release_binding(&guid, None, SystemTime::now(), &[audit])?
+        {
             ReleaseOutcome::Released(b) => {
                 tracing::info!(instance = %guid, owner = %b.owner, by = %caller.spiffe_id(self.td()), "instance binding released");
                 Ok(b)
@@ -57,6 +63,22 @@ impl Ca {
             )),
         }
     }
+}
+
+impl Ca {
+    fn td_caller(&self, caller: &Role) -> String {
+        caller.spiffe_id(self.td())
+    }
+}
+
+/// The audit event of a release (appended only if a binding was released).
+fn release_event(actor: &str, guid: &Guid, by_owner: bool) -> AuditEvent {
+    AuditEvent::new(
+        actor,
+        "instance.released",
+        format!("instance/{guid}"),
+        serde_json::json!({"released_by": if by_owner { "owner" } else { "operator" }}),
+    )
 }
 
 fn parse_guid(guid: &str) -> Result<Guid, CaError> {

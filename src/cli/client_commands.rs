@@ -181,6 +181,7 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                 .await?;
             print_json(&r)?;
         }
+        Command::Audit(cmd) => super::audit_commands::audit(&client, cmd).await?,
         Command::Instance(InstanceCommand::Release { guid }) => {
             let r: api::InstanceBindingView = client
                 .post(

@@ -5,6 +5,7 @@
 //! The router needs no TLS listener: a request without a [`super::tls::Caller`] extension is
 //! anonymous, so the router can be driven in-process (`tower::ServiceExt::oneshot`).
 
+mod audit;
 mod auth;
 mod authorities;
 mod certificates;
@@ -184,6 +185,8 @@ pub(crate) mod paths {
     pub(crate) const CRL: &str = "/v1/crl/{authority_id}";
     /// An instance's binding (DELETE releases it).
     pub(crate) const INSTANCE: &str = "/v1/instances/{instance_guid}";
+    /// The audit log.
+    pub(crate) const AUDIT: &str = "/v1/audit";
     /// An operator releasing an instance's binding.
     pub(crate) const INSTANCE_RELEASE: &str = "/v1/instances/{instance_guid}/release";
 }
@@ -251,6 +254,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::get(CRL, crl::crl),
         Route::delete(INSTANCE, ownership::release),
         Route::post(INSTANCE_RELEASE, ownership::release_by_operator),
+        Route::get(AUDIT, audit::audit),
     ]
 }
 

@@ -20,7 +20,7 @@ use crate::http::views::binding_view;
         or its last certificate expired) is answered 204 as well, so a retry is harmless. \
         Releasing does not revoke the instance's certificates.",
     security(("cell_certificate" = []), ("operator_certificate" = [])),
-    extensions(("x-lanyard-role" = json!("cell"))),
+    extensions(("x-lanyard-role" = json!("cell-or-operator"))),
     params(("instance_guid" = String, Path, pattern = "^[0-9a-f]([0-9a-f-]{0,61}[0-9a-f])?$", description = "The instance GUID")),
     responses(
         (status = 204, description = "Released, or not bound"),

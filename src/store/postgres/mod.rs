@@ -18,6 +18,7 @@
 //! runs on the store's own threads). Dropping the store shuts its runtime down in the
 //! background, which is allowed in any context too.
 
+mod audit_log;
 mod export;
 mod ha;
 mod migrations;
@@ -35,9 +36,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 
 use super::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, InstanceBinding,
-    JoinTokenRecord, Lease, LeaseGrant, ReleaseOutcome, RevokeOutcome, Store, StoreError,
+    AuditPage, AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock,
+    InstanceBinding, JoinTokenRecord, Lease, LeaseGrant, ReleaseOutcome, RevokeOutcome, Store,
+    StoreError,
 };
+use crate::audit::AuditEvent;
 use crate::ids::{AuthorityId, Guid, Serial};
 
 /// Connections per process. Writes are short transactions; a handful covers the CA's
@@ -653,8 +656,9 @@ impl Store for PostgresStore {
         &self,
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
+        audit: &[AuditEvent],
     ) -> Result<(), StoreError> {
-        self.save_generations(changed, bundle_sequence, None)
+        self.save_generations(changed, bundle_sequence, None, audit)
             .map(|_| ())
     }
 
@@ -699,8 +703,9 @@ impl Store for PostgresStore {
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
         expected_version: u64,
+        audit: &[AuditEvent],
     ) -> Result<u64, StoreError> {
-        self.save_generations(changed, bundle_sequence, Some(expected_version))
+        self.save_generations(changed, bundle_sequence, Some(expected_version), audit)
     }
 
     fn new_authority_id(&self) -> Result<AuthorityId, StoreError> {
@@ -750,8 +755,15 @@ impl Store for PostgresStore {
         &self,
         signer: AuthorityId,
         records: &[CertificateRecord],
+        audit: &[AuditEvent],
     ) -> Result<Vec<usize>, StoreError> {
+        if !audit.is_empty() && audit.len() != records.len() {
+            return Err(StoreError::Backend(
+                "one audit event per certificate record, or none".into(),
+            ));
+        }
         let rows = checked_rows(records)?;
+        let audit = audit.to_vec();
         let pool = self.pool();
         let now = SystemTime::now();
         self.run(async move {
@@ -782,6 +794,13 @@ impl Store for PostgresStore {
                 .map(|(_, r)| r)
                 .collect();
             insert_rows(&tx, &kept).await?;
+            let events: Vec<AuditEvent> = audit
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| refused.binary_search(i).is_err())
+                .map(|(_, e)| e)
+                .collect();
+            audit_log::append_tx(&tx, &events).await?;
             tx.commit().await.map_err(db_error)?;
             Ok(refused)
         })
@@ -816,10 +835,12 @@ impl Store for PostgresStore {
         instance: &Guid,
         owner: Option<&str>,
         now: SystemTime,
+        audit: &[AuditEvent],
     ) -> Result<ReleaseOutcome, StoreError> {
         let pool = self.pool();
         let guid = instance.as_str().to_string();
         let owner = owner.map(str::to_string);
+        let audit = audit.to_vec();
         self.run(async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await.map_err(db_error)?;
@@ -848,6 +869,9 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(db_error)?;
+            if matches!(outcome, ReleaseOutcome::Released(_)) {
+                audit_log::append_tx(&tx, &audit).await?;
+            }
             tx.commit().await.map_err(db_error)?;
             Ok(outcome)
         })
@@ -916,9 +940,11 @@ impl Store for PostgresStore {
         serial: &Serial,
         at: SystemTime,
         reason: Option<&str>,
+        audit: &[AuditEvent],
     ) -> Result<RevokeOutcome, StoreError> {
         let pool = self.pool();
         let serial = *serial;
+        let audit = audit.to_vec();
         let reason = reason.map(str::to_string);
         self.run(async move {
             let mut c = pool.get().await.map_err(pool_error)?;
@@ -956,6 +982,7 @@ impl Store for PostgresStore {
                 .map_err(db_error)?;
             // The notification goes out only if the revocation commits.
             tx.execute(NOTIFY_CHANGES, &[]).await.map_err(db_error)?;
+            audit_log::append_tx(&tx, &audit).await?;
             tx.commit().await.map_err(db_error)?;
             Ok(RevokeOutcome::Revoked(record))
         })
@@ -1044,14 +1071,21 @@ impl Store for PostgresStore {
         })
     }
 
-    fn insert_join_token(&self, hash: &[u8], token: &JoinTokenRecord) -> Result<(), StoreError> {
+    fn insert_join_token(
+        &self,
+        hash: &[u8],
+        token: &JoinTokenRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), StoreError> {
         let pool = self.pool();
         let hash = hash.to_vec();
         let expires_at = token.expires_at;
         let record = json(token)?;
+        let audit = audit.to_vec();
         self.run(async move {
-            let c = pool.get().await.map_err(pool_error)?;
-            let st = c
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            let st = tx
                 .prepare_cached(
                     "INSERT INTO join_tokens (hash, expires_at, record) VALUES ($1, $2, $3)
                      ON CONFLICT (hash) DO UPDATE
@@ -1059,10 +1093,11 @@ impl Store for PostgresStore {
                 )
                 .await
                 .map_err(db_error)?;
-            c.execute(&st, &[&hash, &expires_at, &record])
+            tx.execute(&st, &[&hash, &expires_at, &record])
                 .await
                 .map_err(db_error)?;
-            Ok(())
+            audit_log::append_tx(&tx, &audit).await?;
+            tx.commit().await.map_err(db_error)
         })
     }
 
@@ -1070,13 +1105,40 @@ impl Store for PostgresStore {
         self.join_token_query("SELECT record::text FROM join_tokens WHERE hash = $1", hash)
     }
 
-    fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {
-        // The row lock of the delete decides: of concurrent takers, in this process or
-        // another, exactly one deletes the row and gets it back.
-        self.join_token_query(
-            "DELETE FROM join_tokens WHERE hash = $1 RETURNING record::text",
-            hash,
-        )
+    fn take_join_token(
+        &self,
+        hash: &[u8],
+        audit: &[AuditEvent],
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let pool = self.pool();
+        let hash = hash.to_vec();
+        let audit = audit.to_vec();
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            // The row lock of the delete decides: of concurrent takers, in this process or
+            // another, exactly one deletes the row and gets it back.
+            let st = tx
+                .prepare_cached("DELETE FROM join_tokens WHERE hash = $1 RETURNING record::text")
+                .await
+                .map_err(db_error)?;
+            let Some(row) = tx.query_opt(&st, &[&hash]).await.map_err(db_error)? else {
+                return Ok(None);
+            };
+            let text: String = row.try_get(0).map_err(db_error)?;
+            let rec: JoinTokenRecord = decode("join_token", &text)?;
+            audit_log::append_tx(&tx, &audit).await?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(Some(rec))
+        })
+    }
+
+    fn append_audit(&self, audit: &[AuditEvent]) -> Result<(), StoreError> {
+        self.append_audit_now(audit)
+    }
+
+    fn audit_after(&self, after: u64, limit: usize) -> Result<AuditPage, StoreError> {
+        self.audit_after_now(after, limit)
     }
 
     fn lock_init(&self) -> Result<InitLock, StoreError> {
@@ -1206,8 +1268,10 @@ impl PostgresStore {
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
         expected_version: Option<u64>,
+        audit: &[AuditEvent],
     ) -> Result<u64, StoreError> {
         let pool = self.pool();
+        let audit = audit.to_vec();
         let rows = changed
             .iter()
             .map(|a| Ok((i64::from(a.id.0), a.state.as_str(), json(a)?)))
@@ -1263,6 +1327,7 @@ impl PostgresStore {
                     .map_err(db_error)?;
             }
             tx.execute(NOTIFY_CHANGES, &[]).await.map_err(db_error)?;
+            audit_log::append_tx(&tx, &audit).await?;
             tx.commit().await.map_err(db_error)?;
             Ok(version)
         })
