@@ -185,7 +185,7 @@ impl Agent {
     pub async fn delete_instance(self: &Arc<Self>, guid: &Guid) -> Result<bool, String> {
         let state = lock(&self.instances).remove(guid);
         let Some(state) = state else { return Ok(false) };
-        let _g = state.lock.lock().await;
+        let files = state.lock.lock().await;
         self.persist().await?;
         let dir = self.instance_dir(guid);
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
@@ -194,6 +194,8 @@ impl Agent {
         })
         .await
         .map_err(|e| e.to_string())??;
+        // The files are gone: the CA call does not hold the instance's lock.
+        drop(files);
         self.release_at_ca(guid).await;
         Ok(true)
     }

@@ -423,7 +423,7 @@ impl Authority {
                 &p.changed,
                 p.sequence,
                 inner.version,
-                &[p.audit.clone()],
+                std::slice::from_ref(&p.audit),
             );
             match saved {
                 Ok(_) => {

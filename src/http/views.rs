@@ -121,6 +121,18 @@ pub(crate) fn spiffe_bundle(b: &TrustBundle, refresh: u64) -> Result<api::Spiffe
     })
 }
 
+/// An instance binding as the API shows it.
+pub(crate) fn binding_view(b: &InstanceBinding) -> api::InstanceBindingView {
+    api::InstanceBindingView {
+        instance_guid: b.instance_guid.to_string(),
+        owner: b.owner.clone(),
+        app_guid: b.app_guid.to_string(),
+        space_guid: b.space_guid.to_string(),
+        organization_guid: b.organization_guid.to_string(),
+        not_after: rfc3339(b.not_after),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};
@@ -174,17 +186,5 @@ mod tests {
             r.revocation_reason = Some("key compromise".into());
             same(&r);
         }
-    }
-}
-
-/// An instance binding as the API shows it.
-pub(crate) fn binding_view(b: &InstanceBinding) -> api::InstanceBindingView {
-    api::InstanceBindingView {
-        instance_guid: b.instance_guid.to_string(),
-        owner: b.owner.clone(),
-        app_guid: b.app_guid.to_string(),
-        space_guid: b.space_guid.to_string(),
-        organization_guid: b.organization_guid.to_string(),
-        not_after: rfc3339(b.not_after),
     }
 }

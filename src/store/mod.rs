@@ -22,6 +22,17 @@ use std::time::{Duration, SystemTime};
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::ids::{AuthorityId, Guid, Serial};
 
+/// Whether `e` is the entry that follows `head`, for [`Store::import_audit`].
+pub(crate) fn continues(head: &crate::audit::ChainHead, e: &AuditEntry) -> Result<(), StoreError> {
+    if e.seq != head.seq + 1 || e.prev_hash != head.hash {
+        return Err(StoreError::Backend(format!(
+            "audit entry {} does not continue the chain (its head is seq {})",
+            e.seq, head.seq
+        )));
+    }
+    Ok(())
+}
+
 /// One page of the audit log (see [`Store::audit_after`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AuditPage {
@@ -274,6 +285,16 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// last one answered (`after` when none; the next call's `after`), and the last
     /// position of the whole log (0 when empty).
     fn audit_after(&self, after: u64, limit: usize) -> Result<AuditPage, StoreError>;
+    /// Writes audit entries as they are (for copying a whole store), durably, after the
+    /// chain head, and moves the head to the last of them. Refuses (writing nothing) entries
+    /// that do not continue the chain: the first must be the head's seq + 1 and link to its
+    /// hash, and each next one must follow the one before.
+    fn import_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+    /// Every binding, live or expired, in no particular order (for copying a whole store).
+    fn all_bindings(&self) -> Result<Vec<InstanceBinding>, StoreError>;
+    /// Writes bindings as they are, replacing any of the same instance (for copying a whole
+    /// store), durably.
+    fn import_bindings(&self, bindings: &[InstanceBinding]) -> Result<(), StoreError>;
 
     /// Waits until no other holder (thread or process) has the init lock, then holds it until
     /// the returned value is dropped (or the process ends), so one process initializes the

@@ -555,6 +555,51 @@ impl Store for SledStore {
         Ok(page)
     }
 
+    fn import_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let encoded = entries.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let trees = (&self.audit, &self.audit_head);
+        finish(trees.transaction(|(log, head)| {
+            let mut h: ChainHead = match head.get(HEAD_KEY)? {
+                Some(v) => decode(HEAD_KEY, &v).map_err(ConflictableTransactionError::Abort)?,
+                None => ChainHead::default(),
+            };
+            for (e, v) in entries.iter().zip(&encoded) {
+                super::continues(&h, e).map_err(ConflictableTransactionError::Abort)?;
+                log.insert(&e.seq.to_be_bytes()[..], v.as_slice())?;
+                h = ChainHead {
+                    seq: e.seq,
+                    hash: e.hash.clone(),
+                };
+            }
+            let v = encode(&h).map_err(ConflictableTransactionError::Abort)?;
+            head.insert(HEAD_KEY, v)?;
+            Ok(())
+        }))?;
+        self.durable()
+    }
+
+    fn all_bindings(&self) -> Result<Vec<InstanceBinding>, StoreError> {
+        self.bindings
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(backend)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn import_bindings(&self, bindings: &[InstanceBinding]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for b in bindings {
+            batch.insert(b.instance_guid.as_str().as_bytes(), encode(b)?);
+        }
+        self.bindings.apply_batch(batch).map_err(backend)?;
+        self.durable()
+    }
+
     fn purge_expired_join_tokens(&self, now: SystemTime) -> Result<u64, StoreError> {
         let mut purged = 0u64;
         for item in self.tokens.iter() {
@@ -892,6 +937,54 @@ mod tests {
             })
             .unwrap();
         assert_eq!(all.len(), 200);
+    }
+
+    /// Prints what the audit log adds to a batch insert (run with `--ignored --nocapture`;
+    /// a measurement, not a check: the machine's load decides the numbers).
+    #[test]
+    #[ignore]
+    fn measure_the_audit_cost_of_a_batch_insert() {
+        use crate::audit::AuditEvent;
+        let s = SledStore::temporary().unwrap();
+        let g = crate::store::conformance::authority(1, GenerationState::Active);
+        s.save_authorities(&[g], 1, &[]).unwrap();
+        let batch = |n: usize, k: usize| -> Vec<CertificateRecord> {
+            (0..n)
+                .map(|i| record(&format!("c{k:04x}{i:04x}"), "b1", SystemTime::now()))
+                .collect()
+        };
+        let (rounds, n) = (20, 500);
+        let mut plain = std::time::Duration::ZERO;
+        let mut audited = std::time::Duration::ZERO;
+        for k in 0..rounds {
+            let recs = batch(n, 2 * k);
+            let t = std::time::Instant::now();
+            s.insert_signed(AuthorityId(1), &recs, &[]).unwrap();
+            plain += t.elapsed();
+            let recs = batch(n, 2 * k + 1);
+            let events: Vec<AuditEvent> = recs
+                .iter()
+                .map(|r| {
+                    AuditEvent::new(
+                        r.requested_by.clone(),
+                        "certificate.issued",
+                        format!("certificate/{}", r.serial),
+                        serde_json::json!({"serial": r.serial.to_string(), "kind": "instance",
+                            "instance_guid": r.instance_guid.as_ref().map(|g| g.to_string())}),
+                    )
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            s.insert_signed(AuthorityId(1), &recs, &events).unwrap();
+            audited += t.elapsed();
+        }
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / (rounds * n) as f64;
+        println!(
+            "sled batch insert of {n}: {:.1} us/certificate without audit, {:.1} us/certificate with audit (+{:.1} us)",
+            per(plain),
+            per(audited),
+            per(audited) - per(plain)
+        );
     }
 
     /// Fresh stores in numbered directories under one temporary directory; a reopen drops

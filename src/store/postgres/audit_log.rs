@@ -67,6 +67,55 @@ pub(super) async fn append_tx(
 }
 
 impl PostgresStore {
+    /// See [`Store::import_audit`](crate::store::Store::import_audit).
+    pub(super) fn import_audit_now(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let pool = self.pool();
+        let entries = entries.to_vec();
+        self.run_with_timeout(super::LONG_CALL_TIMEOUT, async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            let row = tx
+                .query_one("SELECT seq, hash FROM audit_head FOR UPDATE", &[])
+                .await
+                .map_err(db_error)?;
+            let mut head = ChainHead {
+                seq: non_negative("audit_head.seq", row.try_get(0))?,
+                hash: row.try_get(1).map_err(db_error)?,
+            };
+            let insert = tx
+                .prepare_cached("INSERT INTO audit_log (seq, entry) VALUES ($1, $2)")
+                .await
+                .map_err(db_error)?;
+            for e in &entries {
+                crate::store::continues(&head, e)?;
+                let seq = i64::try_from(e.seq)
+                    .map_err(|_| StoreError::Backend("the audit log is full".into()))?;
+                let body = Json(
+                    serde_json::to_value(e)
+                        .map_err(|e| StoreError::Backend(format!("encoding: {e}")))?,
+                );
+                tx.execute(&insert, &[&seq, &body])
+                    .await
+                    .map_err(db_error)?;
+                head = ChainHead {
+                    seq: e.seq,
+                    hash: e.hash.clone(),
+                };
+            }
+            let last = i64::try_from(head.seq)
+                .map_err(|_| StoreError::Backend("the audit log is full".into()))?;
+            tx.execute(
+                "UPDATE audit_head SET seq = $1, hash = $2",
+                &[&last, &head.hash],
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)
+        })
+    }
     /// See [`Store::append_audit`](crate::store::Store::append_audit).
     pub(super) fn append_audit_now(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         if events.is_empty() {

@@ -1141,6 +1141,58 @@ impl Store for PostgresStore {
         self.audit_after_now(after, limit)
     }
 
+    fn import_audit(&self, entries: &[crate::audit::AuditEntry]) -> Result<(), StoreError> {
+        self.import_audit_now(entries)
+    }
+
+    fn all_bindings(&self) -> Result<Vec<InstanceBinding>, StoreError> {
+        let pool = self.pool();
+        self.run_with_timeout(LONG_CALL_TIMEOUT, async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let rows = c
+                .query(
+                    &format!("SELECT {BINDING_COLUMNS} FROM instance_bindings"),
+                    &[],
+                )
+                .await
+                .map_err(db_error)?;
+            rows.iter().map(binding_of).collect()
+        })
+    }
+
+    fn import_bindings(&self, bindings: &[InstanceBinding]) -> Result<(), StoreError> {
+        let pool = self.pool();
+        let bindings = bindings.to_vec();
+        self.run_with_timeout(LONG_CALL_TIMEOUT, async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            let st = tx
+                .prepare_cached(
+                    "INSERT INTO instance_bindings
+                         (instance_guid, owner, app_guid, space_guid, organization_guid, not_after)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (instance_guid) DO UPDATE SET owner = EXCLUDED.owner,
+                         app_guid = EXCLUDED.app_guid, space_guid = EXCLUDED.space_guid,
+                         organization_guid = EXCLUDED.organization_guid,
+                         not_after = EXCLUDED.not_after",
+                )
+                .await
+                .map_err(db_error)?;
+            for b in &bindings {
+                let params: [&(dyn ToSql + Sync); 6] = [
+                    &b.instance_guid.as_str(),
+                    &b.owner,
+                    &b.app_guid.as_str(),
+                    &b.space_guid.as_str(),
+                    &b.organization_guid.as_str(),
+                    &b.not_after,
+                ];
+                tx.execute(&st, &params).await.map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)
+        })
+    }
+
     fn lock_init(&self) -> Result<InitLock, StoreError> {
         loop {
             let pool = self.pool();
