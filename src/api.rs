@@ -372,6 +372,44 @@ pub struct CertificatesResponse {
     pub certificates: Vec<CertificateView>,
 }
 
+pub use crate::audit::AuditEntry;
+
+/// `GET /v1/audit`: entries in order, and where the next page starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditResponse {
+    /// Up to `limit` entries with `seq` above `after`, in order.
+    pub entries: Vec<AuditEntry>,
+    /// The `after` of the next page: the last entry's `seq` (the request's `after` when no
+    /// entry came back).
+    pub next: u64,
+    /// The `seq` of the log's last entry now (0 for an empty log), so a reader can start
+    /// near the end (`lanyard audit tail`).
+    pub last: u64,
+}
+
+/// An instance's ownership binding (`POST /v1/instances/{instance_guid}/release`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceBindingView {
+    /// The instance.
+    #[schema(value_type = Guid)]
+    pub instance_guid: String,
+    /// The owning cell's SPIFFE ID.
+    pub owner: String,
+    /// App GUID it was bound with.
+    #[schema(value_type = Guid)]
+    pub app_guid: String,
+    /// Space GUID it was bound with.
+    #[schema(value_type = Guid)]
+    pub space_guid: String,
+    /// Organization GUID it was bound with.
+    #[schema(value_type = Guid)]
+    pub organization_guid: String,
+    /// RFC 3339: when the binding would have ended by itself (the latest notAfter issued
+    /// under it).
+    #[schema(format = DateTime)]
+    pub not_after: String,
+}
+
 /// An issued certificate's record as the API shows it (`GET /v1/certificates`, and the
 /// answer of revoke).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

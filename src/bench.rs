@@ -103,6 +103,12 @@ pub(crate) async fn run(
     let batch = o.batch_size.max(1);
     let total_requests = o.requests.div_ceil(batch);
     let next = Arc::new(AtomicUsize::new(0));
+    // Instance GUIDs of this run only: each run joins as a new cell, and an instance stays
+    // bound to the cell that first obtained it, so reusing another run's GUIDs is a 409.
+    let run = crate::ids::Serial::random()
+        .map_err(|_| ClientError::Setup("no random run id".into()))?
+        .to_string();
+    let run: Arc<str> = Arc::from(&run[..8.min(run.len())]);
     // Watchers hold long polls the whole time, as apps and proxies do in production.
     // The clock starts once they are connected, so their handshakes are not measured.
     let mut held = Vec::with_capacity(o.watchers);
@@ -134,7 +140,7 @@ pub(crate) async fn run(
     let start = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..o.concurrency.max(1) {
-        let (client, next, csr) = (client.clone(), next.clone(), csr.clone());
+        let (client, next, csr, run) = (client.clone(), next.clone(), csr.clone(), run.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let (mut issued, mut failures) = (0usize, 0usize);
@@ -145,7 +151,7 @@ pub(crate) async fn run(
                 }
                 let req = |i: usize| api::InstanceCertificateRequest {
                     csr: csr.clone(),
-                    instance_guid: format!("be{:014x}", n * batch + i),
+                    instance_guid: format!("be{run}-{:014x}", n * batch + i),
                     app_guid: "be0c9a2b3d4c5e8f7a1b2c3d4e5f60".into(),
                     space_guid: "be0d9b8a1a2c4b4d9e6f0a1b2c3d4e5f".into(),
                     organization_guid: "be9c8a7b0f1b4a3c8d5ef90a1b2c3d4e".into(),

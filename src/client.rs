@@ -468,6 +468,25 @@ impl ApiClient {
         .await
     }
 
+    /// DELETEs; any 2xx is success. Sent to the next replica like a GET: a DELETE is
+    /// idempotent, so one that may have arrived can be sent again.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.failover(Resend::Always, |base| {
+            let req = self
+                .http
+                .delete(format!("{base}{path}"))
+                .timeout(REQUEST_TIMEOUT);
+            async move {
+                let x = exchange(&base, req).await?;
+                if !x.status.is_success() {
+                    return Err(AttemptError::Answered(x.problem()));
+                }
+                Ok(())
+            }
+        })
+        .await
+    }
+
     /// GETs JSON.
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
         self.failover(Resend::Always, |base| {

@@ -24,6 +24,8 @@ pub mod api;
 #[cfg(feature = "full")]
 pub(crate) mod atomic_dir;
 #[cfg(feature = "full")]
+pub mod audit;
+#[cfg(feature = "full")]
 pub(crate) mod authority;
 #[cfg(feature = "full")]
 pub(crate) mod bench;

@@ -490,6 +490,22 @@ async fn a_sled_ca_migrates_to_postgres_whole_and_serves_from_it() {
     let cell = Credential::new(&ca, cell.chain_pem.clone(), cell.key_pem.clone());
     let fresh = cell.issue_instance(9).await.unwrap();
     assert!(!fresh.serial.is_empty());
+    // The audit chain came along whole and goes on (the start on the database and the new
+    // issuance appended to it), and so did the bindings: another cell is refused.
+    let (code, out, err) = ca.cli(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let log: api::AuditResponse = ca.operator().get("/v1/audit?limit=1000").await.unwrap();
+    assert!(
+        log.entries
+            .iter()
+            .any(|e| e.action == "certificate.revoked"),
+        "the history before the migration is there"
+    );
+    let other = ca.join_cell("cell-3").await;
+    assert!(
+        other.issue_instance(2).await.is_err(),
+        "bindings were copied"
+    );
 
     ca.stop();
     db.drop_it().await;

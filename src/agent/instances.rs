@@ -14,10 +14,14 @@ use super::batcher::{BatchItem, CaRefusal};
 use super::renewal::{backoff, renewal_delay};
 use super::{files, lock, Agent};
 use crate::api;
-use crate::client::new_key_and_csr;
+use crate::client::{new_key_and_csr, ClientError};
 use crate::ids::Guid;
 use crate::timefmt::rfc3339;
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
+
+/// How often a failed binding release is retried in the background (about ten minutes in
+/// all, with capped exponential backoff).
+const RELEASE_RETRIES: u32 = 12;
 
 /// What a PUT says about an instance; also what the agent persists per instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +185,7 @@ impl Agent {
     pub async fn delete_instance(self: &Arc<Self>, guid: &Guid) -> Result<bool, String> {
         let state = lock(&self.instances).remove(guid);
         let Some(state) = state else { return Ok(false) };
-        let _g = state.lock.lock().await;
+        let files = state.lock.lock().await;
         self.persist().await?;
         let dir = self.instance_dir(guid);
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
@@ -190,7 +194,50 @@ impl Agent {
         })
         .await
         .map_err(|e| e.to_string())??;
+        // The files are gone: the CA call does not hold the instance's lock.
+        drop(files);
+        self.release_at_ca(guid).await;
         Ok(true)
+    }
+
+    /// Tells the CA the instance is gone, so its ownership binding ends now and not only
+    /// when its last certificate expires (the instance may be rescheduled on another cell).
+    /// One attempt inline, so the binding is usually released by the time the local DELETE
+    /// answers; if the CA cannot be reached, retries in the background (the release is
+    /// idempotent). The local DELETE never fails because of the CA.
+    async fn release_at_ca(self: &Arc<Self>, guid: &Guid) {
+        let path = format!("/v1/instances/{guid}");
+        let retryable = |e: &ClientError| match e {
+            ClientError::Api(p) => p.status >= 500 || p.status == 429,
+            _ => true,
+        };
+        match self.client().delete(&path).await {
+            Ok(()) => return,
+            Err(e) if !retryable(&e) => {
+                tracing::warn!(instance = %guid, error = %e, "the CA refused to release the instance's binding");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(instance = %guid, error = %e, "could not release the instance's binding at the CA; retrying in the background");
+            }
+        }
+        let agent = self.clone();
+        let guid = guid.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_secs(1);
+            for _ in 0..RELEASE_RETRIES {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+                match agent.client().delete(&path).await {
+                    Ok(()) => return,
+                    Err(e) if !retryable(&e) => return,
+                    Err(e) => {
+                        tracing::debug!(instance = %guid, error = %e, "binding release retry failed")
+                    }
+                }
+            }
+            tracing::warn!(instance = %guid, "gave up releasing the instance's binding; it ends when its last certificate expires");
+        });
     }
 
     /// Gets a new certificate for `guid` (for the instance's key) and swaps its files.

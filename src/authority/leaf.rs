@@ -8,6 +8,7 @@ use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
 use super::keys::LoadedCa;
 use super::{read_lock, Authority, AuthorityError};
+use crate::audit::AuditEvent;
 use crate::ids::{AuthorityId, Guid, Serial};
 use crate::keys::KeyError;
 use crate::store::{CertificateKind, CertificateRecord, StoreError};
@@ -36,8 +37,10 @@ pub(crate) struct LeafRequest {
     pub instance: Option<InstanceIds>,
     /// Name (cells, operators, components, server), for the record.
     pub name: Option<crate::ids::Name>,
-    /// Who asked, for the record.
+    /// Who asked, for the record (and the audit entry's actor).
     pub requested_by: String,
+    /// The audit entry's action (`certificate.issued`, `cell.joined`, `credential.renewed`).
+    pub action: &'static str,
 }
 
 /// Subject attribute kinds a leaf may carry.
@@ -75,15 +78,28 @@ pub(crate) struct Issued {
     pub trust_bundle_sequence: u64,
 }
 
+/// A leaf refused because its instance is bound elsewhere: to another cell, or to the same
+/// cell with another app, space or organization. Nothing was recorded for it.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceBound(pub Guid);
+
+/// One request's outcome in [`Authority::issue`].
+pub(crate) type LeafOutcome = Result<Issued, InstanceBound>;
+
 impl Authority {
     /// Signs every request with the active intermediate and records them all durably, in one
     /// store write, before returning. Validity: notBefore = now - backdate, notAfter = now +
-    /// ttl but never after the intermediate's notAfter.
+    /// ttl but never after the intermediate's notAfter. An instance leaf whose instance is
+    /// bound elsewhere is refused ([`InstanceBound`]) in that same write; the others are
+    /// issued. Answers one outcome per request, in order.
     ///
     /// The store records them only while the signing generation is still stored as active;
     /// if another process deactivated it meanwhile, this reloads the generations and signs
     /// once more with the new active one.
-    pub(crate) fn issue(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
+    pub(crate) fn issue(
+        &self,
+        requests: &[LeafRequest],
+    ) -> Result<Vec<LeafOutcome>, AuthorityError> {
         match self.issue_once(requests) {
             Err(AuthorityError::Store(StoreError::NotActive(_))) => {
                 self.reload()?;
@@ -99,7 +115,7 @@ impl Authority {
     }
 
     /// One attempt of [`Authority::issue`] with the generations in memory.
-    fn issue_once(&self, requests: &[LeafRequest]) -> Result<Vec<Issued>, AuthorityError> {
+    fn issue_once(&self, requests: &[LeafRequest]) -> Result<Vec<LeafOutcome>, AuthorityError> {
         // The read lock is held until the records are durable, so a rotation step of this
         // process (which takes the write lock) never misses a certificate being signed; for
         // other processes sharing the store, `insert_signed` checks the signer in the same
@@ -128,8 +144,27 @@ impl Authority {
                 )?);
             }
             let records: Vec<CertificateRecord> = out.iter().map(|i| i.record.clone()).collect();
-            match self.store.insert_signed(*id, &records) {
-                Ok(()) => return Ok(out),
+            let audit: Vec<AuditEvent> = out
+                .iter()
+                .zip(requests)
+                .map(|(i, r)| issued_event(&i.record, &i.spiffe_id, r.action))
+                .collect();
+            match self.store.insert_signed(*id, &records, &audit) {
+                Ok(refused) => {
+                    // A refused leaf was signed but never recorded nor handed out.
+                    let mut outcomes = Vec::with_capacity(out.len());
+                    for (i, issued) in out.into_iter().enumerate() {
+                        if refused.binary_search(&i).is_err() {
+                            outcomes.push(Ok(issued));
+                            continue;
+                        }
+                        let guid = issued.record.instance_guid.ok_or_else(|| {
+                            StoreError::Backend("the store refused a record of no instance".into())
+                        })?;
+                        outcomes.push(Err(InstanceBound(guid)));
+                    }
+                    return Ok(outcomes);
+                }
                 // 126 random bits make this all but impossible; draw new serials and re-sign.
                 Err(StoreError::SerialExists(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -137,6 +172,40 @@ impl Authority {
         }
         Err(StoreError::Backend("could not find a free serial number".into()).into())
     }
+}
+
+/// The audit event of an issued certificate: who asked, and every identity it carries
+/// (never its key).
+fn issued_event(r: &CertificateRecord, spiffe_id: &str, action: &str) -> AuditEvent {
+    let mut d = serde_json::Map::new();
+    d.insert("serial".into(), r.serial.to_string().into());
+    d.insert("kind".into(), r.kind.as_str().into());
+    d.insert("spiffe_id".into(), spiffe_id.into());
+    d.insert("authority_id".into(), r.authority_id.to_string().into());
+    d.insert(
+        "not_after".into(),
+        crate::timefmt::rfc3339(r.not_after).into(),
+    );
+    let ids = [
+        ("instance_guid", r.instance_guid.as_ref()),
+        ("app_guid", r.app_guid.as_ref()),
+        ("space_guid", r.space_guid.as_ref()),
+        ("organization_guid", r.organization_guid.as_ref()),
+    ];
+    for (k, v) in ids {
+        if let Some(g) = v {
+            d.insert(k.into(), g.to_string().into());
+        }
+    }
+    if let Some(n) = &r.name {
+        d.insert("name".into(), n.to_string().into());
+    }
+    AuditEvent::new(
+        r.requested_by.clone(),
+        action,
+        format!("certificate/{}", r.serial),
+        d.into(),
+    )
 }
 
 fn sign_leaf(
@@ -223,7 +292,8 @@ mod tests {
         let issued = a
             .issue(&[request(Duration::from_secs(3600))])
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .unwrap();
         let info = CertInfo::from_der(
             &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
         )
@@ -249,7 +319,8 @@ mod tests {
         let issued = a
             .issue(&[request(Duration::from_secs(400 * 86400))])
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .unwrap();
         let info = CertInfo::from_der(
             &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
         )

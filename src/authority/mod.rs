@@ -20,7 +20,7 @@ mod generation;
 mod keys;
 mod leaf;
 
-pub(crate) use leaf::{InstanceIds, Issued, LeafRequest, SubjectAttr};
+pub(crate) use leaf::{InstanceBound, InstanceIds, Issued, LeafRequest, SubjectAttr};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use crate::audit::AuditEvent;
 use crate::ids::AuthorityId;
 use crate::keys::{Kek, KeyError};
 use crate::rotation::{self, RotationError, Step};
@@ -86,6 +87,46 @@ pub(crate) struct AuthorityOptions {
     pub min_leaf_ttl: Duration,
 }
 
+/// Who takes a rotation step and why, for its audit entry.
+#[derive(Debug, Clone)]
+pub(crate) struct StepBy {
+    /// An operator's SPIFFE ID, or `schedule`.
+    pub actor: String,
+    /// Why (the schedule's rule), if said.
+    pub reason: Option<String>,
+    /// The replica that takes the step.
+    pub replica: Option<String>,
+}
+
+impl StepBy {
+    /// The audit event of `action` on generation `id` (`force` as asked).
+    fn event(
+        &self,
+        action: &str,
+        id: AuthorityId,
+        force: Option<bool>,
+        sequence: u64,
+    ) -> AuditEvent {
+        let mut details = serde_json::Map::new();
+        if let Some(r) = &self.reason {
+            details.insert("reason".into(), r.clone().into());
+        }
+        if let Some(f) = force {
+            details.insert("force".into(), f.into());
+        }
+        if let Some(r) = &self.replica {
+            details.insert("replica".into(), r.clone().into());
+        }
+        details.insert("bundle_sequence".into(), sequence.into());
+        AuditEvent::new(
+            self.actor.clone(),
+            action,
+            format!("authority/{id}"),
+            details.into(),
+        )
+    }
+}
+
 /// A generation with the latest notAfter it signed.
 pub(crate) type GenerationStatus = (AuthorityRecord, Option<SystemTime>);
 
@@ -129,6 +170,8 @@ struct Planned<T> {
     sequence: u64,
     /// What the step answers once saved.
     answer: T,
+    /// Its audit entry, saved with it.
+    audit: AuditEvent,
 }
 
 /// The CA's keys and generations. See the module docs.
@@ -168,7 +211,13 @@ impl Authority {
         let mut g = new_generation(kek, opts, AuthorityId(1), now)?;
         g.state = GenerationState::Active;
         g.activated_at = Some(now);
-        store.save_authorities(&[g], 1)?;
+        let audit = AuditEvent::new(
+            "lanyard init",
+            "authority.created",
+            format!("authority/{}", g.id),
+            serde_json::json!({"state": "active", "bundle_sequence": 1}),
+        );
+        store.save_authorities(&[g], 1, &[audit])?;
         Ok(())
     }
 
@@ -250,7 +299,7 @@ impl Authority {
     }
 
     /// Prepares a new generation (state prepared, published now).
-    pub(crate) fn prepare(&self) -> Result<AuthorityRecord, AuthorityError> {
+    pub(crate) fn prepare(&self, by: &StepBy) -> Result<AuthorityRecord, AuthorityError> {
         self.step(|inner| {
             rotation::check_prepare(&inner.generations)?;
             // From the store, so two processes never create the same id.
@@ -260,6 +309,7 @@ impl Authority {
                 changed: vec![g.clone()],
                 sequence: inner.sequence + 1,
                 answer: g,
+                audit: by.event("authority.prepared", id, None, inner.sequence + 1),
             })
         })
     }
@@ -269,6 +319,7 @@ impl Authority {
         &self,
         id: AuthorityId,
         force: bool,
+        by: &StepBy,
     ) -> Result<AuthorityRecord, AuthorityError> {
         self.step(|inner| {
             let mut gens = inner.generations.clone();
@@ -290,6 +341,7 @@ impl Authority {
                 changed: changed.into_iter().map(|i| gens[i].clone()).collect(),
                 sequence: inner.sequence + 1,
                 answer: new_rec,
+                audit: by.event("authority.activated", id, Some(force), inner.sequence + 1),
             })
         })
     }
@@ -299,6 +351,7 @@ impl Authority {
         &self,
         id: AuthorityId,
         force: bool,
+        by: &StepBy,
     ) -> Result<AuthorityRecord, AuthorityError> {
         self.step(|inner| {
             let mut gens = inner.generations.clone();
@@ -318,6 +371,7 @@ impl Authority {
                 changed,
                 sequence: inner.sequence + 1,
                 answer,
+                audit: by.event("authority.retired", id, Some(force), inner.sequence + 1),
             })
         })
     }
@@ -326,6 +380,7 @@ impl Authority {
     pub(crate) fn renew_intermediate(
         &self,
         id: AuthorityId,
+        by: &StepBy,
     ) -> Result<AuthorityRecord, AuthorityError> {
         self.step(|inner| {
             if inner.active.as_ref().map(|(a, _)| *a) != Some(id) {
@@ -348,6 +403,7 @@ impl Authority {
                 changed: vec![g.clone()],
                 sequence: inner.sequence,
                 answer: g,
+                audit: by.event("authority.intermediate_renewed", id, None, inner.sequence),
             })
         })
     }
@@ -363,9 +419,12 @@ impl Authority {
         let mut inner = write_lock(&self.inner);
         for _ in 0..STEP_ATTEMPTS {
             let p = plan(&inner)?;
-            let saved = self
-                .store
-                .save_generations_if(&p.changed, p.sequence, inner.version);
+            let saved = self.store.save_generations_if(
+                &p.changed,
+                p.sequence,
+                inner.version,
+                std::slice::from_ref(&p.audit),
+            );
             match saved {
                 Ok(_) => {
                     // Adopt what the store now holds (this step, and anything saved since).
@@ -531,6 +590,14 @@ pub(super) mod tests {
         (store, a)
     }
 
+    pub(super) fn by() -> StepBy {
+        StepBy {
+            actor: "test".into(),
+            reason: None,
+            replica: None,
+        }
+    }
+
     pub(super) fn request(ttl: Duration) -> LeafRequest {
         let kp = rcgen::KeyPair::generate().unwrap();
         LeafRequest {
@@ -545,6 +612,7 @@ pub(super) mod tests {
             instance: None,
             name: Some("gorouter".parse().unwrap()),
             requested_by: "test".into(),
+            action: "certificate.issued",
         }
     }
 
@@ -552,11 +620,11 @@ pub(super) mod tests {
     fn rotation_publishes_new_roots_and_signs_with_the_new_generation() {
         let (_, a) = setup();
         assert_eq!(a.bundle().sequence, 1);
-        let p = a.prepare().unwrap();
+        let p = a.prepare(&by()).unwrap();
         assert_eq!(a.bundle().sequence, 2);
         assert_eq!(a.bundle().roots.len(), 2);
-        assert!(a.activate(p.id, false).is_err());
-        a.activate(p.id, true).unwrap();
+        assert!(a.activate(p.id, false, &by()).is_err());
+        a.activate(p.id, true, &by()).unwrap();
         let b = a.bundle();
         assert_eq!(b.sequence, 3);
         assert_eq!(
@@ -566,10 +634,11 @@ pub(super) mod tests {
         let issued = a
             .issue(&[request(Duration::from_secs(60))])
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .unwrap();
         assert_eq!(issued.record.authority_id, p.id);
         assert!(
-            a.retire(AuthorityId(1), false).is_ok(),
+            a.retire(AuthorityId(1), false, &by()).is_ok(),
             "generation 1 signed nothing"
         );
         assert_eq!(a.bundle().roots.len(), 1);
@@ -579,14 +648,15 @@ pub(super) mod tests {
     #[test]
     fn renewing_the_intermediate_keeps_the_bundle() {
         let (_, a) = setup();
-        let rec = a.renew_intermediate(AuthorityId(1)).unwrap();
-        assert!(a.renew_intermediate(AuthorityId(2)).is_err());
+        let rec = a.renew_intermediate(AuthorityId(1), &by()).unwrap();
+        assert!(a.renew_intermediate(AuthorityId(2), &by()).is_err());
         assert_eq!(rec.intermediates.len(), 2);
         assert_eq!(a.bundle().sequence, 1);
         let issued = a
             .issue(&[request(Duration::from_secs(60))])
             .unwrap()
-            .remove(0);
+            .remove(0)
+            .unwrap();
         let info = CertInfo::from_der(
             &crate::x509::inspect::parse_pem_certs(issued.chain_pem.as_bytes()).unwrap()[0],
         )

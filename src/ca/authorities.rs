@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::{Ca, CaError};
-use crate::authority::{GenerationStatus, TrustBundle};
+use crate::authority::{GenerationStatus, StepBy, TrustBundle};
 use crate::ids::AuthorityId;
+use crate::ids::Role;
 use crate::rotation::{intermediate_due, Step};
 use crate::store::GenerationState;
 
@@ -43,8 +44,8 @@ impl Ca {
     }
 
     /// `POST /v1/authorities/prepare`: a new generation, published at once.
-    pub(crate) fn prepare(&self) -> Result<GenerationStatus, CaError> {
-        let rec = self.authority.prepare()?;
+    pub(crate) fn prepare(&self, caller: &Role) -> Result<GenerationStatus, CaError> {
+        let rec = self.authority.prepare(&self.by_operator(caller))?;
         self.generation(rec.id)
     }
 
@@ -52,17 +53,25 @@ impl Ca {
     /// `force` overrides the propagation delay.
     pub(crate) fn activate(
         &self,
+        caller: &Role,
         id: AuthorityId,
         force: bool,
     ) -> Result<GenerationStatus, CaError> {
-        self.authority.activate(id, force)?;
+        self.authority
+            .activate(id, force, &self.by_operator(caller))?;
         self.generation(id)
     }
 
     /// `POST /v1/authorities/{id}/retire`: the retiring generation `id` leaves the bundle;
     /// `force` overrides the wait for its certificates to expire.
-    pub(crate) fn retire(&self, id: AuthorityId, force: bool) -> Result<GenerationStatus, CaError> {
-        self.authority.retire(id, force)?;
+    pub(crate) fn retire(
+        &self,
+        caller: &Role,
+        id: AuthorityId,
+        force: bool,
+    ) -> Result<GenerationStatus, CaError> {
+        self.authority
+            .retire(id, force, &self.by_operator(caller))?;
         self.generation(id)
     }
 
@@ -75,7 +84,10 @@ impl Ca {
     /// Renews the active intermediate under the same root when a third of its life is left,
     /// so issuance never runs into its end, whether or not the rotation schedule is on.
     /// Returns the generation whose intermediate was renewed.
-    pub(crate) fn renew_intermediate_if_due(&self) -> Result<Option<AuthorityId>, CaError> {
+    pub(crate) fn renew_intermediate_if_due(
+        &self,
+        replica: &str,
+    ) -> Result<Option<AuthorityId>, CaError> {
         let (gens, _) = self.authority.generations()?;
         let now = SystemTime::now();
         let due = gens
@@ -85,36 +97,62 @@ impl Ca {
         let Some((id, why)) = due else {
             return Ok(None);
         };
-        self.authority.renew_intermediate(id)?;
+        self.authority
+            .renew_intermediate(id, &by_schedule(&why.to_string(), replica))?;
         tracing::info!(authority = %id, reason = %why, "intermediate renewed");
         Ok(Some(id))
     }
 
     /// Takes the step the automatic rotation schedule wants now, if any (at most one per
     /// call). Returns whether a step was taken.
-    pub(crate) fn run_scheduled_rotation_step(&self) -> Result<bool, CaError> {
+    pub(crate) fn run_scheduled_rotation_step(&self, replica: &str) -> Result<bool, CaError> {
         let step = self.authority.next_scheduled_step()?;
         match &step {
             Some(Step::Prepare(why)) => {
-                let g = self.authority.prepare()?;
+                let g = self
+                    .authority
+                    .prepare(&by_schedule(&why.to_string(), replica))?;
                 tracing::info!(authority = %g.id, reason = %why, "automatic rotation: prepared");
             }
             Some(Step::Activate(id, why, deadline)) => {
                 // The rules are checked again under the authority's lock; only the
                 // five-sixths deadline may override the propagation delay.
-                self.authority.activate(*id, *deadline)?;
+                self.authority
+                    .activate(*id, *deadline, &by_schedule(&why.to_string(), replica))?;
                 tracing::info!(authority = %id, reason = %why, "automatic rotation: activated");
             }
             Some(Step::Retire(id, why)) => {
-                self.authority.retire(*id, false)?;
+                self.authority
+                    .retire(*id, false, &by_schedule(&why.to_string(), replica))?;
                 tracing::info!(authority = %id, reason = %why, "automatic rotation: retired");
             }
             Some(Step::RenewIntermediate(id, why)) => {
-                self.authority.renew_intermediate(*id)?;
+                self.authority
+                    .renew_intermediate(*id, &by_schedule(&why.to_string(), replica))?;
                 tracing::info!(authority = %id, reason = %why, "automatic rotation: intermediate renewed");
             }
             None => {}
         }
         Ok(step.is_some())
+    }
+}
+
+impl Ca {
+    /// An operator's rotation step, for its audit entry.
+    fn by_operator(&self, caller: &Role) -> StepBy {
+        StepBy {
+            actor: caller.spiffe_id(self.td()),
+            reason: None,
+            replica: None,
+        }
+    }
+}
+
+/// A step of the automatic schedule on `replica`, with the schedule's reason.
+fn by_schedule(why: &str, replica: &str) -> StepBy {
+    StepBy {
+        actor: "schedule".into(),
+        reason: Some(why.to_string()),
+        replica: Some(replica.to_string()),
     }
 }

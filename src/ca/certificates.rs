@@ -4,7 +4,8 @@
 use std::time::SystemTime;
 
 use super::{Ca, CaError};
-use crate::ids::Serial;
+use crate::audit::AuditEvent;
+use crate::ids::{Role, Serial};
 use crate::store::{CertificateKind, CertificateQuery, CertificateRecord, StoreError};
 
 impl Ca {
@@ -32,6 +33,7 @@ impl Ca {
     /// would lock out every operator who relies on it.
     pub(crate) fn revoke(
         &self,
+        caller: &Role,
         serial: &Serial,
         reason: Option<String>,
     ) -> Result<CertificateRecord, CaError> {
@@ -48,9 +50,27 @@ impl Ca {
             return Ok(rec);
         }
         self.refuse_own_credential(&rec)?;
+        let mut details = serde_json::Map::new();
+        details.insert("kind".into(), rec.kind.as_str().into());
+        details.insert("authority_id".into(), rec.authority_id.to_string().into());
+        if let Some(r) = &reason {
+            details.insert("reason".into(), r.clone().into());
+        }
+        if let Some(g) = &rec.instance_guid {
+            details.insert("instance_guid".into(), g.to_string().into());
+        }
+        if let Some(n) = &rec.name {
+            details.insert("name".into(), n.to_string().into());
+        }
+        let audit = AuditEvent::new(
+            caller.spiffe_id(self.td()),
+            "certificate.revoked",
+            format!("certificate/{serial}"),
+            details.into(),
+        );
         match self
             .store
-            .revoke(serial, SystemTime::now(), reason.as_deref())
+            .revoke(serial, SystemTime::now(), reason.as_deref(), &[audit])
         {
             Ok(outcome) => Ok(outcome.into_record()),
             Err(StoreError::NotFound(_)) => Err(CaError::NotFound(format!(

@@ -9,7 +9,7 @@ use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use super::{Ca, CaError};
 use crate::api;
 use crate::api::SERVER_NAME;
-use crate::authority::{InstanceIds, Issued, LeafRequest, SubjectAttr};
+use crate::authority::{InstanceBound, InstanceIds, Issued, LeafRequest, SubjectAttr};
 use crate::ids::{Guid, Name, Role};
 use crate::store::CertificateKind;
 use crate::x509::csr::verify_csr;
@@ -72,21 +72,33 @@ impl Ca {
             instance: None,
             name: Some(name),
             requested_by: c.requested_by,
+            action: "certificate.issued",
         }
     }
 
-    pub(super) fn issue_many(&self, reqs: &[LeafRequest]) -> Result<Vec<Issued>, CaError> {
-        let issued = self.authority.issue(reqs)?;
-        for i in &issued {
-            self.metrics.issued(i.record.kind);
-        }
-        Ok(issued)
+    /// Issues every request in one durable write: one outcome per request, in order (an
+    /// instance bound elsewhere is a 409 for its own request only).
+    pub(super) fn issue_many(
+        &self,
+        reqs: &[LeafRequest],
+    ) -> Result<Vec<Result<Issued, CaError>>, CaError> {
+        let outcomes = self.authority.issue(reqs)?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(i) => {
+                    self.metrics.issued(i.record.kind);
+                    Ok(i)
+                }
+                Err(InstanceBound(guid)) => Err(bound_elsewhere(&guid)),
+            })
+            .collect())
     }
 
     pub(super) fn issue_one(&self, req: LeafRequest) -> Result<Issued, CaError> {
         let mut v = self.issue_many(std::slice::from_ref(&req))?;
         v.pop()
-            .ok_or_else(|| CaError::Internal("issuance returned nothing".into()))
+            .ok_or_else(|| CaError::Internal("issuance returned nothing".into()))?
     }
 
     /// Validates an instance request into a [`LeafRequest`] (verifying the CSR last, as it
@@ -173,6 +185,7 @@ impl Ca {
             instance: Some(ids),
             name: None,
             requested_by: caller.spiffe_id(self.td()),
+            action: "certificate.issued",
         })
     }
 
@@ -214,7 +227,7 @@ impl Ca {
                 Err(e) => slots.push(Err(e)),
             }
         }
-        let mut issued: Vec<Option<Issued>> = if leaves.is_empty() {
+        let mut issued: Vec<Option<Result<Issued, CaError>>> = if leaves.is_empty() {
             vec![]
         } else {
             self.issue_many(&leaves)?.into_iter().map(Some).collect()
@@ -226,7 +239,7 @@ impl Ca {
                     issued
                         .get_mut(i)
                         .and_then(Option::take)
-                        .ok_or_else(|| CaError::Internal("batch slot missing".into()))
+                        .unwrap_or_else(|| Err(CaError::Internal("batch slot missing".into())))
                 })
             })
             .collect())
@@ -286,9 +299,18 @@ impl Ca {
             ttl,
             requested_by: caller.spiffe_id(self.td()),
         };
-        let leaf = self.named_leaf(spec, key);
+        let mut leaf = self.named_leaf(spec, key);
+        leaf.action = "credential.renewed";
         self.issue_one(leaf)
     }
+}
+
+/// The 409 for an instance bound elsewhere. It never says to whom: a cell must not learn
+/// which other cell runs an instance.
+pub(super) fn bound_elsewhere(guid: &Guid) -> CaError {
+    CaError::Conflict(format!(
+        "instance {guid} is bound elsewhere: another cell owns it, or it is bound to another app, space or organization; it is freed when its owner releases it, an operator releases it, or its last certificate expires"
+    ))
 }
 
 /// An integer for a message; the saturated extremes of [`api::JsonInt`] read as "huge".

@@ -9,6 +9,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use super::issuance::{display_int, NamedCredential};
 use super::{Ca, CaError};
 use crate::api;
+use crate::audit::AuditEvent;
 use crate::authority::Issued;
 use crate::ids::{Name, Role};
 use crate::store::{CertificateKind, JoinTokenRecord};
@@ -45,14 +46,26 @@ impl Ca {
         );
         let now = SystemTime::now();
         let expires_at = now + Duration::from_secs(ttl as u64);
+        let hash = token_hash(&token);
+        let audit = AuditEvent::new(
+            caller.spiffe_id(self.td()),
+            "join_token.created",
+            token_subject(&hash),
+            serde_json::json!({
+                "role": "cell",
+                "name": name.to_string(),
+                "expires_at": rfc3339(expires_at),
+            }),
+        );
         self.store.insert_join_token(
-            &token_hash(&token),
+            &hash,
             &JoinTokenRecord {
                 name,
                 created_by: caller.spiffe_id(self.td()),
                 created_at: now,
                 expires_at,
             },
+            &[audit],
         )?;
         self.metrics.join_token_created();
         Ok(api::JoinTokenResponse {
@@ -75,7 +88,14 @@ impl Ca {
     /// `POST /v1/join`: spends the token, issues the cell credential.
     pub(crate) fn join(&self, token: &str, r: &api::CsrRequest) -> Result<Issued, CaError> {
         let key = Self::public_key(&r.csr)?;
-        let rec = live_token(self.store.take_join_token(&token_hash(token))?)?;
+        let hash = token_hash(token);
+        let audit = AuditEvent::new(
+            "join token holder",
+            "join_token.used",
+            token_subject(&hash),
+            serde_json::json!({}),
+        );
+        let rec = live_token(self.store.take_join_token(&hash, &[audit])?)?;
         let spec = NamedCredential {
             kind: CertificateKind::Cell,
             role: Role::Cell(rec.name.clone()),
@@ -85,9 +105,17 @@ impl Ca {
             requested_by: format!("join-token created by {}", rec.created_by),
             name: rec.name,
         };
-        let leaf = self.named_leaf(spec, key);
+        let mut leaf = self.named_leaf(spec, key);
+        leaf.action = "cell.joined";
         self.issue_one(leaf)
     }
+}
+
+/// How the audit log names a join token: `join-token/` and the first 8 bytes of its SHA-256
+/// in hex. Never the token: the name says which token was created and which was used, and
+/// nothing about its secret.
+fn token_subject(hash: &[u8]) -> String {
+    format!("join-token/{}", hex::encode(&hash[..hash.len().min(8)]))
 }
 
 /// SHA-256 of a join token: the store key.

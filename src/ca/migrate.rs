@@ -23,6 +23,10 @@ pub(crate) struct MigrateReport {
     pub join_tokens: usize,
     /// Metadata values (the KEK check and the server certificate among them).
     pub meta: usize,
+    /// Audit log entries (copied as they are: the chain still verifies).
+    pub audit_entries: usize,
+    /// Instance ownership bindings.
+    pub bindings: usize,
 }
 
 /// Copies the embedded store of `config` into the empty database at `url` (its schema
@@ -63,6 +67,8 @@ fn copy(from: &dyn Store, to: &dyn Store) -> Result<MigrateReport, StartError> {
         || !to.all_meta()?.is_empty()
         || !to.certificates_after(None, 1)?.is_empty()
         || !to.all_join_tokens()?.is_empty()
+        || to.audit_after(0, 1)?.last != 0
+        || !to.all_bindings()?.is_empty()
     {
         return Err(StartError::Runtime(
             "the target database is not empty; store migrate only copies into an empty database (create a new one)".into(),
@@ -70,7 +76,7 @@ fn copy(from: &dyn Store, to: &dyn Store) -> Result<MigrateReport, StartError> {
     }
     let mut report = MigrateReport::default();
     let (gens, sequence) = from.load_authorities()?;
-    to.save_authorities(&gens, sequence)?;
+    to.save_authorities(&gens, sequence, &[])?;
     report.generations = gens.len();
     report.bundle_sequence = sequence;
 
@@ -90,9 +96,23 @@ fn copy(from: &dyn Store, to: &dyn Store) -> Result<MigrateReport, StartError> {
     }
 
     for (hash, token) in from.all_join_tokens()? {
-        to.insert_join_token(&hash, &token)?;
+        to.insert_join_token(&hash, &token, &[])?;
         report.join_tokens += 1;
     }
+
+    let mut after = 0;
+    loop {
+        let page = from.audit_after(after, PAGE)?;
+        if page.entries.is_empty() {
+            break;
+        }
+        to.import_audit(&page.entries)?;
+        report.audit_entries += page.entries.len();
+        after = page.next;
+    }
+    let bindings = from.all_bindings()?;
+    to.import_bindings(&bindings)?;
+    report.bindings = bindings.len();
 
     // `initialized` last: a copy cut short is never taken for a complete state.
     let mut meta = from.all_meta()?;

@@ -6,12 +6,13 @@
 //! in one place. API views are not built here: the types below are handed out as they are and
 //! the caller decides what the wire shows.
 //!
-//! `error.rs` holds the errors, `issuance.rs` certificate requests, `join.rs` join tokens,
+//! `error.rs` holds the errors, `audit_log.rs` the audit log, `issuance.rs` certificate requests, `join.rs` join tokens,
 //! `certificates.rs` records and revocation, `authorities.rs` generations, rotation steps, the
 //! bundle and CRLs, `local_credentials.rs` the server certificate and operator credential,
-//! `status.rs` metrics, `lease.rs` the schedule lease, `migrate.rs` `store migrate`; this file
+//! `ownership.rs` instance bindings, `status.rs` metrics, `lease.rs` the schedule lease, `migrate.rs` `store migrate`; this file
 //! opens and initializes the state.
 
+mod audit_log;
 mod authorities;
 mod certificates;
 mod error;
@@ -20,8 +21,10 @@ mod join;
 mod lease;
 mod local_credentials;
 mod migrate;
+mod ownership;
 mod status;
 
+pub(crate) use audit_log::MAX_AUDIT_PAGE;
 pub(crate) use error::{CaError, StartError};
 pub(crate) use local_credentials::LocalCredential;
 pub(crate) use migrate::migrate_to_postgres;
@@ -29,7 +32,7 @@ pub(crate) use migrate::migrate_to_postgres;
 // The data the use cases hand out, re-exported so that callers depend on `ca` alone.
 pub(crate) use crate::authority::{GenerationStatus, Issued, TrustBundle};
 pub(crate) use crate::store::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, Lease, LeaseGrant,
+    AuthorityRecord, CertificateQuery, CertificateRecord, InstanceBinding, Lease, LeaseGrant,
 };
 
 use std::path::PathBuf;

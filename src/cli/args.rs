@@ -64,6 +64,12 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Instance ownership bindings.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// The CA's hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Load generator against a running CA: issuance throughput and latency.
     Bench {
         /// Certificates to issue.
@@ -90,6 +96,37 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `lanyard instance ...`
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Release an instance's ownership binding (whichever cell owns it), so that another
+    /// cell may obtain certificates for it. Does not revoke anything.
+    Release {
+        /// The instance GUID.
+        guid: String,
+    },
+}
+
+/// `lanyard audit ...`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the most recent entries, oldest first, one per line.
+    Tail {
+        /// How many of the most recent entries.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: u64,
+        /// One JSON entry per line instead.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new entries as they are appended.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Fetch the whole log and check every seq, link and hash: exit 0 when it verifies,
+    /// exit 1 naming the first bad seq (an edited, deleted or reordered entry).
+    Verify,
 }
 
 /// `lanyard store ...`

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::args::{AuthorityCommand, CertCommand, Cli, Command, CredentialCommand, TokenCommand};
+use super::args::{
+    AuthorityCommand, CertCommand, Cli, Command, CredentialCommand, InstanceCommand, TokenCommand,
+};
 use super::output::{authority_table, print_json, show_authority};
 use super::{load_config, Failure};
 use crate::api;
@@ -177,6 +179,21 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                     None,
                 )
                 .await?;
+            print_json(&r)?;
+        }
+        Command::Audit(cmd) => super::audit_commands::audit(&client, cmd).await?,
+        Command::Instance(InstanceCommand::Release { guid }) => {
+            let r: api::InstanceBindingView = client
+                .post(
+                    &format!("/v1/instances/{guid}/release"),
+                    &serde_json::json!({}),
+                    None,
+                )
+                .await?;
+            eprintln!(
+                "lanyard: released instance {} (owned by {}); its certificates stay valid",
+                r.instance_guid, r.owner
+            );
             print_json(&r)?;
         }
         _ => return Err(Failure::usage("not a client command")),

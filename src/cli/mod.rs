@@ -6,6 +6,7 @@
 //! here but knows nothing of the command line.
 
 mod args;
+mod audit_commands;
 mod client_commands;
 mod output;
 mod server_commands;

@@ -37,8 +37,8 @@ pub(super) async fn store_migrate(cli: &Cli, to: &str) -> Result<(), Failure> {
         .map_err(Failure::runtime)??;
     // The URL may carry a password: it is not echoed.
     eprintln!(
-        "lanyard: migrated {} generation(s) (bundle sequence {}), {} certificate record(s) ({} revoked), {} join token(s) and {} metadata value(s); serve with storage.backend = \"postgres\" and the same key-encryption key",
-        r.generations, r.bundle_sequence, r.certificates, r.revoked, r.join_tokens, r.meta
+        "lanyard: migrated {} generation(s) (bundle sequence {}), {} certificate record(s) ({} revoked), {} join token(s), {} audit entries, {} instance binding(s) and {} metadata value(s); serve with storage.backend = \"postgres\" and the same key-encryption key",
+        r.generations, r.bundle_sequence, r.certificates, r.revoked, r.join_tokens, r.audit_entries, r.bindings, r.meta
     );
     Ok(())
 }

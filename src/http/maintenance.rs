@@ -128,7 +128,7 @@ impl AppState {
         let _one_at_a_time = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
         // One replica renews for all (the others load what it stored).
         if self.lease.held() {
-            self.ca.renew_intermediate_if_due()?;
+            self.ca.renew_intermediate_if_due(&self.lease.replica)?;
         }
         if let Some(server_cert) = &self.server_cert {
             if let Some(cred) = self
@@ -172,8 +172,9 @@ pub(super) async fn rotation_loop(st: Arc<AppState>) {
         if !st.lease.held() {
             continue;
         }
-        let ca = st.ca.clone();
-        let res = tokio::task::spawn_blocking(move || ca.run_scheduled_rotation_step()).await;
+        let (ca, replica) = (st.ca.clone(), st.lease.replica.clone());
+        let res =
+            tokio::task::spawn_blocking(move || ca.run_scheduled_rotation_step(&replica)).await;
         match res {
             Ok(Ok(true)) => st.refresh_local_credentials().await,
             Ok(Ok(false)) => {}

@@ -114,6 +114,16 @@ pub(crate) async fn serve(
         let (ca, replica) = (ca.clone(), replica.clone());
         tokio::task::spawn_blocking(move || ca.load_or_issue_server_certificate(&replica)).await??
     };
+    {
+        let (ca, replica) = (ca.clone(), replica.clone());
+        match tokio::task::spawn_blocking(move || ca.record_server_start(&replica)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not record the server start in the audit log")
+            }
+            Err(e) => tracing::warn!(error = %e, "audit task failed"),
+        }
+    }
     let server_cert = Arc::new(ServerCert::new(&cred)?);
     let tls = server_config(server_cert.clone())?;
     let acceptor = TlsAcceptor::from(tls);

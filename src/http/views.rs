@@ -8,7 +8,8 @@ use der::Decode;
 
 use crate::api;
 use crate::ca::{
-    AuthorityRecord, CaError, CertificateRecord, GenerationStatus, Issued, Lease, TrustBundle,
+    AuthorityRecord, CaError, CertificateRecord, GenerationStatus, InstanceBinding, Issued, Lease,
+    TrustBundle,
 };
 use crate::timefmt::rfc3339;
 
@@ -118,6 +119,18 @@ pub(crate) fn spiffe_bundle(b: &TrustBundle, refresh: u64) -> Result<api::Spiffe
         spiffe_sequence: b.sequence,
         spiffe_refresh_hint: refresh,
     })
+}
+
+/// An instance binding as the API shows it.
+pub(crate) fn binding_view(b: &InstanceBinding) -> api::InstanceBindingView {
+    api::InstanceBindingView {
+        instance_guid: b.instance_guid.to_string(),
+        owner: b.owner.clone(),
+        app_guid: b.app_guid.to_string(),
+        space_guid: b.space_guid.to_string(),
+        organization_guid: b.organization_guid.to_string(),
+        not_after: rfc3339(b.not_after),
+    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord, LeaseGrant, RevokeOutcome, Store, StoreError,
+    GenerationState, JoinTokenRecord, LeaseGrant, ReleaseOutcome, RevokeOutcome, Store, StoreError,
 };
+use crate::audit::{AuditEvent, Verifier};
 use crate::ids::{AuthorityId, Guid, Name, Serial};
 
 /// Opens stores of one backend for the checks.
@@ -77,6 +78,11 @@ macro_rules! store_conformance_tests {
             of_concurrent_conditional_saves_exactly_one_wins,
             new_authority_ids_are_unique_and_above_every_stored_id,
             signed_certificates_are_recorded_only_while_the_signer_is_active,
+            the_first_cell_to_get_an_instance_owns_it,
+            a_binding_is_released_by_its_owner_or_by_an_operator,
+            of_concurrent_first_issuances_for_one_instance_exactly_one_owner_wins,
+            audit_entries_are_written_with_their_change_and_chain,
+            of_concurrent_appends_the_audit_chain_stays_gapless,
             the_init_lock_has_one_holder_at_a_time,
             inserted_certificates_read_back_field_for_field,
             a_taken_serial_fails_the_whole_batch_and_writes_nothing,
@@ -192,7 +198,7 @@ fn ca_key(tag: u8, not_after: u64) -> CaKeyRecord {
     }
 }
 
-fn authority(id: u32, state: GenerationState) -> AuthorityRecord {
+pub(crate) fn authority(id: u32, state: GenerationState) -> AuthorityRecord {
     let tag = id as u8;
     AuthorityRecord {
         id: AuthorityId(id),
@@ -383,7 +389,7 @@ pub(crate) fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
     let s = h.open_fresh()?;
     let mut one = authority(1, GenerationState::Active);
     one.activated_at = Some(at(5));
-    s.save_authorities(std::slice::from_ref(&one), 1)?;
+    s.save_authorities(std::slice::from_ref(&one), 1, &[])?;
     let (all, seq) = s.load_authorities()?;
     promise!(
         seq == 1 && all.len() == 1 && same_authority(&all[0], &one),
@@ -392,7 +398,7 @@ pub(crate) fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
     );
 
     let two = authority(2, GenerationState::Prepared);
-    s.save_authorities(std::slice::from_ref(&two), 2)?;
+    s.save_authorities(std::slice::from_ref(&two), 2, &[])?;
     let (all, seq) = s.load_authorities()?;
     promise!(
         seq == 2 && all.len() == 2,
@@ -412,7 +418,7 @@ pub(crate) fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
     two_active.state = GenerationState::Active;
     two_active.activated_at = Some(at(50));
     two_active.intermediates.push(ca_key(77, 200_000));
-    s.save_authorities(&[one_retiring.clone(), two_active.clone()], 3)?;
+    s.save_authorities(&[one_retiring.clone(), two_active.clone()], 3, &[])?;
     let (all, seq) = s.load_authorities()?;
     promise!(
         seq == 3
@@ -422,7 +428,7 @@ pub(crate) fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
         "a save of two changed generations replaces both and the sequence"
     );
 
-    s.save_authorities(&[], 4)?;
+    s.save_authorities(&[], 4, &[])?;
     let (all, seq) = s.load_authorities()?;
     promise!(
         seq == 4 && all.len() == 2 && same_authority(&all[1], &two_active),
@@ -436,7 +442,11 @@ pub(crate) fn saved_authorities_and_the_sequence_read_back_together<H: Harness>(
 pub(crate) fn authorities_are_listed_oldest_first<H: Harness>(h: &mut H) -> Result<(), Violation> {
     let s = h.open_fresh()?;
     for (i, id) in [10, 2, 1, 11, 3].into_iter().enumerate() {
-        s.save_authorities(&[authority(id, GenerationState::Retired)], i as u64 + 1)?;
+        s.save_authorities(
+            &[authority(id, GenerationState::Retired)],
+            i as u64 + 1,
+            &[],
+        )?;
     }
     let (all, seq) = s.load_authorities()?;
     let ids: Vec<u32> = all.iter().map(|a| a.id.0).collect();
@@ -461,7 +471,7 @@ pub(crate) fn a_conditional_save_writes_only_over_the_version_it_read<H: Harness
         "a fresh store has version 0, sequence 0 and no generations (got version {})",
         fresh.version
     );
-    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
     let read = s.load_generations()?;
     promise!(
         read.version == 1,
@@ -469,12 +479,17 @@ pub(crate) fn a_conditional_save_writes_only_over_the_version_it_read<H: Harness
         read.version
     );
     let two = authority(2, GenerationState::Prepared);
-    let v = s.save_generations_if(std::slice::from_ref(&two), 2, read.version)?;
+    let v = s.save_generations_if(std::slice::from_ref(&two), 2, read.version, &[])?;
     promise!(
         v == 2,
         "a conditional save returns the new version, got {v}"
     );
-    let stale = s.save_generations_if(&[authority(3, GenerationState::Prepared)], 9, read.version);
+    let stale = s.save_generations_if(
+        &[authority(3, GenerationState::Prepared)],
+        9,
+        read.version,
+        &[],
+    );
     promise!(
         matches!(stale, Err(StoreError::Conflict)),
         "a save over a version that moved is a Conflict, got {stale:?}"
@@ -496,7 +511,7 @@ pub(crate) fn of_concurrent_conditional_saves_exactly_one_wins<H: Harness>(
 ) -> Result<(), Violation> {
     const THREADS: usize = 6;
     let s = h.open_fresh()?;
-    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
     let read = s.load_generations()?;
     let start = Barrier::new(THREADS);
     let answers: Vec<Result<u64, StoreError>> = std::thread::scope(|scope| {
@@ -506,7 +521,7 @@ pub(crate) fn of_concurrent_conditional_saves_exactly_one_wins<H: Harness>(
                 scope.spawn(move || {
                     let g = authority(10 + i as u32, GenerationState::Prepared);
                     start.wait();
-                    s.save_generations_if(&[g], 2, read.version)
+                    s.save_generations_if(&[g], 2, read.version, &[])
                 })
             })
             .collect();
@@ -545,7 +560,7 @@ pub(crate) fn new_authority_ids_are_unique_and_above_every_stored_id<H: Harness>
     const THREADS: usize = 4;
     const EACH: usize = 5;
     let s = h.open_fresh()?;
-    s.save_authorities(&[authority(7, GenerationState::Active)], 1)?;
+    s.save_authorities(&[authority(7, GenerationState::Active)], 1, &[])?;
     let ids: Vec<Result<AuthorityId, StoreError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
             .map(|_| {
@@ -572,7 +587,7 @@ pub(crate) fn new_authority_ids_are_unique_and_above_every_stored_id<H: Harness>
         "every new id is above the stored generation 7, got {ids:?}"
     );
     let max = distinct.iter().copied().max().unwrap_or(0);
-    s.save_authorities(&[authority(max + 10, GenerationState::Prepared)], 2)?;
+    s.save_authorities(&[authority(max + 10, GenerationState::Prepared)], 2, &[])?;
     let next = s.new_authority_id()?;
     promise!(
         next.0 > max + 10,
@@ -587,13 +602,13 @@ pub(crate) fn signed_certificates_are_recorded_only_while_the_signer_is_active<H
     h: &mut H,
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
-    s.save_authorities(&[authority(1, GenerationState::Active)], 1)?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
     let first = instance("a1", "b1", 1, 10, 1_000)?;
-    s.insert_signed(AuthorityId(1), std::slice::from_ref(&first))?;
+    s.insert_signed(AuthorityId(1), std::slice::from_ref(&first), &[])?;
     stored_as(&s, &first)?;
 
     let unknown = instance("a2", "b1", 5, 10, 1_000)?;
-    let r = s.insert_signed(AuthorityId(5), std::slice::from_ref(&unknown));
+    let r = s.insert_signed(AuthorityId(5), std::slice::from_ref(&unknown), &[]);
     promise!(
         matches!(r, Err(StoreError::NotActive(AuthorityId(5)))),
         "a generation never saved signs nothing, got {r:?}"
@@ -607,17 +622,429 @@ pub(crate) fn signed_certificates_are_recorded_only_while_the_signer_is_active<H
         &[retiring, authority(2, GenerationState::Active)],
         2,
         read.version,
+        &[],
     )?;
     let late = instance("a3", "b1", 1, 60, 1_000)?;
-    let r = s.insert_signed(AuthorityId(1), std::slice::from_ref(&late));
+    let r = s.insert_signed(AuthorityId(1), std::slice::from_ref(&late), &[]);
     promise!(
         matches!(r, Err(StoreError::NotActive(AuthorityId(1)))),
         "a generation saved as retiring signs nothing more, got {r:?}"
     );
     absent(&s, &late.serial, "a certificate of a retiring signer")?;
     let ok = instance("a4", "b1", 2, 60, 1_000)?;
-    s.insert_signed(AuthorityId(2), std::slice::from_ref(&ok))?;
+    s.insert_signed(AuthorityId(2), std::slice::from_ref(&ok), &[])?;
     stored_as(&s, &ok)?;
+    Ok(())
+}
+
+/// Seconds from [`at`]'s origin that are decades ahead of any test run: a binding ending
+/// then is live.
+const FAR: u64 = 2_000_000_000;
+
+/// A cell's SPIFFE ID, as bindings name owners.
+fn cell_id(n: u32) -> String {
+    format!("spiffe://lanyard.internal/lanyard/cell/cell-{n}")
+}
+
+/// An instance certificate of `inst`/`app` requested by cell `cell`, valid until `at(end)`.
+fn owned(inst: &str, app: &str, cell: u32, end: u64) -> Result<CertificateRecord, Violation> {
+    let mut r = instance(inst, app, 1, 10, end)?;
+    r.requested_by = cell_id(cell);
+    Ok(r)
+}
+
+/// Instance records bind their instance to the requesting cell with its app, space and
+/// organization, in the insert itself: another cell's record, or the owner's with another
+/// app, is refused (its index answered, nothing of it written) while the rest of the call is
+/// written; the owner's records extend the binding; a binding whose certificates all expired
+/// is replaced; and within one call the first record for an instance decides.
+pub(crate) fn the_first_cell_to_get_an_instance_owns_it<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
+    let now = SystemTime::now();
+    let first = owned("a1", "b1", 1, FAR)?;
+    let refused = s.insert_signed(AuthorityId(1), std::slice::from_ref(&first), &[])?;
+    promise!(refused.is_empty(), "a free instance binds, got {refused:?}");
+    let theirs = owned("a1", "b1", 2, FAR)?;
+    let other_app = owned("a1", "b2", 1, FAR)?;
+    let again = owned("a1", "b1", 1, FAR + 10)?;
+    let elsewhere = owned("a2", "b1", 2, FAR)?;
+    let batch = [
+        theirs.clone(),
+        other_app.clone(),
+        again.clone(),
+        elsewhere.clone(),
+    ];
+    let refused = s.insert_signed(AuthorityId(1), &batch, &[])?;
+    promise!(
+        refused == vec![0, 1],
+        "another cell and another app are refused, the owner and a free instance are not, got {refused:?}"
+    );
+    absent(&s, &theirs.serial, "another cell's certificate")?;
+    absent(&s, &other_app.serial, "another app's certificate")?;
+    stored_as(&s, &again)?;
+    stored_as(&s, &elsewhere)?;
+    let b = s.get_binding(&guid("a1")?, now)?;
+    promise!(
+        b.as_ref().map(|b| (b.owner.clone(), b.not_after)) == Some((cell_id(1), at(FAR + 10))),
+        "the owner's binding lasts until its latest certificate ends, got {b:?}"
+    );
+
+    let old = owned("a3", "b1", 1, 100)?;
+    s.insert_signed(AuthorityId(1), std::slice::from_ref(&old), &[])?;
+    promise!(
+        s.get_binding(&guid("a3")?, now)?.is_none(),
+        "a binding whose certificates all expired is not live"
+    );
+    let next = owned("a3", "b9", 2, FAR)?;
+    let refused = s.insert_signed(AuthorityId(1), std::slice::from_ref(&next), &[])?;
+    promise!(
+        refused.is_empty(),
+        "an expired binding is replaced at the next issuance, got {refused:?}"
+    );
+    let b = s.get_binding(&guid("a3")?, now)?;
+    promise!(
+        b.as_ref().map(|b| (b.owner.clone(), b.app_guid.clone()))
+            == Some((cell_id(2), guid("b9")?)),
+        "the new issuance owns it, got {b:?}"
+    );
+
+    let pair = [owned("a4", "b1", 2, FAR)?, owned("a4", "b1", 3, FAR)?];
+    let refused = s.insert_signed(AuthorityId(1), &pair, &[])?;
+    promise!(
+        refused == vec![1],
+        "within one call the first record for an instance decides, got {refused:?}"
+    );
+    let s = h.reopen(s)?;
+    let b = s.get_binding(&guid("a4")?, now)?;
+    promise!(
+        b.map(|b| b.owner) == Some(cell_id(2)),
+        "bindings are there after reopening"
+    );
+    Ok(())
+}
+
+/// `release_binding` ends a live binding for its owner or for an operator (no owner), never
+/// for another cell; an unbound instance is `NotBound`; a released instance is free for the
+/// next issuance, by any cell.
+pub(crate) fn a_binding_is_released_by_its_owner_or_by_an_operator<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
+    let now = SystemTime::now();
+    let a1 = guid("a1")?;
+    s.insert_signed(AuthorityId(1), &[owned("a1", "b1", 1, FAR)?], &[])?;
+    let r = s.release_binding(&a1, Some(&cell_id(2)), now, &[])?;
+    promise!(
+        r == ReleaseOutcome::OwnedElsewhere,
+        "another cell does not release it, got {r:?}"
+    );
+    promise!(
+        s.get_binding(&a1, now)?.is_some(),
+        "a refused release changes nothing"
+    );
+    let r = s.release_binding(&a1, Some(&cell_id(1)), now, &[])?;
+    promise!(
+        matches!(&r, ReleaseOutcome::Released(b) if b.owner == cell_id(1)),
+        "the owner releases it, got {r:?}"
+    );
+    let r = s.release_binding(&a1, Some(&cell_id(1)), now, &[])?;
+    promise!(
+        r == ReleaseOutcome::NotBound,
+        "a second release finds nothing, got {r:?}"
+    );
+    let s = h.reopen(s)?;
+    promise!(s.get_binding(&a1, now)?.is_none(), "a release is durable");
+    let refused = s.insert_signed(AuthorityId(1), &[owned("a1", "b2", 2, FAR)?], &[])?;
+    promise!(
+        refused.is_empty(),
+        "a released instance is free for another cell, got {refused:?}"
+    );
+    let r = s.release_binding(&a1, None, now, &[])?;
+    promise!(
+        matches!(&r, ReleaseOutcome::Released(b) if b.owner == cell_id(2)),
+        "an operator releases anyone's binding, got {r:?}"
+    );
+    let r = s.release_binding(&guid("a7")?, None, now, &[])?;
+    promise!(
+        r == ReleaseOutcome::NotBound,
+        "an instance never bound is not bound, got {r:?}"
+    );
+    Ok(())
+}
+
+/// Of concurrent first issuances for one free instance by different cells, exactly one is
+/// written and owns it; the others are refused and not written.
+pub(crate) fn of_concurrent_first_issuances_for_one_instance_exactly_one_owner_wins<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const THREADS: u32 = 6;
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
+    let records = (0..THREADS)
+        .map(|i| owned("a1", "b1", i + 1, FAR))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Barrier::new(THREADS as usize);
+    let answers: Vec<Result<Vec<usize>, StoreError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = records
+            .iter()
+            .map(|r| {
+                let (s, start) = (&s, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    s.insert_signed(AuthorityId(1), std::slice::from_ref(r), &[])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(StoreError::Backend("a thread panicked".into())))
+            })
+            .collect()
+    });
+    let winners: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a, Ok(refused) if refused.is_empty()))
+        .map(|(i, _)| i)
+        .collect();
+    let losers = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(refused) if refused == &vec![0]))
+        .count();
+    promise!(
+        winners.len() == 1 && losers == THREADS as usize - 1,
+        "exactly one cell wins the instance and the others are refused, got {answers:?}"
+    );
+    let winner = &records[winners[0]];
+    let b = s.get_binding(&guid("a1")?, SystemTime::now())?;
+    promise!(
+        b.map(|b| b.owner) == Some(winner.requested_by.clone()),
+        "the winner owns it"
+    );
+    for (i, r) in records.iter().enumerate() {
+        if i == winners[0] {
+            stored_as(&s, r)?;
+        } else {
+            absent(&s, &r.serial, "a refused concurrent issuance")?;
+        }
+    }
+    Ok(())
+}
+
+/// An audit event naming `subject`.
+fn event(subject: &str) -> AuditEvent {
+    AuditEvent::new("test", "test.changed", subject, serde_json::json!({"n": 1}))
+}
+
+/// Every audit entry in order, checked as a chain: seq 1, 2, ... and every link and hash.
+fn whole_chain<S: Store>(s: &S) -> Result<Vec<String>, Violation> {
+    let mut v = Verifier::new();
+    let mut subjects = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.audit_after(after, 7)?;
+        if page.entries.is_empty() {
+            break;
+        }
+        for e in &page.entries {
+            v.check(e)
+                .map_err(|b| Violation::Broken(format!("the audit chain does not verify: {b}")))?;
+            subjects.push(e.subject.clone());
+        }
+        promise!(page.next > after, "audit pages move forward");
+        after = page.next;
+    }
+    let last = s.audit_after(0, 1)?.last;
+    promise!(
+        last == v.verified(),
+        "the log's last position ({last}) is its last seq ({})",
+        v.verified()
+    );
+    Ok(subjects)
+}
+
+/// The write methods that take audit events append them in the same write as their
+/// change, and only when the change happens (a refused record, a revoke already done, a
+/// token already taken, a release that releases nothing append nothing); the entries form
+/// one chain from seq 1 that is still whole after reopening, and appends after reopening
+/// continue it.
+pub(crate) fn audit_entries_are_written_with_their_change_and_chain<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    promise!(
+        s.audit_after(0, 10)?.entries.is_empty(),
+        "a fresh store has an empty audit log"
+    );
+    s.save_authorities(
+        &[authority(1, GenerationState::Active)],
+        1,
+        &[event("gen-1")],
+    )?;
+    let a = owned("a1", "b1", 1, FAR)?;
+    let refused = owned("a1", "b1", 2, FAR)?;
+    let b = owned("a2", "b1", 1, FAR)?;
+    s.insert_signed(
+        AuthorityId(1),
+        &[a.clone(), refused, b.clone()],
+        &[event("cert-a"), event("cert-refused"), event("cert-b")],
+    )?;
+    s.revoke(&a.serial, at(50), None, &[event("revoke-a")])?;
+    s.revoke(&a.serial, at(60), None, &[event("revoke-a-again")])?;
+    s.insert_join_token(b"t1", &token("cell-1", 900)?, &[event("token-created")])?;
+    s.take_join_token(b"t1", &[event("token-used")])?;
+    s.take_join_token(b"t1", &[event("token-used-again")])?;
+    s.release_binding(
+        &guid("a9")?,
+        None,
+        SystemTime::now(),
+        &[event("release-none")],
+    )?;
+    s.release_binding(
+        &guid("a2")?,
+        None,
+        SystemTime::now(),
+        &[event("release-a2")],
+    )?;
+    let read = s.load_generations()?;
+    s.save_generations_if(
+        &[authority(2, GenerationState::Prepared)],
+        2,
+        read.version,
+        &[event("gen-2")],
+    )?;
+    s.append_audit(&[event("start")])?;
+    let expected: Vec<String> = [
+        "gen-1",
+        "cert-a",
+        "cert-b",
+        "revoke-a",
+        "token-created",
+        "token-used",
+        "release-a2",
+        "gen-2",
+        "start",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let got = whole_chain(&s)?;
+    promise!(
+        got == expected,
+        "the entries are {got:?}, expected {expected:?}"
+    );
+    let s = h.reopen(s)?;
+    s.append_audit(&[event("after-reopen-1"), event("after-reopen-2")])?;
+    let got = whole_chain(&s)?;
+    promise!(
+        got.len() == expected.len() + 2 && got.last().map(String::as_str) == Some("after-reopen-2"),
+        "appends after reopening continue the chain, got {got:?}"
+    );
+    let page = s.audit_after(3, 2)?;
+    promise!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>() == vec![4, 5] && page.next == 5,
+        "a page starts after `after` and names its last seq, got {:?}",
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>()
+    );
+
+    // A copy: entries as they are, and the bindings.
+    let copy = h.open_fresh()?;
+    let all = s.audit_after(0, 1000)?.entries;
+    promise!(
+        copy.import_audit(&all[1..]).is_err() && copy.audit_after(0, 10)?.entries.is_empty(),
+        "an import that does not continue the chain is refused and writes nothing"
+    );
+    copy.import_audit(&all[..3])?;
+    copy.import_audit(&all[3..])?;
+    promise!(
+        whole_chain(&copy)? == got,
+        "an imported chain reads back the same and verifies"
+    );
+    copy.append_audit(&[event("after-copy")])?;
+    whole_chain(&copy)?;
+    let bindings = s.all_bindings()?;
+    promise!(
+        bindings.len() == 1,
+        "one binding is left (a1), got {bindings:?}"
+    );
+    copy.import_bindings(&bindings)?;
+    let mut copied = copy.all_bindings()?;
+    copied.sort_by(|a, b| a.instance_guid.cmp(&b.instance_guid));
+    promise!(
+        copied == bindings,
+        "bindings copy as they are, got {copied:?}"
+    );
+    Ok(())
+}
+
+/// Of many writers appending at once (issuances and plain appends, several entries per
+/// write), every entry lands in one gapless chain that verifies.
+pub(crate) fn of_concurrent_appends_the_audit_chain_stays_gapless<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    const THREADS: usize = 6;
+    const ROUNDS: usize = 15;
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
+    let start = Barrier::new(THREADS);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (s, start) = (&s, &start);
+                scope.spawn(move || -> Result<(), String> {
+                    start.wait();
+                    for r in 0..ROUNDS {
+                        if (t + r) % 2 == 0 {
+                            let recs = [
+                                owned(&format!("c{t}a{r}"), "b1", 1, FAR)
+                                    .map_err(|e| e.to_string())?,
+                                owned(&format!("c{t}b{r}"), "b1", 1, FAR)
+                                    .map_err(|e| e.to_string())?,
+                            ];
+                            let events =
+                                [event(&format!("{t}/{r}/a")), event(&format!("{t}/{r}/b"))];
+                            s.insert_signed(AuthorityId(1), &recs, &events)
+                                .map_err(|e| e.to_string())?;
+                        } else {
+                            s.append_audit(&[
+                                event(&format!("{t}/{r}/a")),
+                                event(&format!("{t}/{r}/b")),
+                            ])
+                            .map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|t| match t.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some("a thread panicked".into()),
+            })
+            .collect()
+    });
+    promise!(
+        failures.is_empty(),
+        "every append succeeds, got {failures:?}"
+    );
+    let subjects = whole_chain(&s)?;
+    promise!(
+        subjects.len() == THREADS * ROUNDS * 2,
+        "every entry is in the chain once: {} of {}",
+        subjects.len(),
+        THREADS * ROUNDS * 2
+    );
+    let unique: HashSet<&String> = subjects.iter().collect();
+    promise!(unique.len() == subjects.len(), "no entry is written twice");
     Ok(())
 }
 
@@ -841,7 +1268,7 @@ pub(crate) fn a_revoke_writes_the_record_and_the_index_together_and_survives_a_r
     let mut expected = r.clone();
     expected.revoked_at = Some(at(50));
     expected.revocation_reason = Some("key compromise".into());
-    match s.revoke(&r.serial, at(50), Some("key compromise"))? {
+    match s.revoke(&r.serial, at(50), Some("key compromise"), &[])? {
         RevokeOutcome::Revoked(got) => promise!(
             same_cert(&got, &expected),
             "revoke answers the revoked record, got {got:?}"
@@ -876,8 +1303,10 @@ pub(crate) fn revoking_again_leaves_the_first_revocation_as_it_is<H: Harness>(
     let s = h.open_fresh()?;
     let r = instance("a1", "b1", 1, 10, 100)?;
     s.insert_certificates(std::slice::from_ref(&r))?;
-    let first = s.revoke(&r.serial, at(50), Some("first"))?.into_record();
-    match s.revoke(&r.serial, at(60), Some("second"))? {
+    let first = s
+        .revoke(&r.serial, at(50), Some("first"), &[])?
+        .into_record();
+    match s.revoke(&r.serial, at(60), Some("second"), &[])? {
         RevokeOutcome::AlreadyRevoked(got) => promise!(
             same_cert(&got, &first),
             "a second revoke answers the record as the first left it, got {got:?}"
@@ -914,7 +1343,7 @@ pub(crate) fn of_concurrent_revokes_of_one_serial_exactly_one_revokes_it<H: Harn
                 let (s, start, serial) = (&s, &start, r.serial);
                 scope.spawn(move || {
                     start.wait();
-                    s.revoke(&serial, at(50 + i as u64), None)
+                    s.revoke(&serial, at(50 + i as u64), None, &[])
                 })
             })
             .collect();
@@ -962,7 +1391,7 @@ pub(crate) fn revoking_an_unknown_serial_fails_and_writes_nothing<H: Harness>(
 ) -> Result<(), Violation> {
     let s = h.open_fresh()?;
     let r = instance("a1", "b1", 1, 10, 100)?;
-    match s.revoke(&r.serial, at(20), None) {
+    match s.revoke(&r.serial, at(20), None, &[]) {
         Err(StoreError::NotFound(missing)) => {
             promise!(missing == r.serial, "NotFound names the serial")
         }
@@ -1161,13 +1590,13 @@ pub(crate) fn a_join_token_is_read_without_spending_it_and_taken_once<H: Harness
         "an unknown hash reads as None"
     );
     promise!(
-        s.take_join_token(b"missing")?.is_none(),
+        s.take_join_token(b"missing", &[])?.is_none(),
         "an unknown hash is taken as None"
     );
     let t1 = token("cell-1", 900)?;
     let t2 = token("cell-2", 1_800)?;
-    s.insert_join_token(&[1; 32], &t1)?;
-    s.insert_join_token(&[2; 32], &t2)?;
+    s.insert_join_token(&[1; 32], &t1, &[])?;
+    s.insert_join_token(&[2; 32], &t2, &[])?;
     for _ in 0..2 {
         let got = s.get_join_token(&[1; 32])?;
         promise!(
@@ -1175,13 +1604,13 @@ pub(crate) fn a_join_token_is_read_without_spending_it_and_taken_once<H: Harness
             "get reads the token without spending it (got {got:?})"
         );
     }
-    let got = s.take_join_token(&[1; 32])?;
+    let got = s.take_join_token(&[1; 32], &[])?;
     promise!(
         got.as_ref().is_some_and(|g| same_token(g, &t1)),
         "the first take answers the token (got {got:?})"
     );
     promise!(
-        s.take_join_token(&[1; 32])?.is_none(),
+        s.take_join_token(&[1; 32], &[])?.is_none(),
         "a second take answers None"
     );
     promise!(
@@ -1205,14 +1634,14 @@ pub(crate) fn of_concurrent_takes_of_one_join_token_exactly_one_wins<H: Harness>
     let s = h.open_fresh()?;
     for round in 0..ROUNDS {
         let hash = [round; 32];
-        s.insert_join_token(&hash, &token("cell-1", 900)?)?;
+        s.insert_join_token(&hash, &token("cell-1", 900)?, &[])?;
         let start = Barrier::new(THREADS);
         let answers: Vec<Result<bool, String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..THREADS)
                 .map(|_| {
                     scope.spawn(|| {
                         start.wait();
-                        s.take_join_token(&hash).map(|t| t.is_some())
+                        s.take_join_token(&hash, &[]).map(|t| t.is_some())
                     })
                 })
                 .collect();
@@ -1252,10 +1681,10 @@ pub(crate) fn expired_join_tokens_are_purged_and_live_ones_stay<H: Harness>(
     );
     let live = token("cell-1", 2_000)?;
     let boundary = token("cell-2", 1_000)?;
-    s.insert_join_token(b"expired-1", &token("cell-3", 10)?)?;
-    s.insert_join_token(b"expired-2", &token("cell-4", 999)?)?;
-    s.insert_join_token(b"live", &live)?;
-    s.insert_join_token(b"boundary", &boundary)?;
+    s.insert_join_token(b"expired-1", &token("cell-3", 10)?, &[])?;
+    s.insert_join_token(b"expired-2", &token("cell-4", 999)?, &[])?;
+    s.insert_join_token(b"live", &live, &[])?;
+    s.insert_join_token(b"boundary", &boundary, &[])?;
     let purged = s.purge_expired_join_tokens(at(1_000))?;
     promise!(purged == 2, "two tokens had expired (purged {purged})");
     for hash in [&b"expired-1"[..], b"expired-2"] {
@@ -1273,7 +1702,7 @@ pub(crate) fn expired_join_tokens_are_purged_and_live_ones_stay<H: Harness>(
         s.purge_expired_join_tokens(at(1_000))? == 0,
         "a second purge finds nothing"
     );
-    let got = s.take_join_token(b"live")?;
+    let got = s.take_join_token(b"live", &[])?;
     promise!(
         got.as_ref().is_some_and(|g| same_token(g, &live)),
         "a live token can still be taken (got {got:?})"
@@ -1299,7 +1728,7 @@ pub(crate) fn everything_written_is_there_after_reopening<H: Harness>(
     s.put_meta("initialized", b"yes")?;
     let one = authority(1, GenerationState::Retiring);
     let two = authority(2, GenerationState::Active);
-    s.save_authorities(&[one.clone(), two.clone()], 7)?;
+    s.save_authorities(&[one.clone(), two.clone()], 7, &[])?;
     let a = instance("a1", "b1", 1, 10, 1_000)?;
     let b = instance("a2", "b1", 2, 20, 2_000)?;
     let mut c = credential("cell-1", 2, 30, 3_000)?;
@@ -1309,10 +1738,10 @@ pub(crate) fn everything_written_is_there_after_reopening<H: Harness>(
     c.revocation_reason = Some("cell decommissioned".into());
     s.update_certificate(&c)?;
     let kept = token("cell-2", 900)?;
-    s.insert_join_token(b"kept", &kept)?;
-    s.insert_join_token(b"spent", &token("cell-3", 900)?)?;
+    s.insert_join_token(b"kept", &kept, &[])?;
+    s.insert_join_token(b"spent", &token("cell-3", 900)?, &[])?;
     promise!(
-        s.take_join_token(b"spent")?.is_some(),
+        s.take_join_token(b"spent", &[])?.is_some(),
         "the token to spend is there"
     );
 
@@ -1364,7 +1793,7 @@ pub(crate) fn everything_written_is_there_after_reopening<H: Harness>(
         "an unspent join token survives a reopen"
     );
     promise!(
-        s.take_join_token(b"spent")?.is_none(),
+        s.take_join_token(b"spent", &[])?.is_none(),
         "a spent join token stays spent after a reopen"
     );
     let mut again = instance("a9", "b9", 2, 50, 50)?;
@@ -1544,9 +1973,9 @@ pub(crate) fn the_whole_store_reads_back_for_a_copy<H: Harness>(
         "records read back as they are now, revocation included"
     );
     let t1 = token("cell-1", 900)?;
-    s.insert_join_token(b"one", &t1)?;
-    s.insert_join_token(b"two", &token("cell-2", 900)?)?;
-    s.take_join_token(b"two")?;
+    s.insert_join_token(b"one", &t1, &[])?;
+    s.insert_join_token(b"two", &token("cell-2", 900)?, &[])?;
+    s.take_join_token(b"two", &[])?;
     let tokens = s.all_join_tokens()?;
     promise!(
         tokens.len() == 1 && tokens[0].0 == b"one" && same_token(&tokens[0].1, &t1),

@@ -13,13 +13,36 @@ mod sled_store;
 pub(crate) use postgres::PostgresStore;
 pub(crate) use records::{
     AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord, Lease, LeaseGrant,
+    GenerationState, InstanceBinding, JoinTokenRecord, Lease, LeaseGrant, ReleaseOutcome,
 };
 pub(crate) use sled_store::SledStore;
 
 use std::time::{Duration, SystemTime};
 
-use crate::ids::{AuthorityId, Serial};
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::ids::{AuthorityId, Guid, Serial};
+
+/// Whether `e` is the entry that follows `head`, for [`Store::import_audit`].
+pub(crate) fn continues(head: &crate::audit::ChainHead, e: &AuditEntry) -> Result<(), StoreError> {
+    if e.seq != head.seq + 1 || e.prev_hash != head.hash {
+        return Err(StoreError::Backend(format!(
+            "audit entry {} does not continue the chain (its head is seq {})",
+            e.seq, head.seq
+        )));
+    }
+    Ok(())
+}
+
+/// One page of the audit log (see [`Store::audit_after`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuditPage {
+    /// The entries, in position order.
+    pub entries: Vec<AuditEntry>,
+    /// The position of the last entry answered (`after` when none).
+    pub next: u64,
+    /// The position of the log's last entry (0 for an empty log).
+    pub last: u64,
+}
 
 /// The generations as one read saw them, with the version that conditional saves compare.
 #[derive(Debug, Clone)]
@@ -125,6 +148,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         &self,
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
+        audit: &[AuditEvent],
     ) -> Result<(), StoreError>;
     /// The generations, the bundle sequence and their version, read together (one snapshot).
     fn load_generations(&self) -> Result<Generations, StoreError>;
@@ -140,6 +164,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
         expected_version: u64,
+        audit: &[AuditEvent],
     ) -> Result<u64, StoreError>;
     /// A new generation id: above every stored generation's id and every id this store
     /// handed out before, and never the same twice, even to concurrent callers in other
@@ -154,11 +179,44 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// changes `signer` is either wholly before (then this fails with
     /// [`StoreError::NotActive`] and writes nothing) or wholly after the insert (and then
     /// sees the records, e.g. in [`Store::last_leaf_not_after`]).
+    ///
+    /// Instance records are bound in the same atomic step (see [`InstanceBinding`]): a record
+    /// whose instance has a live binding of another owner, or of the same owner with another
+    /// app, space or organization, is refused and not written; the others are written and
+    /// bind (or extend) their instance. Records are judged in order, so of two in one call
+    /// for the same instance the first decides. Returns the indices of the refused records,
+    /// in increasing order. Of concurrent calls binding the same free instance, in this
+    /// process or another, exactly one owner wins.
+    ///
+    /// `audit[i]` is the audit event of `records[i]` (`audit` is either empty or one event per
+    /// record): the events of the written records are appended in the same atomic step.
     fn insert_signed(
         &self,
         signer: AuthorityId,
         records: &[CertificateRecord],
-    ) -> Result<(), StoreError>;
+        audit: &[AuditEvent],
+    ) -> Result<Vec<usize>, StoreError>;
+    /// The live binding of an instance at `now`; `None` if it was never bound, was released,
+    /// or every certificate issued under it has expired.
+    // Read by the conformance checks; the CA itself judges bindings inside its writes.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn get_binding(
+        &self,
+        instance: &Guid,
+        now: SystemTime,
+    ) -> Result<Option<InstanceBinding>, StoreError>;
+    /// Ends an instance's binding, durably: only if `owner` holds it (`Some`, a cell
+    /// releasing its own), or whoever holds it (`None`, an operator). A binding that expired
+    /// by `now` is removed too and answered [`ReleaseOutcome::NotBound`]. Certificates stay
+    /// as they are (releasing does not revoke).
+    /// `audit` is appended in the same atomic step, only when a binding is released.
+    fn release_binding(
+        &self,
+        instance: &Guid,
+        owner: Option<&str>,
+        now: SystemTime,
+        audit: &[AuditEvent],
+    ) -> Result<ReleaseOutcome, StoreError>;
     /// One certificate record; `None` for a serial never recorded.
     fn get_certificate(&self, serial: &Serial) -> Result<Option<CertificateRecord>, StoreError>;
     /// Replaces an existing record (revocation), keeping it findable by the same queries;
@@ -173,11 +231,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// revokes of one serial exactly one is [`RevokeOutcome::Revoked`].
     /// [`StoreError::NotFound`] (writing nothing) for a serial never recorded. On a shared
     /// store, a committed revocation notifies every [`Store::change_feed`].
+    ///
+    /// `audit` is appended in the same atomic step, only when this call revokes.
     fn revoke(
         &self,
         serial: &Serial,
         at: SystemTime,
         reason: Option<&str>,
+        audit: &[AuditEvent],
     ) -> Result<RevokeOutcome, StoreError>;
     /// Records matching every filter of `query`, newest (latest notBefore) first, at most
     /// `query.limit`.
@@ -192,13 +253,48 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// included, revoked or not); `None` before its first.
     fn last_leaf_not_after(&self, id: AuthorityId) -> Result<Option<SystemTime>, StoreError>;
 
-    /// Stores a join token under the hash of its secret.
-    fn insert_join_token(&self, hash: &[u8], token: &JoinTokenRecord) -> Result<(), StoreError>;
+    /// Stores a join token under the hash of its secret, and appends `audit` in the same
+    /// atomic step.
+    fn insert_join_token(
+        &self,
+        hash: &[u8],
+        token: &JoinTokenRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), StoreError>;
     /// Reads a join token without spending it.
     fn get_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
     /// Removes and returns a join token: of any number of calls for the same hash, even
-    /// concurrent ones, exactly one gets it; the others get `None`.
-    fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError>;
+    /// concurrent ones, exactly one gets it; the others get `None`. The one that gets it
+    /// appends `audit` in the same atomic step.
+    fn take_join_token(
+        &self,
+        hash: &[u8],
+        audit: &[AuditEvent],
+    ) -> Result<Option<JoinTokenRecord>, StoreError>;
+
+    /// Appends events to the audit log on their own (changes that write nothing else, such
+    /// as a server start), durably.
+    ///
+    /// Every write method that takes `audit` appends its events to the same hash chain (see
+    /// [`crate::audit`]) in the same atomic, durable step as its change: entry `seq`s follow
+    /// each other without gaps and each entry links to the one before, whichever process of
+    /// those sharing the store appends, and however many append at once.
+    fn append_audit(&self, audit: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Up to `limit` audit entries with `seq` above `after`, in `seq` order (as stored: a
+    /// damaged log is answered as it is, for the verifier to judge), the position of the
+    /// last one answered (`after` when none; the next call's `after`), and the last
+    /// position of the whole log (0 when empty).
+    fn audit_after(&self, after: u64, limit: usize) -> Result<AuditPage, StoreError>;
+    /// Writes audit entries as they are (for copying a whole store), durably, after the
+    /// chain head, and moves the head to the last of them. Refuses (writing nothing) entries
+    /// that do not continue the chain: the first must be the head's seq + 1 and link to its
+    /// hash, and each next one must follow the one before.
+    fn import_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+    /// Every binding, live or expired, in no particular order (for copying a whole store).
+    fn all_bindings(&self) -> Result<Vec<InstanceBinding>, StoreError>;
+    /// Writes bindings as they are, replacing any of the same instance (for copying a whole
+    /// store), durably.
+    fn import_bindings(&self, bindings: &[InstanceBinding]) -> Result<(), StoreError>;
 
     /// Waits until no other holder (thread or process) has the init lock, then holds it until
     /// the returned value is dropped (or the process ends), so one process initializes the

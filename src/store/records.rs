@@ -152,6 +152,86 @@ pub(crate) struct CertificateRecord {
     pub revocation_reason: Option<String>,
 }
 
+/// Which cell owns an instance GUID, and the identity it owns it with. The first cell that
+/// obtains a certificate for an instance binds it; the binding lasts until the latest
+/// certificate issued for the instance expires (`not_after`), or until it is released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct InstanceBinding {
+    /// The instance.
+    pub instance_guid: Guid,
+    /// The owning cell's SPIFFE ID (the `requested_by` of the instance's records).
+    pub owner: String,
+    /// App GUID it is bound with.
+    pub app_guid: Guid,
+    /// Space GUID it is bound with.
+    pub space_guid: Guid,
+    /// Organization GUID it is bound with.
+    pub organization_guid: Guid,
+    /// The latest notAfter of the certificates issued under this binding.
+    #[serde(with = "crate::timefmt::rfc3339_system")]
+    pub not_after: SystemTime,
+}
+
+impl InstanceBinding {
+    /// The binding an instance record asks for; `None` for other kinds.
+    pub(crate) fn of(r: &CertificateRecord) -> Option<InstanceBinding> {
+        if r.kind != CertificateKind::Instance {
+            return None;
+        }
+        Some(InstanceBinding {
+            instance_guid: r.instance_guid.clone()?,
+            owner: r.requested_by.clone(),
+            app_guid: r.app_guid.clone()?,
+            space_guid: r.space_guid.clone()?,
+            organization_guid: r.organization_guid.clone()?,
+            not_after: r.not_after,
+        })
+    }
+
+    /// Whether every certificate issued under it has expired at `now`.
+    pub(crate) fn expired(&self, now: SystemTime) -> bool {
+        self.not_after <= now
+    }
+
+    /// Whether `wanted` is the same owner with the same app, space and organization.
+    pub(crate) fn same_holder(&self, wanted: &InstanceBinding) -> bool {
+        self.owner == wanted.owner
+            && self.app_guid == wanted.app_guid
+            && self.space_guid == wanted.space_guid
+            && self.organization_guid == wanted.organization_guid
+    }
+
+    /// What a store keeps after `wanted` is issued while `current` is stored (at `now`):
+    /// `None` when `current` is someone else's live binding (the issuance is refused).
+    pub(crate) fn merged(
+        current: Option<&InstanceBinding>,
+        wanted: &InstanceBinding,
+        now: SystemTime,
+    ) -> Option<InstanceBinding> {
+        match current {
+            None => Some(wanted.clone()),
+            Some(c) if c.expired(now) => Some(wanted.clone()),
+            Some(c) if c.same_holder(wanted) => {
+                let mut b = c.clone();
+                b.not_after = b.not_after.max(wanted.not_after);
+                Some(b)
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+/// What [`super::Store::release_binding`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReleaseOutcome {
+    /// The binding was removed; as it was.
+    Released(InstanceBinding),
+    /// There was no live binding (never bound, released before, or expired).
+    NotBound,
+    /// A live binding of another owner: nothing was changed.
+    OwnedElsewhere,
+}
+
 /// Filter for [`super::Store::query_certificates`].
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CertificateQuery {

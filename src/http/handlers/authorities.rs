@@ -12,6 +12,7 @@ use crate::ca::CaError;
 use crate::http::problem::{ApiError, ApiPath, OptionalJson};
 use crate::http::views::{authorities_view, authority_view};
 use crate::ids::AuthorityId;
+use crate::ids::Role;
 
 #[utoipa::path(
     get,
@@ -64,11 +65,11 @@ pub(super) async fn authorities(
 )]
 pub(super) async fn prepare(
     State(st): State<S>,
-    _op: OperatorCaller,
+    OperatorCaller(role): OperatorCaller,
     OptionalJson(_body): OptionalJson<api::PrepareRequest>,
 ) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
-    let (g, last_leaf) = blocking(&st, move || ca.prepare()).await?;
+    let (g, last_leaf) = blocking(&st, move || ca.prepare(&role)).await?;
     tracing::info!(authority = %g.id, "authority prepared by operator");
     Ok((StatusCode::CREATED, Json(authority_view(&g, last_leaf))).into_response())
 }
@@ -88,6 +89,7 @@ enum StepKind {
 
 async fn rotation_step(
     st: S,
+    role: Role,
     id: String,
     force: bool,
     step: StepKind,
@@ -95,8 +97,8 @@ async fn rotation_step(
     let id = parse_authority(&id)?;
     let ca = st.ca.clone();
     let (g, last_leaf) = blocking(&st, move || match step {
-        StepKind::Activate => ca.activate(id, force),
-        StepKind::Retire => ca.retire(id, force),
+        StepKind::Activate => ca.activate(&role, id, force),
+        StepKind::Retire => ca.retire(&role, id, force),
     })
     .await?;
     tracing::info!(authority = %id, force, step = ?step, "rotation step by operator");
@@ -132,11 +134,11 @@ async fn rotation_step(
 )]
 pub(super) async fn activate(
     State(st): State<S>,
-    _op: OperatorCaller,
+    OperatorCaller(role): OperatorCaller,
     ApiPath(id): ApiPath,
     OptionalJson(body): OptionalJson<api::ForceRequest>,
 ) -> Result<Json<api::AuthorityView>, ApiError> {
-    rotation_step(st, id, body.force, StepKind::Activate).await
+    rotation_step(st, role, id, body.force, StepKind::Activate).await
 }
 
 #[utoipa::path(
@@ -164,9 +166,9 @@ pub(super) async fn activate(
 )]
 pub(super) async fn retire(
     State(st): State<S>,
-    _op: OperatorCaller,
+    OperatorCaller(role): OperatorCaller,
     ApiPath(id): ApiPath,
     OptionalJson(body): OptionalJson<api::ForceRequest>,
 ) -> Result<Json<api::AuthorityView>, ApiError> {
-    rotation_step(st, id, body.force, StepKind::Retire).await
+    rotation_step(st, role, id, body.force, StepKind::Retire).await
 }

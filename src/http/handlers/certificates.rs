@@ -101,13 +101,13 @@ pub(super) async fn certificates(
 )]
 pub(super) async fn revoke(
     State(st): State<S>,
-    _op: OperatorCaller,
+    OperatorCaller(role): OperatorCaller,
     ApiPath(serial): ApiPath,
     OptionalJson(body): OptionalJson<api::RevokeRequest>,
 ) -> Result<Json<api::CertificateView>, ApiError> {
     let serial: Serial = serial.parse().map_err(|e| CaError::invalid("serial", e))?;
     let ca = st.ca.clone();
-    let rec = blocking(&st, move || ca.revoke(&serial, body.reason)).await?;
+    let rec = blocking(&st, move || ca.revoke(&role, &serial, body.reason)).await?;
     tracing::info!(serial = %rec.serial, "certificate revoked");
     Ok(Json(certificate_view(&rec)))
 }

@@ -1,4 +1,5 @@
-//! `POST /v1/instance-certificates` and its batch form (cells only).
+//! `POST /v1/instance-certificates` and its batch form (cells only). The first cell to
+//! obtain an instance's certificate owns the instance; see `ownership.rs` for its release.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -22,6 +23,8 @@ use crate::http::views::issued_view;
     responses(
         (status = 201, description = "Issued",
             body = api::IssuedCertificate, content_type = "application/json"),
+        (status = 409, description = "The instance is bound elsewhere: another cell owns it, or the caller owns it with another app, space or organization (the owner is never named); it is freed when the owner or an operator releases it, or when its last certificate expires",
+            body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A well-formed but invalid value: GUID, IP, route name, CSR or its signature, key type, TTL; `detail` names the field",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "No active authority generation, its intermediate is about to expire, or the database is unreachable; retry after `Retry-After` seconds",
@@ -50,7 +53,7 @@ pub(super) async fn instance_certificate(
     extensions(("x-lanyard-role" = json!("cell"))),
     request_body(content = api::BatchRequest<api::InstanceCertificateRequest>, content_type = "application/json"),
     responses(
-        (status = 200, description = "One result per request, in order: a certificate (201) or a problem",
+        (status = 200, description = "One result per request, in order: a certificate (201) or a problem (an instance bound elsewhere is a 409 for its own item only)",
             body = api::BatchResponse, content_type = "application/json"),
         (status = 400, description = "The body is not JSON or does not fit the schema (missing or unknown field, wrong type)",
             body = api::Problem, content_type = "application/problem+json"),

@@ -5,6 +5,7 @@
 //! The router needs no TLS listener: a request without a [`super::tls::Caller`] extension is
 //! anonymous, so the router can be driven in-process (`tower::ServiceExt::oneshot`).
 
+mod audit;
 mod auth;
 mod authorities;
 mod certificates;
@@ -15,6 +16,7 @@ mod instances;
 mod join;
 mod openapi;
 mod ops;
+mod ownership;
 mod pool;
 mod trust_bundle;
 
@@ -35,7 +37,7 @@ use axum::handler::Handler;
 use axum::http::Method;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 
 use super::maintenance::ScheduleLease;
@@ -181,6 +183,12 @@ pub(crate) mod paths {
     pub(crate) const REVOKE: &str = "/v1/certificates/{serial}/revoke";
     /// A generation's CRL.
     pub(crate) const CRL: &str = "/v1/crl/{authority_id}";
+    /// An instance's binding (DELETE releases it).
+    pub(crate) const INSTANCE: &str = "/v1/instances/{instance_guid}";
+    /// The audit log.
+    pub(crate) const AUDIT: &str = "/v1/audit";
+    /// An operator releasing an instance's binding.
+    pub(crate) const INSTANCE_RELEASE: &str = "/v1/instances/{instance_guid}/release";
 }
 
 /// One route of the API: the router serves these, and a unit test holds the OpenAPI
@@ -211,6 +219,14 @@ impl Route {
             handler: post(handler),
         }
     }
+
+    fn delete<H: Handler<T, S>, T: 'static>(path: &'static str, handler: H) -> Self {
+        Route {
+            method: Method::DELETE,
+            path,
+            handler: delete(handler),
+        }
+    }
 }
 
 /// Every route of the API, one method per path.
@@ -236,6 +252,9 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::get(CERTIFICATES, certificates::certificates),
         Route::post(REVOKE, certificates::revoke),
         Route::get(CRL, crl::crl),
+        Route::delete(INSTANCE, ownership::release),
+        Route::post(INSTANCE_RELEASE, ownership::release_by_operator),
+        Route::get(AUDIT, audit::audit),
     ]
 }
 

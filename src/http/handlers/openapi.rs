@@ -3,7 +3,8 @@
 //!
 //! Who may call an operation is written twice: as OpenAPI security (a `mutualTLS` scheme per
 //! client-certificate role, HTTP bearer for a join token; none for public endpoints) and as
-//! the extension `x-lanyard-role` (`cell`, `operator`, `join-token` or `public`).
+//! the extension `x-lanyard-role` (`cell`, `operator`, `cell-or-operator`, `join-token` or
+//! `public`).
 
 use std::sync::LazyLock;
 
@@ -11,7 +12,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    authorities, certificates, components, credentials, crl, instances, join, ops, trust_bundle,
+    audit, authorities, certificates, components, credentials, crl, instances, join, ops,
+    ownership, trust_bundle,
 };
 use crate::api;
 
@@ -113,6 +115,9 @@ pub(super) enum ServerFailure {
         certificates::certificates,
         certificates::revoke,
         crl::crl,
+        ownership::release,
+        ownership::release_by_operator,
+        audit::audit,
     ),
     components(schemas(
         api::Problem,
@@ -133,6 +138,9 @@ pub(super) enum ServerFailure {
         api::ScheduleLease,
         api::CertificateView,
         api::CertificatesResponse,
+        api::InstanceBindingView,
+        api::AuditEntry,
+        api::AuditResponse,
         api::SpiffeBundle,
         api::SpiffeKey,
         api::Health,
@@ -358,6 +366,7 @@ mod tests {
                     Some("public") => vec![],
                     Some("cell") => vec![CELL],
                     Some("operator") => vec![OPERATOR],
+                    Some("cell-or-operator") => vec![CELL, OPERATOR],
                     Some("join-token") => vec![JOIN_TOKEN],
                     other => panic!("{method} {path}: role {other:?}"),
                 };

@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "replicas", include_str!("migrations/0002_replicas.sql")),
     (3, "lease", include_str!("migrations/0003_lease.sql")),
+    (
+        10,
+        "ownership_audit",
+        include_str!("migrations/0010_ownership_audit.sql"),
+    ),
 ];
 
 /// Any fixed number shared by every lanyard process: the advisory lock that serializes

@@ -18,6 +18,7 @@
 //! runs on the store's own threads). Dropping the store shuts its runtime down in the
 //! background, which is allowed in any context too.
 
+mod audit_log;
 mod export;
 mod ha;
 mod migrations;
@@ -35,10 +36,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, ToSql};
 
 use super::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock, JoinTokenRecord,
-    Lease, LeaseGrant, RevokeOutcome, Store, StoreError,
+    AuditPage, AuthorityRecord, CertificateQuery, CertificateRecord, Generations, InitLock,
+    InstanceBinding, JoinTokenRecord, Lease, LeaseGrant, ReleaseOutcome, RevokeOutcome, Store,
+    StoreError,
 };
-use crate::ids::{AuthorityId, Serial};
+use crate::audit::AuditEvent;
+use crate::ids::{AuthorityId, Guid, Serial};
 
 /// Connections per process. Writes are short transactions; a handful covers the CA's
 /// blocking threads without crowding the server's `max_connections` when several replicas
@@ -516,6 +519,96 @@ async fn insert_rows(
     Ok(())
 }
 
+/// The columns of `instance_bindings`, in the order [`binding_of`] reads them.
+const BINDING_COLUMNS: &str =
+    "instance_guid, owner, app_guid, space_guid, organization_guid, not_after";
+
+/// A binding from a row of [`BINDING_COLUMNS`].
+fn binding_of(row: &tokio_postgres::Row) -> Result<InstanceBinding, StoreError> {
+    let guid = |i: usize| -> Result<Guid, StoreError> {
+        let text: String = row.try_get(i).map_err(db_error)?;
+        text.parse()
+            .map_err(|e: crate::ids::IdError| StoreError::Corrupt {
+                key: format!("instance_bindings/{text}"),
+                message: e.0,
+            })
+    };
+    Ok(InstanceBinding {
+        instance_guid: guid(0)?,
+        owner: row.try_get(1).map_err(db_error)?,
+        app_guid: guid(2)?,
+        space_guid: guid(3)?,
+        organization_guid: guid(4)?,
+        not_after: row.try_get(5).map_err(db_error)?,
+    })
+}
+
+/// Binds the instances of `rows` inside `tx` (judged at `now`), and returns the indices of
+/// the rows refused because their instance is bound elsewhere, in increasing order.
+///
+/// One conditional upsert per instance record: it inserts a free binding, replaces an
+/// expired one, extends the holder's own, and matches nothing (no row returned) for a live
+/// binding of someone else. Under a concurrent insert of the same instance it waits for that
+/// transaction and then judges the row it left, so exactly one owner wins. Rows are taken in
+/// instance order, so two batches binding the same instances lock them in the same order.
+async fn bind_instances(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[(CertificateRecord, Json<serde_json::Value>)],
+    now: SystemTime,
+) -> Result<Vec<usize>, StoreError> {
+    let mut wanted: Vec<(usize, InstanceBinding)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (r, _))| InstanceBinding::of(r).map(|b| (i, b)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Stable: two records for one instance keep their order, so the first decides.
+    wanted.sort_by(|a, b| a.1.instance_guid.cmp(&b.1.instance_guid));
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO instance_bindings AS b
+                 (instance_guid, owner, app_guid, space_guid, organization_guid, not_after)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (instance_guid) DO UPDATE SET
+                 owner = EXCLUDED.owner, app_guid = EXCLUDED.app_guid,
+                 space_guid = EXCLUDED.space_guid,
+                 organization_guid = EXCLUDED.organization_guid,
+                 not_after = CASE WHEN b.not_after <= $7 THEN EXCLUDED.not_after
+                                  ELSE GREATEST(b.not_after, EXCLUDED.not_after) END
+             WHERE b.not_after <= $7
+                OR (b.owner = EXCLUDED.owner AND b.app_guid = EXCLUDED.app_guid
+                    AND b.space_guid = EXCLUDED.space_guid
+                    AND b.organization_guid = EXCLUDED.organization_guid)
+             RETURNING 1",
+        )
+        .await
+        .map_err(db_error)?;
+    let mut refused = Vec::new();
+    for (i, b) in &wanted {
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &b.instance_guid.as_str(),
+            &b.owner,
+            &b.app_guid.as_str(),
+            &b.space_guid.as_str(),
+            &b.organization_guid.as_str(),
+            &b.not_after,
+            &now,
+        ];
+        if tx
+            .query_opt(&upsert, &params)
+            .await
+            .map_err(db_error)?
+            .is_none()
+        {
+            refused.push(*i);
+        }
+    }
+    refused.sort_unstable();
+    Ok(refused)
+}
+
 const SELECT_CERTIFICATES: &str = "SELECT record::text FROM certificates";
 const NEWEST_FIRST: &str = "ORDER BY not_before DESC, serial DESC";
 
@@ -563,8 +656,9 @@ impl Store for PostgresStore {
         &self,
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
+        audit: &[AuditEvent],
     ) -> Result<(), StoreError> {
-        self.save_generations(changed, bundle_sequence, None)
+        self.save_generations(changed, bundle_sequence, None, audit)
             .map(|_| ())
     }
 
@@ -609,8 +703,9 @@ impl Store for PostgresStore {
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
         expected_version: u64,
+        audit: &[AuditEvent],
     ) -> Result<u64, StoreError> {
-        self.save_generations(changed, bundle_sequence, Some(expected_version))
+        self.save_generations(changed, bundle_sequence, Some(expected_version), audit)
     }
 
     fn new_authority_id(&self) -> Result<AuthorityId, StoreError> {
@@ -660,9 +755,17 @@ impl Store for PostgresStore {
         &self,
         signer: AuthorityId,
         records: &[CertificateRecord],
-    ) -> Result<(), StoreError> {
+        audit: &[AuditEvent],
+    ) -> Result<Vec<usize>, StoreError> {
+        if !audit.is_empty() && audit.len() != records.len() {
+            return Err(StoreError::Backend(
+                "one audit event per certificate record, or none".into(),
+            ));
+        }
         let rows = checked_rows(records)?;
+        let audit = audit.to_vec();
         let pool = self.pool();
+        let now = SystemTime::now();
         self.run(async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await.map_err(db_error)?;
@@ -683,8 +786,94 @@ impl Store for PostgresStore {
             if state.as_deref() != Some("active") {
                 return Err(StoreError::NotActive(signer));
             }
-            insert_rows(&tx, &rows).await?;
-            tx.commit().await.map_err(db_error)
+            let refused = bind_instances(&tx, &rows, now).await?;
+            let kept: Vec<_> = rows
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| refused.binary_search(i).is_err())
+                .map(|(_, r)| r)
+                .collect();
+            insert_rows(&tx, &kept).await?;
+            let events: Vec<AuditEvent> = audit
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| refused.binary_search(i).is_err())
+                .map(|(_, e)| e)
+                .collect();
+            audit_log::append_tx(&tx, &events).await?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(refused)
+        })
+    }
+
+    fn get_binding(
+        &self,
+        instance: &Guid,
+        now: SystemTime,
+    ) -> Result<Option<InstanceBinding>, StoreError> {
+        let pool = self.pool();
+        let guid = instance.as_str().to_string();
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(&format!(
+                    "SELECT {BINDING_COLUMNS} FROM instance_bindings
+                     WHERE instance_guid = $1 AND not_after > $2"
+                ))
+                .await
+                .map_err(db_error)?;
+            c.query_opt(&st, &[&guid, &now])
+                .await
+                .map_err(db_error)?
+                .map(|row| binding_of(&row))
+                .transpose()
+        })
+    }
+
+    fn release_binding(
+        &self,
+        instance: &Guid,
+        owner: Option<&str>,
+        now: SystemTime,
+        audit: &[AuditEvent],
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let pool = self.pool();
+        let guid = instance.as_str().to_string();
+        let owner = owner.map(str::to_string);
+        let audit = audit.to_vec();
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            // The row lock orders a release against a concurrent issuance or release.
+            let st = tx
+                .prepare_cached(&format!(
+                    "SELECT {BINDING_COLUMNS} FROM instance_bindings
+                     WHERE instance_guid = $1 FOR UPDATE"
+                ))
+                .await
+                .map_err(db_error)?;
+            let Some(row) = tx.query_opt(&st, &[&guid]).await.map_err(db_error)? else {
+                return Ok(ReleaseOutcome::NotBound);
+            };
+            let b = binding_of(&row)?;
+            let outcome = if b.expired(now) {
+                ReleaseOutcome::NotBound
+            } else if owner.as_deref().is_some_and(|o| o != b.owner) {
+                return Ok(ReleaseOutcome::OwnedElsewhere);
+            } else {
+                ReleaseOutcome::Released(b)
+            };
+            tx.execute(
+                "DELETE FROM instance_bindings WHERE instance_guid = $1",
+                &[&guid],
+            )
+            .await
+            .map_err(db_error)?;
+            if matches!(outcome, ReleaseOutcome::Released(_)) {
+                audit_log::append_tx(&tx, &audit).await?;
+            }
+            tx.commit().await.map_err(db_error)?;
+            Ok(outcome)
         })
     }
 
@@ -751,9 +940,11 @@ impl Store for PostgresStore {
         serial: &Serial,
         at: SystemTime,
         reason: Option<&str>,
+        audit: &[AuditEvent],
     ) -> Result<RevokeOutcome, StoreError> {
         let pool = self.pool();
         let serial = *serial;
+        let audit = audit.to_vec();
         let reason = reason.map(str::to_string);
         self.run(async move {
             let mut c = pool.get().await.map_err(pool_error)?;
@@ -791,6 +982,7 @@ impl Store for PostgresStore {
                 .map_err(db_error)?;
             // The notification goes out only if the revocation commits.
             tx.execute(NOTIFY_CHANGES, &[]).await.map_err(db_error)?;
+            audit_log::append_tx(&tx, &audit).await?;
             tx.commit().await.map_err(db_error)?;
             Ok(RevokeOutcome::Revoked(record))
         })
@@ -879,14 +1071,21 @@ impl Store for PostgresStore {
         })
     }
 
-    fn insert_join_token(&self, hash: &[u8], token: &JoinTokenRecord) -> Result<(), StoreError> {
+    fn insert_join_token(
+        &self,
+        hash: &[u8],
+        token: &JoinTokenRecord,
+        audit: &[AuditEvent],
+    ) -> Result<(), StoreError> {
         let pool = self.pool();
         let hash = hash.to_vec();
         let expires_at = token.expires_at;
         let record = json(token)?;
+        let audit = audit.to_vec();
         self.run(async move {
-            let c = pool.get().await.map_err(pool_error)?;
-            let st = c
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            let st = tx
                 .prepare_cached(
                     "INSERT INTO join_tokens (hash, expires_at, record) VALUES ($1, $2, $3)
                      ON CONFLICT (hash) DO UPDATE
@@ -894,10 +1093,11 @@ impl Store for PostgresStore {
                 )
                 .await
                 .map_err(db_error)?;
-            c.execute(&st, &[&hash, &expires_at, &record])
+            tx.execute(&st, &[&hash, &expires_at, &record])
                 .await
                 .map_err(db_error)?;
-            Ok(())
+            audit_log::append_tx(&tx, &audit).await?;
+            tx.commit().await.map_err(db_error)
         })
     }
 
@@ -905,13 +1105,92 @@ impl Store for PostgresStore {
         self.join_token_query("SELECT record::text FROM join_tokens WHERE hash = $1", hash)
     }
 
-    fn take_join_token(&self, hash: &[u8]) -> Result<Option<JoinTokenRecord>, StoreError> {
-        // The row lock of the delete decides: of concurrent takers, in this process or
-        // another, exactly one deletes the row and gets it back.
-        self.join_token_query(
-            "DELETE FROM join_tokens WHERE hash = $1 RETURNING record::text",
-            hash,
-        )
+    fn take_join_token(
+        &self,
+        hash: &[u8],
+        audit: &[AuditEvent],
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let pool = self.pool();
+        let hash = hash.to_vec();
+        let audit = audit.to_vec();
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            // The row lock of the delete decides: of concurrent takers, in this process or
+            // another, exactly one deletes the row and gets it back.
+            let st = tx
+                .prepare_cached("DELETE FROM join_tokens WHERE hash = $1 RETURNING record::text")
+                .await
+                .map_err(db_error)?;
+            let Some(row) = tx.query_opt(&st, &[&hash]).await.map_err(db_error)? else {
+                return Ok(None);
+            };
+            let text: String = row.try_get(0).map_err(db_error)?;
+            let rec: JoinTokenRecord = decode("join_token", &text)?;
+            audit_log::append_tx(&tx, &audit).await?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(Some(rec))
+        })
+    }
+
+    fn append_audit(&self, audit: &[AuditEvent]) -> Result<(), StoreError> {
+        self.append_audit_now(audit)
+    }
+
+    fn audit_after(&self, after: u64, limit: usize) -> Result<AuditPage, StoreError> {
+        self.audit_after_now(after, limit)
+    }
+
+    fn import_audit(&self, entries: &[crate::audit::AuditEntry]) -> Result<(), StoreError> {
+        self.import_audit_now(entries)
+    }
+
+    fn all_bindings(&self) -> Result<Vec<InstanceBinding>, StoreError> {
+        let pool = self.pool();
+        self.run_with_timeout(LONG_CALL_TIMEOUT, async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let rows = c
+                .query(
+                    &format!("SELECT {BINDING_COLUMNS} FROM instance_bindings"),
+                    &[],
+                )
+                .await
+                .map_err(db_error)?;
+            rows.iter().map(binding_of).collect()
+        })
+    }
+
+    fn import_bindings(&self, bindings: &[InstanceBinding]) -> Result<(), StoreError> {
+        let pool = self.pool();
+        let bindings = bindings.to_vec();
+        self.run_with_timeout(LONG_CALL_TIMEOUT, async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            let st = tx
+                .prepare_cached(
+                    "INSERT INTO instance_bindings
+                         (instance_guid, owner, app_guid, space_guid, organization_guid, not_after)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (instance_guid) DO UPDATE SET owner = EXCLUDED.owner,
+                         app_guid = EXCLUDED.app_guid, space_guid = EXCLUDED.space_guid,
+                         organization_guid = EXCLUDED.organization_guid,
+                         not_after = EXCLUDED.not_after",
+                )
+                .await
+                .map_err(db_error)?;
+            for b in &bindings {
+                let params: [&(dyn ToSql + Sync); 6] = [
+                    &b.instance_guid.as_str(),
+                    &b.owner,
+                    &b.app_guid.as_str(),
+                    &b.space_guid.as_str(),
+                    &b.organization_guid.as_str(),
+                    &b.not_after,
+                ];
+                tx.execute(&st, &params).await.map_err(db_error)?;
+            }
+            tx.commit().await.map_err(db_error)
+        })
     }
 
     fn lock_init(&self) -> Result<InitLock, StoreError> {
@@ -1041,8 +1320,10 @@ impl PostgresStore {
         changed: &[AuthorityRecord],
         bundle_sequence: u64,
         expected_version: Option<u64>,
+        audit: &[AuditEvent],
     ) -> Result<u64, StoreError> {
         let pool = self.pool();
+        let audit = audit.to_vec();
         let rows = changed
             .iter()
             .map(|a| Ok((i64::from(a.id.0), a.state.as_str(), json(a)?)))
@@ -1098,6 +1379,7 @@ impl PostgresStore {
                     .map_err(db_error)?;
             }
             tx.execute(NOTIFY_CHANGES, &[]).await.map_err(db_error)?;
+            audit_log::append_tx(&tx, &audit).await?;
             tx.commit().await.map_err(db_error)?;
             Ok(version)
         })
