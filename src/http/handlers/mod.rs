@@ -22,7 +22,7 @@ mod unread_body;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use auth::{Authenticated, CellCaller, OperatorCaller};
+pub(crate) use auth::{CellCaller, OperatorCaller};
 pub use openapi::ApiDoc;
 pub(crate) use pool::BlockingPool;
 
