@@ -23,8 +23,7 @@ for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   log="$(mktemp)"
   if cargo fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1; then
-    execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)"
-    [ -n "$execs" ] || execs="$(grep -o '#[0-9]*' "$log" | tail -1 | tr -d '#')"
+    execs="$(grep -o 'Done [0-9]* runs' "$log" | grep -o '[0-9]*' | tail -1 || true)"
     echo "fuzz $t: ${execs:-?} executions in ${secs}s, no crash"
   else
     echo "fuzz $t: FAILED (crash or build failure); log follows" >&2
