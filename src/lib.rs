@@ -43,6 +43,8 @@ pub(crate) mod credential_dir;
 pub(crate) mod duration;
 #[cfg(feature = "full")]
 pub(crate) mod fsutil;
+#[cfg(all(feature = "full", any(test, feature = "fuzzing")))]
+pub mod fuzzing;
 #[cfg(feature = "full")]
 pub mod http;
 #[cfg(feature = "full")]

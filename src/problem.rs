@@ -22,7 +22,7 @@ pub(crate) const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// Largest oversized body still read (and dropped) before answering 413.
-const DRAIN_LIMIT: usize = 4 * MAX_BODY;
+pub(crate) const DRAIN_LIMIT: usize = 4 * MAX_BODY;
 
 /// What internal failures say to clients; the real cause goes to the log only.
 const INTERNAL_DETAIL: &str = "the server failed; the details are in its log";
@@ -123,7 +123,7 @@ impl IntoResponse for Rejection {
 }
 
 /// Reads and drops a body frame by frame (nothing is buffered), up to [`DRAIN_LIMIT`].
-async fn drain(mut body: axum::body::Body) {
+pub(crate) async fn drain(mut body: axum::body::Body) {
     use http_body_util::BodyExt;
     let mut seen = 0usize;
     while let Some(Ok(frame)) = body.frame().await {

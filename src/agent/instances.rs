@@ -257,15 +257,22 @@ impl Agent {
             Ok((issued, key_pem)) => {
                 let _g = ilock.lock().await;
                 if lock(&self.instances).contains_key(guid) {
-                    self.write_files(guid, &issued.certificate_chain, &key_pem)
-                        .await
-                        .and_then(|()| {
-                            crate::timefmt::parse_rfc3339(&issued.not_after).ok_or_else(|| {
-                                PutError::Ca(CaRefusal::unreachable(
-                                    "the CA sent an unreadable not_after",
-                                ))
-                            })
+                    // Checked before anything is written: a refusal keeps the current files.
+                    let written =
+                        match self.check_issued(guid, &spec, &issued.certificate_chain, &key_pem) {
+                            Ok(()) => {
+                                self.write_files(guid, &issued.certificate_chain, &key_pem)
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                    written.and_then(|()| {
+                        crate::timefmt::parse_rfc3339(&issued.not_after).ok_or_else(|| {
+                            PutError::Ca(CaRefusal::unreachable(
+                                "the CA sent an unreadable not_after",
+                            ))
                         })
+                    })
                 } else {
                     // Deleted while the CA was answering: write nothing back.
                     Err(PutError::Gone)

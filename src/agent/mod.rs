@@ -4,7 +4,8 @@
 //! One job per file: `bootstrap` (join, the cell credential and its renewal), `instances`
 //! (the instance table and each instance's credential set), `batcher` (gathering instance
 //! requests into batches), `renewal` (when to renew, with jitter and backoff),
-//! `bundle_watch` (the trust bundle long poll), `local_api` (plain HTTP on a Unix socket or
+//! `bundle_watch` (the trust bundle long poll), `verify` (the check of each new certificate
+//! before it is published), `local_api` (plain HTTP on a Unix socket or
 //! loopback port), `files` (the instance directory's set) and `config`
 //! (`ca-config/agent.toml`). This module holds the [`Agent`] they share and [`run`].
 
@@ -16,6 +17,7 @@ pub mod files;
 mod instances;
 pub(crate) mod local_api;
 mod renewal;
+mod verify;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -13,13 +13,16 @@
 //! signs once more), and [`Authority::reload`] adopts what other processes saved.
 //!
 //! `keys.rs` loads and seals CA keys, `generation.rs` creates roots and intermediates,
-//! `leaf.rs` signs leaves, `crl.rs` signs CRLs; this file holds the state and rotation steps.
+//! `leaf.rs` signs leaves, `crl.rs` signs CRLs, `revocations.rs` keeps the revoked set in
+//! memory; this file holds the state and rotation steps.
 
 mod crl;
 mod generation;
 mod keys;
 mod leaf;
+mod revocations;
 
+pub(crate) use crl::Intermediate;
 pub(crate) use leaf::{InstanceBound, InstanceIds, Issued, LeafRequest, SubjectAttr};
 
 use std::sync::{Arc, RwLock};
@@ -181,7 +184,10 @@ pub(crate) struct Authority {
     opts: AuthorityOptions,
     inner: RwLock<Inner>,
     bundle: watch::Sender<Arc<TrustBundle>>,
-    crl_cache: std::sync::Mutex<std::collections::HashMap<AuthorityId, CachedCrl>>,
+    /// Signed CRLs per generation and intermediate (its index in the generation).
+    crl_cache: std::sync::Mutex<std::collections::HashMap<(AuthorityId, usize), CachedCrl>>,
+    /// The revoked set in memory (see `revocations.rs`).
+    revocations: revocations::Revocations,
 }
 
 impl std::fmt::Debug for Authority {
@@ -249,6 +255,7 @@ impl Authority {
             inner: RwLock::new(inner),
             bundle: tx,
             crl_cache: Default::default(),
+            revocations: Default::default(),
         })
     }
 
@@ -518,8 +525,10 @@ impl Authority {
 
 /// For a store other processes write too: starts a thread that reloads the generations after
 /// each change notification and every [`RESYNC_INTERVAL`], so this process signs with, and
-/// publishes, what the others saved. Nothing for a store only this process writes. The thread
-/// ends when the authority is dropped.
+/// publishes, what the others saved, and moves the revocation counter so the next
+/// revocation check reads the revoked set again (a notification may be a revocation; the
+/// periodic move bounds how long a lost one goes unseen). Nothing for a store only this
+/// process writes. The thread ends when the authority is dropped.
 pub(crate) fn follow_store(authority: &Arc<Authority>) -> std::io::Result<()> {
     let Some(changes) = authority.store.change_feed() else {
         return Ok(());
@@ -538,6 +547,8 @@ pub(crate) fn follow_store(authority: &Arc<Authority>) -> std::io::Result<()> {
                 // The next notification or the periodic re-read tries again.
                 tracing::warn!(error = %e, "reloading the authority generations failed");
             }
+            // After the reload, so the revoked set is read for every generation known now.
+            a.revocations_changed();
         })
         .map(|_| ())
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::{Ca, CaError};
-use crate::authority::{GenerationStatus, StepBy, TrustBundle};
+use crate::authority::{GenerationStatus, Intermediate, StepBy, TrustBundle};
 use crate::ids::AuthorityId;
 use crate::ids::Role;
 use crate::rotation::{intermediate_due, Step};
@@ -75,10 +75,22 @@ impl Ca {
         self.generation(id)
     }
 
-    /// `GET /v1/crl/{id}`: the DER CRL of generation `id`, valid for `validity` (cached by
-    /// the authority).
-    pub(crate) fn crl(&self, id: AuthorityId, validity: Duration) -> Result<Vec<u8>, CaError> {
-        Ok(self.authority.crl(id, validity)?)
+    /// `GET /v1/crl/{id}`: the DER CRL of generation `id`'s newest intermediate, or of the
+    /// one whose key identifier is `intermediate`, valid for `validity` (cached by the
+    /// authority).
+    pub(crate) fn crl(
+        &self,
+        id: AuthorityId,
+        intermediate: Option<&[u8]>,
+        validity: Duration,
+    ) -> Result<Vec<u8>, CaError> {
+        let which = intermediate.map_or(Intermediate::Newest, Intermediate::KeyId);
+        self.authority.crl(id, which, validity)?.ok_or_else(|| {
+            CaError::NotFound(format!(
+                "intermediate: authority {id} has no intermediate with key identifier {}",
+                hex::encode(intermediate.unwrap_or_default())
+            ))
+        })
     }
 
     /// Renews the active intermediate under the same root when a third of its life is left,

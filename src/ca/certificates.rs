@@ -18,11 +18,9 @@ impl Ca {
     }
 
     /// Is this serial revoked? (Client certificates of revoked credentials are refused.)
+    /// Answered from the authority's revoked set in memory, read again after a revocation.
     pub(crate) fn is_revoked(&self, serial: &Serial) -> Result<bool, CaError> {
-        Ok(self
-            .store
-            .get_certificate(serial)?
-            .is_some_and(|r| r.revoked_at.is_some()))
+        Ok(self.authority.is_revoked(serial)?)
     }
 
     /// `POST /v1/certificates/{serial}/revoke`. Retrying is harmless: a certificate already
@@ -68,10 +66,12 @@ impl Ca {
             format!("certificate/{serial}"),
             details.into(),
         );
-        match self
+        let revoked = self
             .store
-            .revoke(serial, SystemTime::now(), reason.as_deref(), &[audit])
-        {
+            .revoke(serial, SystemTime::now(), reason.as_deref(), &[audit]);
+        // Whatever the outcome (a failed write may have committed), the next check re-reads.
+        self.authority.revocations_changed();
+        match revoked {
             Ok(outcome) => Ok(outcome.into_record()),
             Err(StoreError::NotFound(_)) => Err(CaError::NotFound(format!(
                 "no certificate with serial {serial}"

@@ -1,7 +1,9 @@
-//! Role extractors: the caller's verified role, checked again for every request.
+//! Role extractors: the caller's verified role, checked again for every request; and the
+//! bearer token of `Authorization`.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
 
 use super::S;
 use crate::ca::CaError;
@@ -68,3 +70,48 @@ macro_rules! role_extractor {
 
 role_extractor!(CellCaller, Cell, "cell");
 role_extractor!(OperatorCaller, Operator, "operator");
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
+/// regard to case and may be followed by several spaces (RFC 9110, 11.1 and 11.4); `None`
+/// without the header, with another scheme, or with an empty token.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then(|| token.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn the_bearer_scheme_matches_in_any_case_with_any_spacing() {
+        for v in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "bEaReR   abc ",
+            "Bearer\tabc",
+        ] {
+            assert_eq!(bearer_token(&with(v)).as_deref(), Some("abc"), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn another_scheme_an_empty_token_or_no_header_is_no_token() {
+        for v in ["Basic abc", "Bearerabc", "Bearer", "Bearer   ", "Token abc"] {
+            assert_eq!(bearer_token(&with(v)), None, "{v:?}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+}

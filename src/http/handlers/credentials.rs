@@ -5,26 +5,14 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
-use super::{blocking, created, paths, Authenticated, S};
+use super::{blocking, created, paths, CellCaller, OperatorCaller, S};
 use crate::api;
-use crate::ca::CaError;
 use crate::http::problem::{ApiError, ApiJson};
 use crate::ids::Role;
 
-/// Renews the caller's own credential, if the caller has the role `wanted`.
-async fn own_credential(
-    st: S,
-    role: Role,
-    wanted: &str,
-    req: api::CsrRequest,
-) -> Result<Response, ApiError> {
-    if role.kind() != wanted {
-        return Err(CaError::Forbidden(format!(
-            "this endpoint requires the {wanted} role; the caller is a {}",
-            role.kind()
-        ))
-        .into());
-    }
+/// Renews the caller's own credential. The role was checked by the extractor, before the
+/// body was read, so a caller with the wrong role gets its 403 whatever the body says.
+async fn own_credential(st: S, role: Role, req: api::CsrRequest) -> Result<Response, ApiError> {
     let ca = st.ca.clone();
     let issued = blocking(&st, move || ca.renew_own_credential(&role, &req)).await?;
     Ok(created(&issued))
@@ -52,10 +40,10 @@ async fn own_credential(
 )]
 pub(super) async fn cell_credential(
     State(st): State<S>,
-    Authenticated(role): Authenticated,
+    CellCaller(role): CellCaller,
     ApiJson(req): ApiJson<api::CsrRequest>,
 ) -> Result<Response, ApiError> {
-    own_credential(st, role, "cell", req).await
+    own_credential(st, role, req).await
 }
 
 #[utoipa::path(
@@ -80,8 +68,8 @@ pub(super) async fn cell_credential(
 )]
 pub(super) async fn operator_credential(
     State(st): State<S>,
-    Authenticated(role): Authenticated,
+    OperatorCaller(role): OperatorCaller,
     ApiJson(req): ApiJson<api::CsrRequest>,
 ) -> Result<Response, ApiError> {
-    own_credential(st, role, "operator", req).await
+    own_credential(st, role, req).await
 }

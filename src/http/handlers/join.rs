@@ -5,10 +5,11 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::bearer_token;
 use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
 use super::{blocking, created, paths, AppState, OperatorCaller, S};
 use crate::api;
@@ -99,11 +100,7 @@ pub(super) async fn join(
         .map(|c| c.addr.ip())
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     // Authentication comes first: a bad or missing token is a 401 whatever the body says.
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+    let token = bearer_token(&headers);
     let token_ok = match &token {
         Some(t) => {
             let (ca, t) = (st.ca.clone(), t.clone());

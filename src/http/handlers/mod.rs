@@ -19,11 +19,12 @@ mod ops;
 mod ownership;
 mod pool;
 mod trust_bundle;
+mod unread_body;
 
 #[cfg(test)]
 mod tests;
 
-pub(crate) use auth::{Authenticated, CellCaller, OperatorCaller};
+pub(crate) use auth::{CellCaller, OperatorCaller};
 pub use openapi::ApiDoc;
 pub(crate) use pool::BlockingPool;
 
@@ -265,6 +266,9 @@ pub(crate) fn router(state: S) -> Router {
         .fold(Router::new(), |r, route| r.route(route.path, route.handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // A refusal answered before the body was read still reads it, so the client gets
+        // the answer rather than a broken pipe.
+        .layer(axum::middleware::from_fn(unread_body::drain_unread_body))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             count_response,

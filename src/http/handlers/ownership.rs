@@ -5,8 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
+use super::auth::Authenticated;
 use super::openapi::{CallerProblems, ServerFailure};
-use super::{blocking, paths, Authenticated, OperatorCaller, S};
+use super::{blocking, paths, OperatorCaller, S};
 use crate::api;
 use crate::http::problem::{ApiError, ApiPath};
 use crate::http::views::binding_view;
