@@ -7,13 +7,15 @@
 //! the caller decides what the wire shows.
 //!
 //! `error.rs` holds the errors, `issuance.rs` certificate requests, `join.rs` join tokens,
-//! `certificates.rs` records and revocation, `authorities.rs` generations, rotation steps, the
+//! `certificates.rs` records and revocation, `components.rs` components renewing their own
+//! certificate, `authorities.rs` generations, rotation steps, the
 //! bundle and CRLs, `local_credentials.rs` the server certificate and operator credential,
 //! `status.rs` metrics, `lease.rs` the schedule lease, `migrate.rs` `store migrate`; this file
 //! opens and initializes the state.
 
 mod authorities;
 mod certificates;
+mod components;
 mod error;
 mod issuance;
 mod join;
