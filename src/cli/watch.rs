@@ -25,8 +25,9 @@ const OLD_VERSION_GRACE: Duration = Duration::from_secs(5);
 const COMMAND_LIMIT: Duration = Duration::from_secs(120);
 /// The long poll's wait; the CA caps it at 300 s.
 const POLL_WAIT: u64 = 300;
-/// A credential in the directory this close to its end is not worth starting from.
-const MIN_LEFT: Duration = Duration::from_secs(5);
+/// A credential in the directory must be valid this much longer to renew itself (the renewal
+/// is the first thing the watch does with a credential past its renewal time).
+const MIN_LEFT: Duration = Duration::from_secs(1);
 
 /// What `cert component --watch` was asked to do.
 #[derive(Debug)]
