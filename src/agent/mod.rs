@@ -6,14 +6,16 @@
 //! requests into batches), `renewal` (when to renew, with jitter and backoff),
 //! `bundle_watch` (the trust bundle long poll), `local_api` (plain HTTP on a Unix socket or
 //! loopback port), `files` (the instance directory's set), `workload_api` (the SPIFFE
-//! Workload API on a socket per instance, with `svid` its messages and `unix_bind` binding
-//! sockets at long paths) and `config` (`ca-config/agent.toml`). This module holds the [`Agent`] they share and [`run`].
+//! Workload API on a socket per instance, with `svid` its messages, `unix_bind` binding
+//! sockets at long paths, `h2_authority` the fix for clients' Unix-socket authority) and
+//! `config` (`ca-config/agent.toml`). This module holds the [`Agent`] they share and [`run`].
 
 mod batcher;
 mod bootstrap;
 mod bundle_watch;
 pub(crate) mod config;
 pub mod files;
+mod h2_authority;
 mod instances;
 pub(crate) mod local_api;
 mod renewal;

@@ -133,7 +133,24 @@ fn remove_socket(dir: &Path) {
 fn serve(dir: &Path, rx: watch::Receiver<Current>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let bound = super::unix_bind::bind(dir, SOCKET_FILE, SOCKET_MODE)?;
     let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone()?)?;
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // Every connection passes through the authority fix (see `h2_authority`).
+    let incoming = futures_util::stream::unfold(listener, |l| async move {
+        loop {
+            match l.accept().await {
+                Ok((client, _)) => {
+                    let (ours, theirs) = tokio::io::duplex(16 * 1024);
+                    tokio::spawn(super::h2_authority::relay(client, theirs));
+                    return Some((Ok::<_, std::io::Error>(ours), l));
+                }
+                // A failed accept (a client gone already, or out of descriptors for a
+                // moment) must not stop the server.
+                Err(e) => {
+                    tracing::debug!(error = %e, "Workload API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
     let service = SpiffeWorkloadApiServer::new(Workload { rx });
     let path = socket_path(dir);
     Ok(tokio::spawn(async move {
