@@ -627,22 +627,23 @@ async fn nginx_keeps_routing_through_component_renewals_and_a_root_rotation_with
 
     stop.store(true, Ordering::SeqCst);
     requests.await.unwrap();
-    let t = traffic.lock().unwrap();
-    assert!(
-        t.failures.is_empty(),
-        "{} of {} requests failed: {:?}\nnginx: {}",
-        t.failures.len(),
-        t.ok + t.failures.len() as u64,
-        t.failures,
-        nginx.error_log()
-    );
-    assert!(t.ok > 50, "only {} requests", t.ok);
-    eprintln!(
-        "{} requests through nginx, {} router certificates, no failure",
-        t.ok,
-        t.router_serials.len()
-    );
-    drop(t);
+    {
+        let t = traffic.lock().unwrap();
+        assert!(
+            t.failures.is_empty(),
+            "{} of {} requests failed: {:?}\nnginx: {}",
+            t.failures.len(),
+            t.ok + t.failures.len() as u64,
+            t.failures,
+            nginx.error_log()
+        );
+        assert!(t.ok > 50, "only {} requests", t.ok);
+        eprintln!(
+            "{} requests through nginx, {} router certificates, no failure",
+            t.ok,
+            t.router_serials.len()
+        );
+    }
     let text = helper_text();
     assert!(
         text.contains("issued with the operator credential"),

@@ -211,7 +211,7 @@ mod tests {
         let (k, _, _, _) = read_frame(&mut r).await.unwrap();
         assert_eq!(k, 0x4);
         let (k, f, s, p) = read_frame(&mut r).await.unwrap();
-        assert_eq!((k, f & END_HEADERS, s), (HEADERS, END_HEADERS));
+        assert_eq!((k, f & END_HEADERS, s), (HEADERS, END_HEADERS, 1));
         let headers = fluke_hpack::Decoder::new().decode(&p).unwrap();
         assert!(headers.contains(&(b":authority".to_vec(), b"localhost".to_vec())));
         assert!(headers.contains(&(

@@ -189,13 +189,10 @@ fn gone() -> Status {
 
 /// A stream of `make(svid)` for the value at once and after every change for which
 /// `make` gives something; an error and the end once the instance is deleted.
-fn follow<T: Send + 'static>(
+fn follow<T: Clone + Send + 'static>(
     rx: watch::Receiver<Current>,
     make: impl Fn(&Svid, Option<&T>) -> Option<T> + Send + Sync + 'static,
-) -> Streamed<T>
-where
-    T: Clone,
-{
+) -> Streamed<T> {
     struct State<T> {
         rx: watch::Receiver<Current>,
         first: bool,
