@@ -102,6 +102,20 @@ if [ -z "${LANYARD_TEST_POSTGRES_URL:-}" ]; then
 fi
 export LANYARD_REQUIRE_POSTGRES=1
 
+# py-spiffe (PyPI `spiffe`), the SPIFFE Workload API client of tests/workload_api.rs, in a
+# virtual environment under target/ (the test makes it too when it is missing).
+py_venv=target/py-spiffe
+if ! "$py_venv/bin/python" -c 'import spiffe, grpc' 2>/dev/null; then
+  python3 -m venv "$py_venv" 2>/dev/null || {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
+    python3 -m venv "$py_venv"
+  }
+  "$py_venv/bin/python" -m pip install --quiet 'spiffe==0.3.2'
+fi
+
 cargo build --all-targets
 cargo test --all-targets -- --test-threads="${LANYARD_TEST_THREADS:-4}"
 cargo test --doc

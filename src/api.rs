@@ -239,6 +239,19 @@ pub struct ComponentCertificateRequest {
     pub ttl_seconds: Option<JsonInt>,
 }
 
+/// `POST /v1/component-credentials` body: a component renewing its own certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentCredentialRequest {
+    /// PEM CSR for the new key.
+    #[schema(content_media_type = "application/pkcs10")]
+    pub csr: String,
+    /// Requested lifetime in seconds, within the CA's configured minimum and maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = i64, minimum = 1)]
+    pub ttl_seconds: Option<JsonInt>,
+}
+
 /// Body of `/v1/join`, `/v1/cell-credentials` and `/v1/operator-credentials`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -502,6 +502,7 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
         ("post", "/v1/instance-certificates", "cell"),
         ("post", "/v1/instance-certificates/batch", "cell"),
         ("post", "/v1/component-certificates", "operator"),
+        ("post", "/v1/component-credentials", "component"),
         ("post", "/v1/join-tokens", "operator"),
         ("post", "/v1/join", "join-token"),
         ("post", "/v1/cell-credentials", "cell"),

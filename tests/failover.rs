@@ -49,6 +49,7 @@ fn agent_with_servers(ca: &TestCa, name: &str, servers: &[&str]) -> (TestAgent, 
     std::fs::write(&config, text).unwrap();
     let log = dir.path().join("agent.log");
     let mut agent = TestAgent {
+        root: dir.path().join("instances"),
         dir,
         config,
         port: 0,

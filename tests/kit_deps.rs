@@ -28,6 +28,9 @@ const SERVER_ONLY: &[&str] = &[
     "utoipa",
     "tokio-postgres",
     "deadpool-postgres",
+    "tonic",
+    "prost",
+    "h2",
 ];
 
 /// Runs the cargo that runs this test with `args`; the lock file is complete, so offline.

@@ -204,6 +204,7 @@ pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         changes: std::sync::atomic::AtomicU64::new(0),
         persisted: std::sync::atomic::AtomicU64::new(0),
         batches: tx,
+        workload: Default::default(),
         config,
     });
     agent

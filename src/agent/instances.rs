@@ -174,6 +174,7 @@ impl Agent {
                 if !existing {
                     lock(&self.instances).remove(&guid);
                     let dir = self.instance_dir(&guid);
+                    self.workload.remove(&guid, &dir);
                     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
                 }
                 Err(e)
@@ -188,6 +189,8 @@ impl Agent {
         let files = state.lock.lock().await;
         self.persist().await?;
         let dir = self.instance_dir(guid);
+        // Its streams end and its socket goes before its files do.
+        self.workload.remove(guid, &dir);
         tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
             _ => Ok(()),
@@ -361,13 +364,14 @@ impl Agent {
             .clone();
         let dir = self.instance_dir(guid);
         let (chain, key) = (chain_pem.to_string(), Zeroizing::new(key_pem.to_string()));
+        let (d, b) = (dir.clone(), bundle.clone());
         let old = tokio::task::spawn_blocking(move || {
             files::write_set(
-                &dir,
+                &d,
                 &files::CredentialSet {
                     chain_pem: &chain,
                     key_pem: &key,
-                    bundle_pem: &bundle,
+                    bundle_pem: &b,
                 },
             )
         })
@@ -375,6 +379,8 @@ impl Agent {
         .map_err(|e| PutError::Local(e.to_string()))?
         .map_err(|e| PutError::Local(format!("writing credentials: {e}")))?;
         remove_later(old);
+        self.workload
+            .publish(guid, &dir, chain_pem, key_pem, &bundle);
         Ok(())
     }
 
@@ -416,16 +422,22 @@ impl Agent {
                 // Read under the lock: a rewrite that started for an older bundle must not
                 // put that older bundle back.
                 let bundle = agent.bundle.read().unwrap_or_else(|p| p.into_inner()).1.clone();
-                let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<PathBuf>> {
-                    let (chain, key, old_bundle) = files::read_set(&dir)?;
+                let d = dir.clone();
+                let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Written>> {
+                    let (chain, key, old_bundle) = files::read_set(&d)?;
                     if old_bundle == bundle {
                         return Ok(None);
                     }
-                    files::write_set(&dir, &files::CredentialSet { chain_pem: &chain, key_pem: &key, bundle_pem: &bundle })
+                    let old = files::write_set(&d, &files::CredentialSet { chain_pem: &chain, key_pem: &key, bundle_pem: &bundle })?;
+                    Ok(Some(Written { old, chain, key, bundle }))
                 })
                 .await;
                 match res {
-                    Ok(Ok(old)) => remove_later(old),
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(w))) => {
+                        remove_later(w.old);
+                        agent.workload.publish(&g, &dir, &w.chain, &w.key, &w.bundle);
+                    }
                     Ok(Err(e)) => tracing::warn!(instance = %g, error = %e, "could not rewrite the trust bundle"),
                     Err(e) => tracing::warn!(instance = %g, error = %e, "bundle rewrite task failed"),
                 }
@@ -435,6 +447,14 @@ impl Agent {
             let _ = t.await;
         }
     }
+}
+
+/// A set that was just written, and the version directory it replaced.
+struct Written {
+    old: Option<PathBuf>,
+    chain: String,
+    key: Zeroizing<String>,
+    bundle: String,
 }
 
 /// A CSR for an existing PKCS#8 PEM key.
@@ -486,8 +506,13 @@ pub(super) fn reload_instances(agent: &Arc<Agent>) {
         let PersistedInstance { spec, received_at } = persisted;
         let dir = agent.instance_dir(&guid);
         crate::atomic_dir::remove_stale_versions(&dir);
-        let info = files::read_set(&dir)
-            .ok()
+        let set = files::read_set(&dir).ok();
+        if let Some((chain, key, bundle)) = &set {
+            // The socket comes back with the files (it is served until the instance's
+            // DELETE, even while a renewal is overdue).
+            agent.workload.publish(&guid, &dir, chain, key, bundle);
+        }
+        let info = set
             .and_then(|(chain, _, _)| parse_pem_certs(chain.as_bytes()).ok())
             .and_then(|c| c.into_iter().next())
             .and_then(|d| CertInfo::from_der(&d).ok());

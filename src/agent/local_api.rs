@@ -171,6 +171,7 @@ async fn put_instance(
             "CF_INSTANCE_CERT": path(files::CERT_FILE),
             "CF_INSTANCE_KEY": path(files::KEY_FILE),
             "CF_SYSTEM_CERT_PATH": dir.join(files::SYSTEM_CERTS_DIR).display().to_string(),
+            "SPIFFE_ENDPOINT_SOCKET": format!("unix://{}", super::workload_api::socket_path(&dir).display()),
         },
     }))
     .into_response())

@@ -6,18 +6,29 @@
 //! requests into batches), `renewal` (when to renew, with jitter and backoff),
 //! `bundle_watch` (the trust bundle long poll), `verify` (the check of each new certificate
 //! before it is published), `local_api` (plain HTTP on a Unix socket or
-//! loopback port), `files` (the instance directory's set) and `config`
-//! (`ca-config/agent.toml`). This module holds the [`Agent`] they share and [`run`].
+//! loopback port), `files` (the instance directory's set), `workload_api` (the SPIFFE
+//! Workload API on a socket per instance, with `svid` its messages, `unix_bind` binding
+//! sockets at long paths, `h2_authority` the fix for clients' Unix-socket authority) and
+//! `config` (`ca-config/agent.toml`). This module holds the [`Agent`] they share and [`run`].
 
 mod batcher;
 mod bootstrap;
 mod bundle_watch;
 pub(crate) mod config;
 pub mod files;
+mod h2_authority;
 mod instances;
 pub(crate) mod local_api;
 mod renewal;
+mod svid;
+mod unix_bind;
 mod verify;
+pub mod workload_api;
+/// The Workload API's messages and service, generated from `proto/spiffe/workload/workload.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub(crate) mod workload_proto {
+    tonic::include_proto!("_");
+}
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +86,8 @@ pub struct Agent {
     /// The change count of the last snapshot written to disk.
     persisted: std::sync::atomic::AtomicU64,
     batches: mpsc::Sender<BatchItem>,
+    /// The SPIFFE Workload API endpoint of every instance.
+    workload: workload_api::Endpoints,
 }
 
 impl std::fmt::Debug for Agent {
@@ -147,6 +160,7 @@ pub async fn run(path: &Path) -> Result<(), AgentError> {
     for t in tasks {
         t.abort();
     }
+    agent.workload.close_all(&agent.root);
     tracing::info!("agent stopped; credential files stay in place");
     res
 }

@@ -6,8 +6,9 @@
 //! in one place. API views are not built here: the types below are handed out as they are and
 //! the caller decides what the wire shows.
 //!
-//! `error.rs` holds the errors, `audit_log.rs` the audit log, `issuance.rs` certificate requests, `join.rs` join tokens,
-//! `certificates.rs` records and revocation, `authorities.rs` generations, rotation steps, the
+//! `error.rs` holds the errors, `audit_log.rs` the audit log, `issuance.rs` certificate requests,
+//! `join.rs` join tokens, `certificates.rs` records and revocation, `components.rs` components
+//! renewing their own certificate, `authorities.rs` generations, rotation steps, the
 //! bundle and CRLs, `local_credentials.rs` the server certificate and operator credential,
 //! `ownership.rs` instance bindings, `status.rs` metrics, `lease.rs` the schedule lease, `migrate.rs` `store migrate`; this file
 //! opens and initializes the state.
@@ -15,6 +16,7 @@
 mod audit_log;
 mod authorities;
 mod certificates;
+mod components;
 mod error;
 mod issuance;
 mod join;

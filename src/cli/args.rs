@@ -52,9 +52,15 @@ pub enum Command {
         /// pem or spiffe.
         #[arg(long, default_value = "pem", value_parser = ["pem", "spiffe"])]
         format: String,
-        /// Print each new version as it is published.
+        /// Print each new version as it is published (or, with --out, rewrite the file).
         #[arg(long)]
         watch: bool,
+        /// Write the bundle to this file (replaced atomically) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// With --watch and --out: run this command (through `sh -c`) after each change.
+        #[arg(long, value_name = "CMD", requires_all = ["watch", "out"])]
+        on_change: Option<String>,
     },
     /// Revoke one certificate.
     Revoke {
@@ -211,6 +217,23 @@ pub enum CertCommand {
         /// Lifetime, e.g. 24h.
         #[arg(long)]
         ttl: Option<String>,
+        /// Keep the files fresh: renew with the component's own credential, follow the
+        /// trust bundle, rewrite the three files as a set; until SIGTERM.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: run this command (through `sh -c`) after each change of the files,
+        /// e.g. `nginx -s reload`. A failure is logged and the command runs again at the next
+        /// change.
+        #[arg(long, value_name = "CMD", requires = "watch")]
+        on_change: Option<String>,
+        /// With --watch: renew when this fraction of the certificate's life has passed.
+        #[arg(
+            long,
+            value_name = "FRACTION",
+            default_value_t = 0.5,
+            requires = "watch"
+        )]
+        renew_fraction: f64,
     },
 }
 

@@ -38,8 +38,43 @@ fn ttl_flag(s: &str) -> Result<api::JsonInt, Failure> {
     parse_ttl(s).map_err(|e| Failure::usage(format!("--ttl: {e}")))
 }
 
+/// The CA URLs and the operator credential (if any) for `cert component --watch`, which can
+/// run on a host that has neither an operator credential nor the CA's config.
+fn watch_defaults(cli: &Cli) -> Result<(Vec<String>, Option<PathBuf>), Failure> {
+    if cli.server.is_empty() {
+        let (servers, dir) = client_defaults(cli)?;
+        return Ok((servers, Some(dir)));
+    }
+    let dir = cli
+        .credential
+        .clone()
+        .or_else(|| load_config(cli).ok().map(|c| c.client_credential_dir()));
+    Ok((cli.server.clone(), dir))
+}
+
 /// Runs a command that calls the CA.
 pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
+    if let Command::Cert(CertCommand::Component {
+        name,
+        out,
+        ttl,
+        watch: true,
+        on_change,
+        renew_fraction,
+    }) = &cli.command
+    {
+        let (servers, operator_dir) = watch_defaults(cli)?;
+        return super::watch::component(super::watch::ComponentWatch {
+            servers: &servers,
+            operator_dir: operator_dir.as_deref(),
+            name,
+            out,
+            ttl: ttl.as_deref().map(ttl_flag).transpose()?,
+            on_change: on_change.as_deref(),
+            renew_fraction: *renew_fraction,
+        })
+        .await;
+    }
     let (servers, cred_dir) = client_defaults(cli)?;
     let client = ApiClient::failover_from_credential_dir(&servers, &cred_dir)?;
     match &cli.command {
@@ -63,7 +98,7 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
             );
         }
         Command::Authority(cmd) => authority(&client, cmd).await?,
-        Command::Cert(CertCommand::Component { name, out, ttl }) => {
+        Command::Cert(CertCommand::Component { name, out, ttl, .. }) => {
             // Fail before anything is issued if the files cannot be written.
             std::fs::create_dir_all(out)
                 .map_err(|e| Failure::runtime(format!("--out {}: {e}", out.display())))?;
@@ -104,7 +139,38 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                 r.not_after
             );
         }
-        Command::Bundle { format, watch } => {
+        Command::Bundle {
+            format,
+            watch: true,
+            out: Some(out),
+            on_change,
+        } => {
+            super::watch::bundle_file(
+                client,
+                &cred_dir,
+                out,
+                format == "spiffe",
+                on_change.as_deref(),
+            )
+            .await?
+        }
+        Command::Bundle {
+            format,
+            out: Some(out),
+            ..
+        } => {
+            let (seq, body) = client
+                .trust_bundle(None, 0, format == "spiffe")
+                .await?
+                .ok_or_else(|| Failure::runtime("the server sent no trust bundle"))?;
+            crate::fsutil::write_atomic(out, body.as_bytes(), 0o644)
+                .map_err(|e| Failure::runtime(format!("writing {}: {e}", out.display())))?;
+            eprintln!(
+                "lanyard: wrote trust bundle sequence {seq} to {}",
+                out.display()
+            );
+        }
+        Command::Bundle { format, watch, .. } => {
             let json = format == "spiffe";
             let mut known = None;
             let mut client = client;
@@ -202,7 +268,11 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
 }
 
 /// `client`'s replicas with the credential in `dir` (if any), trusting `bundle_pem`.
-fn client_trusting(client: &ApiClient, dir: &Path, bundle_pem: &str) -> Result<ApiClient, Failure> {
+pub(super) fn client_trusting(
+    client: &ApiClient,
+    dir: &Path,
+    bundle_pem: &str,
+) -> Result<ApiClient, Failure> {
     let files = crate::client::CredentialFiles::read(dir).ok();
     let identity = files
         .as_ref()

@@ -2,14 +2,16 @@
 //! codes (0 success, 1 runtime failure, 2 usage or configuration error).
 //!
 //! `args` holds the clap types, `client_commands` the commands that call a running CA,
-//! `server_commands` `init` and `serve`, `output` what commands print. The agent runs from
-//! here but knows nothing of the command line.
+//! `server_commands` `init` and `serve`, `output` what commands print, `watch` the commands
+//! that keep a proxy's files fresh (`cert component --watch`, `bundle --watch --out`). The
+//! agent runs from here but knows nothing of the command line.
 
 mod args;
 mod audit_commands;
 mod client_commands;
 mod output;
 mod server_commands;
+mod watch;
 
 use std::path::PathBuf;
 

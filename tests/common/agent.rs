@@ -7,6 +7,8 @@ use super::TestCa;
 
 pub(crate) struct TestAgent {
     pub dir: tempfile::TempDir,
+    /// `credentials_root`.
+    pub root: PathBuf,
     pub config: PathBuf,
     pub port: u16,
     pub child: Option<Child>,
@@ -17,6 +19,16 @@ pub(crate) struct TestAgent {
 impl TestAgent {
     /// Creates a join token and starts an agent with `instance_ttl`.
     pub(crate) fn start(ca: &TestCa, name: &str, instance_ttl: &str) -> TestAgent {
+        Self::start_with_root(ca, name, instance_ttl, "instances")
+    }
+
+    /// [`TestAgent::start`] with `credentials_root` at `root` under the agent's directory.
+    pub(crate) fn start_with_root(
+        ca: &TestCa,
+        name: &str,
+        instance_ttl: &str,
+        root: &str,
+    ) -> TestAgent {
         // Plain-HTTP reqwest still wants a process-wide rustls provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
@@ -33,14 +45,16 @@ impl TestAgent {
         let d = dir.path().display();
         let text = format!(
             "server = \"{}\"\ntrust_bundle_file = \"{d}/bootstrap.pem\"\njoin_token_file = \"{d}/join-token\"\n\
-             credentials_root = \"{d}/instances\"\nstate_dir = \"{d}/state\"\nlisten = \"127.0.0.1:0\"\n\
+             credentials_root = \"{d}/{root}\"\nstate_dir = \"{d}/state\"\nlisten = \"127.0.0.1:0\"\n\
              instance_ttl = \"{instance_ttl}\"\nrenew_fraction = 0.5\nmax_backoff = \"2s\"\n",
             ca.url()
         );
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("agent.log");
+        let root = dir.path().join(root);
         let mut a = TestAgent {
+            root,
             dir,
             config,
             port: 0,
@@ -78,7 +92,7 @@ impl TestAgent {
     }
 
     pub(crate) fn instance_dir(&self, guid: &str) -> PathBuf {
-        self.dir.path().join("instances").join(guid)
+        self.root.join(guid)
     }
 
     /// PUTs an instance; returns status and JSON body.

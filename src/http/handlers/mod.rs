@@ -162,6 +162,8 @@ pub(crate) mod paths {
     pub(crate) const INSTANCE_BATCH: &str = "/v1/instance-certificates/batch";
     /// Component certificates.
     pub(crate) const COMPONENT_CERTIFICATES: &str = "/v1/component-certificates";
+    /// A component renewing its own certificate.
+    pub(crate) const COMPONENT_CREDENTIALS: &str = "/v1/component-credentials";
     /// Join tokens.
     pub(crate) const JOIN_TOKENS: &str = "/v1/join-tokens";
     /// Spending a join token.
@@ -242,6 +244,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::post(INSTANCE_CERTIFICATES, instances::instance_certificate),
         Route::post(INSTANCE_BATCH, instances::instance_batch),
         Route::post(COMPONENT_CERTIFICATES, components::component_certificate),
+        Route::post(COMPONENT_CREDENTIALS, components::component_credential),
         Route::post(JOIN_TOKENS, join::join_token),
         Route::post(JOIN, join::join),
         Route::post(CELL_CREDENTIALS, credentials::cell_credential),

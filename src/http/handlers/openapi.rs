@@ -3,7 +3,7 @@
 //!
 //! Who may call an operation is written twice: as OpenAPI security (a `mutualTLS` scheme per
 //! client-certificate role, HTTP bearer for a join token; none for public endpoints) and as
-//! the extension `x-lanyard-role` (`cell`, `operator`, `cell-or-operator`, `join-token` or
+//! the extension `x-lanyard-role` (`cell`, `operator`, `cell-or-operator`, `component`, `join-token` or
 //! `public`).
 
 use std::sync::LazyLock;
@@ -21,6 +21,8 @@ use crate::api;
 pub(super) const CELL: &str = "cell_certificate";
 /// Security scheme: a client certificate with the operator role.
 pub(super) const OPERATOR: &str = "operator_certificate";
+/// Security scheme: a client certificate of a system component.
+pub(super) const COMPONENT: &str = "component_certificate";
 /// Security scheme: a join token as a bearer token.
 pub(super) const JOIN_TOKEN: &str = "join_token";
 
@@ -104,6 +106,7 @@ pub(super) enum ServerFailure {
         instances::instance_certificate,
         instances::instance_batch,
         components::component_certificate,
+        components::component_credential,
         join::join_token,
         join::join,
         credentials::cell_credential,
@@ -127,6 +130,7 @@ pub(super) enum ServerFailure {
         api::BatchResponse,
         api::BatchResult,
         api::ComponentCertificateRequest,
+        api::ComponentCredentialRequest,
         api::CsrRequest,
         api::JoinTokenRequest,
         api::JoinTokenResponse,
@@ -255,6 +259,17 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(CELL, mtls("cell"));
         components.add_security_scheme(OPERATOR, mtls("operator"));
         components.add_security_scheme(
+            COMPONENT,
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "A component certificate issued by this CA whose URI SAN is \
+                     `spiffe://<trust_domain>/component/<name>`."
+                        .into(),
+                ),
+                extensions: None,
+            },
+        );
+        components.add_security_scheme(
             JOIN_TOKEN,
             SecurityScheme::Http(
                 HttpBuilder::new()
@@ -367,6 +382,7 @@ mod tests {
                     Some("cell") => vec![CELL],
                     Some("operator") => vec![OPERATOR],
                     Some("cell-or-operator") => vec![CELL, OPERATOR],
+                    Some("component") => vec![COMPONENT],
                     Some("join-token") => vec![JOIN_TOKEN],
                     other => panic!("{method} {path}: role {other:?}"),
                 };
@@ -405,6 +421,7 @@ mod tests {
         for name in [
             "InstanceCertificateRequest",
             "ComponentCertificateRequest",
+            "ComponentCredentialRequest",
             "CsrRequest",
             "JoinTokenRequest",
             "ForceRequest",
