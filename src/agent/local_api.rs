@@ -109,6 +109,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/metrics", get(metrics))
         .route("/v1/instances", get(list))
         .route(
             "/v1/instances/{guid}",
@@ -124,6 +125,20 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
 fn parse_guid(s: &str) -> Result<Guid, LocalApiError> {
     s.parse()
         .map_err(|e| LocalApiError::invalid("instance_guid", e))
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Result<Response, LocalApiError> {
+    let text = agent
+        .render_metrics()
+        .map_err(|e| LocalApiError::Internal(format!("encoding metrics: {e}")))?;
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        ),
+    );
+    Ok(r)
 }
 
 async fn list(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {

@@ -5,8 +5,8 @@
 //! (the instance table and each instance's credential set), `batcher` (gathering instance
 //! requests into batches), `renewal` (when to renew, with jitter and backoff),
 //! `bundle_watch` (the trust bundle long poll), `local_api` (plain HTTP on a Unix socket or
-//! loopback port), `files` (the instance directory's set) and `config`
-//! (`ca-config/agent.toml`). This module holds the [`Agent`] they share and [`run`].
+//! loopback port), `metrics` (its `/metrics`), `files` (the instance directory's set) and
+//! `config` (`ca-config/agent.toml`). This module holds the [`Agent`] they share and [`run`].
 
 mod batcher;
 mod bootstrap;
@@ -15,6 +15,7 @@ pub(crate) mod config;
 pub mod files;
 mod instances;
 pub(crate) mod local_api;
+mod metrics;
 mod renewal;
 
 use std::collections::HashMap;
@@ -73,6 +74,8 @@ pub struct Agent {
     /// The change count of the last snapshot written to disk.
     persisted: std::sync::atomic::AtomicU64,
     batches: mpsc::Sender<BatchItem>,
+    /// Counters for the local API's `/metrics`.
+    metrics: metrics::AgentMetrics,
 }
 
 impl std::fmt::Debug for Agent {
@@ -121,6 +124,26 @@ impl Agent {
         let c = self.client().with_tls(tls)?;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
         Ok(())
+    }
+
+    /// The gauges of `/metrics`, read now.
+    fn gauges(&self) -> metrics::AgentGauges {
+        let (instances, earliest_expiry) = self.instance_expiries();
+        metrics::AgentGauges {
+            instances,
+            earliest_expiry,
+            cell_not_after: self
+                .cell
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .not_after(),
+            bundle_sequence: self.bundle.read().unwrap_or_else(|p| p.into_inner()).0,
+        }
+    }
+
+    /// `GET /metrics` of the local API.
+    pub(crate) fn render_metrics(&self) -> Result<String, std::fmt::Error> {
+        self.metrics.render(self.gauges())
     }
 
     /// The directory of one instance.

@@ -13,6 +13,7 @@ mod credentials;
 mod crl;
 mod instances;
 mod join;
+mod observe;
 mod openapi;
 mod ops;
 mod pool;
@@ -30,7 +31,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::State;
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::http::StatusCode;
@@ -246,9 +246,9 @@ pub(crate) fn router(state: S) -> Router {
         .fold(Router::new(), |r, route| r.route(route.path, route.handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::map_response_with_state(
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            count_response,
+            observe::observe,
         ))
         .with_state(state)
 }
@@ -259,11 +259,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     CaError::MethodNotAllowed("this endpoint does not take that method".into()).into()
-}
-
-async fn count_response(State(st): State<S>, r: Response) -> Response {
-    st.ca.metrics().response(r.status().as_u16());
-    r
 }
 
 /// Runs CA work on the state's bounded pool; a full queue is a 503 with `Retry-After: 1`.

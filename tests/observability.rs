@@ -1,0 +1,255 @@
+//! Metrics and logs, black-box: the server's and the agent's `/metrics` parsed as the
+//! Prometheus text exposition format, and the server's log lines as an operator's tools read
+//! them.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::agent::TestAgent;
+use common::{instance_request, raw, TestCa};
+use lanyard::api;
+use lanyard::client::new_key_and_csr;
+
+/// A parsed exposition: every sample (`name{labels}` as written) with its value, and every
+/// family's type. Panics on any line that is not valid text format 0.0.4, and on a sample
+/// whose family has no `# TYPE` line before it.
+struct Exposition {
+    samples: HashMap<String, f64>,
+    types: HashMap<String, String>,
+}
+
+fn valid_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn parse_exposition(text: &str) -> Exposition {
+    let mut samples = HashMap::new();
+    let mut types: HashMap<String, String> = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').expect(line);
+            assert!(valid_name(name), "{line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.into(), ty.into()).is_none(),
+                "twice: {line}"
+            );
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            assert!(valid_name(rest.split(' ').next().unwrap()), "{line}");
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment: {line}");
+        let (series, value) = line.rsplit_once(' ').expect(line);
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(valid_name(name), "{line}");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            let inner = labels
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .expect(line);
+            for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once("=\"").expect(line);
+                assert!(valid_name(k), "{line}");
+                assert!(!v.trim_end_matches('"').contains('"'), "{line}");
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "no # TYPE line for {line}");
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "twice: {line}"
+        );
+    }
+    Exposition { samples, types }
+}
+
+impl Exposition {
+    fn value(&self, series: &str) -> f64 {
+        *self
+            .samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in {:?}", self.samples.keys()))
+    }
+}
+
+#[tokio::test]
+async fn the_servers_metrics_are_prometheus_text_that_counts_issuances_and_refusals() {
+    let ca = TestCa::start();
+    let cell = ca.join_cell("cell-m").await;
+    cell.issue_instance(1).await.unwrap();
+    // A CSR whose signature does not verify, and one that is not a CSR.
+    let (_, csr) = new_key_and_csr().unwrap();
+    let tampered = {
+        let mut der = pem::parse(&csr).unwrap().into_contents();
+        let n = der.len();
+        der[n - 5] ^= 0x01;
+        pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der))
+    };
+    assert!(cell
+        .client
+        .post::<_, api::IssuedCertificate>(
+            "/v1/instance-certificates",
+            &instance_request(&tampered, 2),
+            None
+        )
+        .await
+        .is_err());
+    // A batch of one good request and one that is not a CSR: one issued, one rejected.
+    let (_, good) = new_key_and_csr().unwrap();
+    let batch: api::BatchResponse = cell
+        .client
+        .post(
+            "/v1/instance-certificates/batch",
+            &api::BatchRequest {
+                requests: vec![instance_request(&good, 3), instance_request("not a csr", 4)],
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.results[1].status, 422);
+
+    let (s, ct, body, headers) = raw(&ca, None, "GET", "/metrics", None, &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(headers.contains_key("x-request-id"));
+    let text = String::from_utf8(body).unwrap();
+    let m = parse_exposition(&text);
+    let issued = |kind: &str, outcome: &str| {
+        m.value(&format!(
+            "lanyard_issuances_total{{kind=\"{kind}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    assert_eq!(issued("instance", "issued"), 2.0, "{text}");
+    assert_eq!(issued("instance", "rejected"), 2.0, "{text}");
+    assert_eq!(issued("cell", "issued"), 1.0, "{text}");
+    assert_eq!(
+        m.value("lanyard_certificates_issued_total{kind=\"instance\"}"),
+        2.0
+    );
+    assert_eq!(
+        m.value("lanyard_csr_rejects_total{reason=\"bad_signature\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("lanyard_csr_rejects_total{reason=\"malformed\"}"),
+        1.0
+    );
+    assert_eq!(m.types["lanyard_issuance_duration_seconds"], "histogram");
+    assert_eq!(
+        m.value("lanyard_issuance_duration_seconds_count{endpoint=\"/v1/instance-certificates\"}"),
+        2.0
+    );
+    assert_eq!(
+        m.value("lanyard_issuance_duration_seconds_bucket{endpoint=\"/v1/join\",le=\"+Inf\"}"),
+        1.0
+    );
+    assert_eq!(m.value("lanyard_trust_bundle_watchers"), 0.0);
+    assert_eq!(m.value("lanyard_trust_bundle_sequence"), 1.0);
+    assert_eq!(
+        m.value("lanyard_authority_generations{state=\"active\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("lanyard_authority_state{authority=\"1\",state=\"active\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("lanyard_authority_state{authority=\"1\",state=\"prepared\"}"),
+        0.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(m.value("lanyard_authority_root_not_after_seconds{authority=\"1\"}") > now);
+    assert!(m.value("lanyard_authority_intermediate_not_after_seconds{authority=\"1\"}") > now);
+    assert!(m.value("lanyard_active_root_not_after_seconds") > now);
+    assert!(m.value("lanyard_http_responses_total{class=\"4xx\"}") >= 1.0);
+    assert_eq!(m.types["lanyard_join_tokens_created_total"], "counter");
+
+    // A held long poll is a watcher while it is held.
+    let anon = ca.anonymous();
+    let poll = tokio::spawn(async move { anon.trust_bundle(Some(1), 60, false).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, _, body, _) = raw(&ca, None, "GET", "/metrics", None, &[]).await;
+        let m = parse_exposition(&String::from_utf8(body).unwrap());
+        if m.value("lanyard_trust_bundle_watchers") == 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    poll.abort();
+}
+
+#[tokio::test]
+async fn the_agents_metrics_count_its_instances_renewals_expiry_and_bundle() {
+    let ca = TestCa::start_with(&[("issuance", "min_ttl = \"1s\"")]);
+    // Short certificates, so a renewal comes within the test.
+    let agent = TestAgent::start(&ca, "cell-am", "4s");
+    let guid = "0a1b2c3d-0001";
+    let (s, body) = agent
+        .put(guid, "6f1e0c9a-2b3d-4c5e-8f7a-1b2c3d4e5f60")
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = agent.http.get(agent.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let text = r.text().await.unwrap();
+        let m = parse_exposition(&text);
+        assert_eq!(m.value("lanyard_agent_instances"), 1.0, "{text}");
+        assert_eq!(
+            m.value("lanyard_agent_trust_bundle_sequence"),
+            1.0,
+            "{text}"
+        );
+        let left = m.value("lanyard_agent_earliest_expiry_seconds");
+        assert!(left <= 4.0, "{text}");
+        assert!(m.value("lanyard_agent_cell_credential_expiry_seconds") > 60.0);
+        assert_eq!(
+            m.value("lanyard_agent_renewals_total{outcome=\"failure\"}"),
+            0.0,
+            "{text}"
+        );
+        if m.value("lanyard_agent_renewals_total{outcome=\"success\"}") >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal counted: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
