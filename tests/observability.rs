@@ -253,3 +253,130 @@ async fn the_agents_metrics_count_its_instances_renewals_expiry_and_bundle() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The server's log as JSON lines: a server started with `LANYARD_LOG_FORMAT=json` and its
+/// stderr in a file.
+#[tokio::test]
+async fn json_logs_parse_line_by_line_and_carry_the_request_id_without_escape_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(dir.path(), &[]);
+    let log = dir.path().join("serve.log");
+    let file = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap()
+    };
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env("LANYARD_LOG_FORMAT", "json")
+        .env("LANYARD_LOG", "info,lanyard=debug")
+        .env_remove("NO_COLOR")
+        .stderr(file());
+    let (child, at) =
+        common::spawn_reporting(cmd, file(), std::time::Duration::from_secs(60)).unwrap();
+    let _child = common::ChildGuard(child);
+    let url = at.clone();
+    let op = lanyard::client::CredentialFiles::read(&dir.path().join("data/credentials/operator"))
+        .unwrap();
+    let tls = lanyard::client::tls_config(
+        op.bundle_pem.as_bytes(),
+        Some((
+            op.chain_pem.as_deref().unwrap(),
+            op.key_pem.as_ref().unwrap().as_str(),
+        )),
+    )
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    // The caller's id is kept; without one the server makes one.
+    let r = http
+        .get(format!("{url}/v1/authorities"))
+        .header("x-request-id", "obs-test-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "obs-test-1");
+    let r = http.get(format!("{url}/v1/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let made = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 16, "{made}");
+    assert!(made.bytes().all(|b| b.is_ascii_hexdigit()), "{made}");
+
+    // Each request's closing line is written once its answer is on its way: poll for both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains('\u{1b}'),
+            "an escape code in the log:\n{text}"
+        );
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        for l in &lines {
+            assert!(l["timestamp"].is_string() && l["level"].is_string(), "{l}");
+            // Every line written inside a request names it.
+            if l["span"]["name"] == "request" {
+                assert!(l["span"]["request_id"].is_string(), "{l}");
+            }
+        }
+        let of = |id: &str| {
+            lines
+                .iter()
+                .filter(|l| l["span"]["request_id"] == id)
+                .count()
+        };
+        if of("obs-test-1") > 0 && of(&made) > 0 {
+            let answered = lines
+                .iter()
+                .find(|l| l["span"]["request_id"] == "obs-test-1")
+                .unwrap();
+            assert_eq!(answered["span"]["path"], "/v1/authorities", "{answered}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line with the request ids:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn text_logs_to_a_file_have_no_colour_codes_and_name_the_request() {
+    let ca = TestCa::start();
+    let (s, _, _, headers) = raw(
+        &ca,
+        None,
+        "GET",
+        "/healthz",
+        None,
+        &[("x-request-id", "txt-1")],
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(headers["x-request-id"], "txt-1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = ca.log_text();
+        assert!(
+            !text.contains('\u{1b}'),
+            "an escape code in the log:\n{text}"
+        );
+        if text.contains("request_id=txt-1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request id:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -69,8 +69,7 @@ pub(super) async fn observe(State(st): State<S>, req: Request, next: Next) -> Re
         } => Some(n.to_string()),
         _ => None,
     });
-    let span =
-        tracing::info_span!("request", id = %id, method = %method, path = %path, peer = %peer);
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path, peer = %peer);
     let started = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
