@@ -229,11 +229,13 @@ pub(crate) async fn serve(
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            // A socket left by a previous run would make bind fail.
-            let _ = std::fs::remove_file(&path);
+            // `run` checked that no agent answers here and removed a stale socket: a bind
+            // that still fails (another agent got there meanwhile) is an error, never a
+            // takeover.
             let l = tokio::net::UnixListener::bind(&path).map_err(|e| {
                 AgentError::Runtime(format!("cannot listen on {}: {e}", path.display()))
             })?;
+            let bound = super::exclusive::socket_identity(&path);
             {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660));
@@ -244,7 +246,7 @@ pub(crate) async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await
                 .map_err(|e| AgentError::Runtime(e.to_string()));
-            let _ = std::fs::remove_file(&path);
+            super::exclusive::release_socket(&path, bound);
             r
         }
     }

@@ -12,6 +12,7 @@ mod batcher;
 mod bootstrap;
 mod bundle_watch;
 pub(crate) mod config;
+mod exclusive;
 pub mod files;
 mod instances;
 pub(crate) mod local_api;
@@ -158,6 +159,11 @@ pub async fn run(path: &Path) -> Result<(), AgentError> {
     let listen = config
         .listen()
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    // Before anything else touches the state (a join spends its token): one agent per state.
+    let _lock = exclusive::lock_state_dir(&config.state_dir)?;
+    if let config::Listen::Unix(path) = &listen {
+        exclusive::claim_socket(path)?;
+    }
     let agent = start(config).await?;
     let tasks = [
         tokio::spawn(renewal::renewal_loop(agent.clone())),
