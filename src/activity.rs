@@ -75,8 +75,6 @@ struct Inner {
 
 /// The recent activity of this replica. See the module docs.
 #[derive(Debug)]
-// Read by `GET /v1/activity`, added with the console.
-#[allow(dead_code)]
 pub(crate) struct Activity {
     started_at: SystemTime,
     inner: Mutex<Inner>,
@@ -100,7 +98,6 @@ fn minute_of(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-#[allow(dead_code)]
 impl Activity {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Every update is a few assignments that cannot leave the state half-made.

@@ -190,6 +190,29 @@ async fn the_servers_metrics_are_prometheus_text_that_counts_issuances_and_refus
     assert!(m.value("lanyard_http_responses_total{class=\"4xx\"}") >= 1.0);
     assert_eq!(m.types["lanyard_join_tokens_created_total"], "counter");
 
+    // The console's view of the same events: operator only, checked against the OpenAPI
+    // document by the client.
+    let a: api::ActivityResponse = ca.operator().get("/v1/activity").await.unwrap();
+    assert_eq!(a.issuance_per_minute.len(), 60);
+    assert!(a.issued_last_hour >= 3, "{a:?}");
+    assert!(a.refused_last_hour >= 2, "{a:?}");
+    let c = a.cells.iter().find(|c| c.name == "cell-m").expect("cell-m");
+    assert!(
+        c.last_request.starts_with("POST /v1/instance-certificates"),
+        "{c:?}"
+    );
+    assert_eq!(c.requests, 3, "{c:?}");
+    let (s, _, _, _) = raw(
+        &ca,
+        Some((&cell.chain_pem, &cell.key_pem)),
+        "GET",
+        "/v1/activity",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 403, "a cell may not read it");
+
     // A held long poll is a watcher while it is held.
     let anon = ca.anonymous();
     let poll = tokio::spawn(async move { anon.trust_bundle(Some(1), 60, false).await });

@@ -179,6 +179,8 @@ pub(crate) mod paths {
     pub(crate) const CERTIFICATES: &str = "/v1/certificates";
     /// Revoking a certificate.
     pub(crate) const REVOKE: &str = "/v1/certificates/{serial}/revoke";
+    /// The replica's recent activity, for the console.
+    pub(crate) const ACTIVITY: &str = "/v1/activity";
     /// A generation's CRL.
     pub(crate) const CRL: &str = "/v1/crl/{authority_id}";
 }
@@ -236,6 +238,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::get(CERTIFICATES, certificates::certificates),
         Route::post(REVOKE, certificates::revoke),
         Route::get(CRL, crl::crl),
+        Route::get(ACTIVITY, ops::activity),
     ]
 }
 

@@ -113,6 +113,7 @@ pub(super) enum ServerFailure {
         certificates::certificates,
         certificates::revoke,
         crl::crl,
+        ops::activity,
     ),
     components(schemas(
         api::Problem,
@@ -137,6 +138,10 @@ pub(super) enum ServerFailure {
         api::SpiffeKey,
         api::Health,
         api::Readiness,
+        api::ActivityResponse,
+        api::MinuteActivity,
+        api::CellActivityView,
+        api::ExpiringCertificate,
     )),
     modifiers(&SecuritySchemes, &OptionalBodies, &BusyAnswers),
 )]

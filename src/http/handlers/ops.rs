@@ -8,9 +8,9 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::openapi::ServerFailure;
 use super::openapi::DOCUMENT;
-use super::{paths, S};
+use super::openapi::{CallerProblems, ServerFailure};
+use super::{paths, OperatorCaller, S};
 use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::ApiError;
@@ -37,6 +37,30 @@ pub(super) async fn metrics(State(st): State<S>) -> Result<Response, ApiError> {
         HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     Ok(r)
+}
+
+#[utoipa::path(
+    get,
+    path = paths::ACTIVITY,
+    tag = "operations",
+    summary = "What this replica saw lately: issuances per minute over the last hour, cells with their last request, certificates expiring soon (memory only, per replica)",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    responses(
+        (status = 200, description = "The answering replica's recent activity",
+            body = api::ActivityResponse, content_type = "application/json"),
+        CallerProblems,
+        ServerFailure,
+    ),
+)]
+pub(super) async fn activity(
+    State(st): State<S>,
+    _op: OperatorCaller,
+) -> Json<api::ActivityResponse> {
+    Json(crate::http::views::activity_view(
+        st.ca.metrics().activity(),
+        std::time::SystemTime::now(),
+    ))
 }
 
 #[utoipa::path(
