@@ -537,6 +537,70 @@ pub struct Readiness {
     pub active_authority: String,
 }
 
+/// `GET /v1/activity` answer: what the answering replica saw lately (memory only, per
+/// replica, empty after a restart).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ActivityResponse {
+    /// When this replica started counting (RFC 3339).
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// Issuances per minute over the last hour, oldest first (60 entries).
+    pub issuance_per_minute: Vec<MinuteActivity>,
+    /// Certificates issued in the last hour.
+    pub issued_last_hour: u64,
+    /// Issuance requests refused or failed in the last hour.
+    pub refused_last_hour: u64,
+    /// Cells with their last request, the most recent first.
+    pub cells: Vec<CellActivityView>,
+    /// The latest certificate of each subject that expires within the hour (or expired
+    /// less than an hour ago), soonest first, at most 50.
+    pub expiring_soon: Vec<ExpiringCertificate>,
+}
+
+/// Issuances in one minute.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MinuteActivity {
+    /// The minute's start (RFC 3339).
+    #[schema(format = DateTime)]
+    pub minute: String,
+    /// Certificates issued.
+    pub issued: u64,
+    /// Requests refused or failed.
+    pub refused: u64,
+}
+
+/// A cell's last request as this replica saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CellActivityView {
+    /// The cell's name.
+    pub name: String,
+    /// When it was answered (RFC 3339).
+    #[schema(format = DateTime)]
+    pub last_request_at: String,
+    /// Its method and path, e.g. `POST /v1/instance-certificates`.
+    pub last_request: String,
+    /// The status it got.
+    pub last_status: u16,
+    /// Requests from this cell since the replica started.
+    pub requests: u64,
+}
+
+/// A subject's latest certificate, soon to expire.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExpiringCertificate {
+    /// `instance`, `cell`, `operator`, `component` or `server`.
+    pub kind: String,
+    /// The instance GUID or the name.
+    pub subject: String,
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// Signing generation.
+    pub authority_id: String,
+    /// End of validity (RFC 3339).
+    #[schema(format = DateTime)]
+    pub not_after: String,
+}
+
 /// Most requests one `POST /v1/instance-certificates/batch` may carry.
 pub const MAX_BATCH: usize = 1000;
 

@@ -582,6 +582,7 @@ pub(crate) fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String>
         "LANYARD_KEK",
         "LANYARD_CONFIG",
         "LANYARD_LOG",
+        "LANYARD_LOG_FORMAT",
         "LANYARD_JOIN_TOKEN",
         // The test suite's: scripts/test.sh exports them to every process of a run, the
         // servers that tests start included.

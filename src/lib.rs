@@ -18,6 +18,8 @@ pub mod x509;
 
 // The product: CA server, agent, CLI and client (`full`).
 #[cfg(feature = "full")]
+pub(crate) mod activity;
+#[cfg(feature = "full")]
 pub mod agent;
 #[cfg(feature = "full")]
 pub mod api;

@@ -34,6 +34,11 @@ impl std::fmt::Debug for CellCredential {
 }
 
 impl CellCredential {
+    /// When the credential expires.
+    pub(super) fn not_after(&self) -> Option<SystemTime> {
+        self.info().map(|i| i.not_after)
+    }
+
     fn info(&self) -> Option<CertInfo> {
         parse_pem_certs(self.chain_pem.as_bytes())
             .ok()
@@ -65,7 +70,9 @@ pub(super) async fn cell_renewal_loop(agent: Arc<Agent>) {
             wait
         };
         tokio::time::sleep(wait).await;
-        match renew_cell(&agent).await {
+        let result = renew_cell(&agent).await;
+        agent.metrics.cell_renewal(result.is_ok());
+        match result {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
@@ -205,6 +212,7 @@ pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         persisted: std::sync::atomic::AtomicU64::new(0),
         batches: tx,
         workload: Default::default(),
+        metrics: Default::default(),
         config,
     });
     agent

@@ -130,6 +130,12 @@ impl Agent {
         v
     }
 
+    /// How many instances there are, and the earliest notAfter among their certificates.
+    pub(super) fn instance_expiries(&self) -> (usize, Option<SystemTime>) {
+        let m = lock(&self.instances);
+        (m.len(), m.values().filter_map(|s| s.not_after).min())
+    }
+
     /// Registers (or updates) an instance and returns once its files are on disk.
     pub async fn put_instance(
         self: &Arc<Self>,
@@ -289,6 +295,9 @@ impl Agent {
                 return Err(PutError::Gone);
             };
             s.in_flight = false;
+            if renewing {
+                self.metrics.renewal(result.is_ok());
+            }
             match result {
                 Ok(not_after) => {
                     if renewing {

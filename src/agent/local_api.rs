@@ -109,6 +109,7 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/metrics", get(metrics))
         .route("/v1/instances", get(list))
         .route(
             "/v1/instances/{guid}",
@@ -124,6 +125,20 @@ pub(crate) fn router(agent: Arc<Agent>) -> Router {
 fn parse_guid(s: &str) -> Result<Guid, LocalApiError> {
     s.parse()
         .map_err(|e| LocalApiError::invalid("instance_guid", e))
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Result<Response, LocalApiError> {
+    let text = agent
+        .render_metrics()
+        .map_err(|e| LocalApiError::Internal(format!("encoding metrics: {e}")))?;
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        ),
+    );
+    Ok(r)
 }
 
 async fn list(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
@@ -215,11 +230,13 @@ pub(crate) async fn serve(
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            // A socket left by a previous run would make bind fail.
-            let _ = std::fs::remove_file(&path);
+            // `run` checked that no agent answers here and removed a stale socket: a bind
+            // that still fails (another agent got there meanwhile) is an error, never a
+            // takeover.
             let l = tokio::net::UnixListener::bind(&path).map_err(|e| {
                 AgentError::Runtime(format!("cannot listen on {}: {e}", path.display()))
             })?;
+            let bound = super::exclusive::socket_identity(&path);
             {
                 use std::os::unix::fs::PermissionsExt;
                 let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660));
@@ -230,7 +247,7 @@ pub(crate) async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await
                 .map_err(|e| AgentError::Runtime(e.to_string()));
-            let _ = std::fs::remove_file(&path);
+            super::exclusive::release_socket(&path, bound);
             r
         }
     }

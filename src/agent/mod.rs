@@ -8,17 +8,20 @@
 //! before it is published), `local_api` (plain HTTP on a Unix socket or
 //! loopback port), `files` (the instance directory's set), `workload_api` (the SPIFFE
 //! Workload API on a socket per instance, with `svid` its messages, `unix_bind` binding
-//! sockets at long paths, `h2_authority` the fix for clients' Unix-socket authority) and
+//! sockets at long paths, `h2_authority` the fix for clients' Unix-socket authority),
+//! `metrics` (its `/metrics`), `exclusive` (one agent per state directory) and
 //! `config` (`ca-config/agent.toml`). This module holds the [`Agent`] they share and [`run`].
 
 mod batcher;
 mod bootstrap;
 mod bundle_watch;
 pub(crate) mod config;
+mod exclusive;
 pub mod files;
 mod h2_authority;
 mod instances;
 pub(crate) mod local_api;
+mod metrics;
 mod renewal;
 mod svid;
 mod unix_bind;
@@ -88,6 +91,8 @@ pub struct Agent {
     batches: mpsc::Sender<BatchItem>,
     /// The SPIFFE Workload API endpoint of every instance.
     workload: workload_api::Endpoints,
+    /// Counters for the local API's `/metrics`.
+    metrics: metrics::AgentMetrics,
 }
 
 impl std::fmt::Debug for Agent {
@@ -138,6 +143,26 @@ impl Agent {
         Ok(())
     }
 
+    /// The gauges of `/metrics`, read now.
+    fn gauges(&self) -> metrics::AgentGauges {
+        let (instances, earliest_expiry) = self.instance_expiries();
+        metrics::AgentGauges {
+            instances,
+            earliest_expiry,
+            cell_not_after: self
+                .cell
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .not_after(),
+            bundle_sequence: self.bundle.read().unwrap_or_else(|p| p.into_inner()).0,
+        }
+    }
+
+    /// `GET /metrics` of the local API.
+    pub(crate) fn render_metrics(&self) -> Result<String, std::fmt::Error> {
+        self.metrics.render(self.gauges())
+    }
+
     /// The directory of one instance.
     pub fn instance_dir(&self, guid: &Guid) -> PathBuf {
         self.root.join(guid.as_str())
@@ -150,6 +175,11 @@ pub async fn run(path: &Path) -> Result<(), AgentError> {
     let listen = config
         .listen()
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    // Before anything else touches the state (a join spends its token): one agent per state.
+    let _lock = exclusive::lock_state_dir(&config.state_dir)?;
+    if let config::Listen::Unix(path) = &listen {
+        exclusive::claim_socket(path)?;
+    }
     let agent = start(config).await?;
     let tasks = [
         tokio::spawn(renewal::renewal_loop(agent.clone())),

@@ -289,6 +289,13 @@ impl Authority {
             .open(&format!("lanyard/secret/{purpose}"), sealed)?)
     }
 
+    /// Every generation as this process holds it, oldest first, and the bundle sequence:
+    /// memory only, for metrics scraped often.
+    pub(crate) fn cached_generations(&self) -> (Vec<AuthorityRecord>, u64) {
+        let inner = read_lock(&self.inner);
+        (inner.generations.clone(), inner.sequence)
+    }
+
     /// Every generation, oldest first, with the latest notAfter each one signed.
     pub(crate) fn generations(&self) -> Result<(Vec<GenerationStatus>, u64), AuthorityError> {
         let inner = read_lock(&self.inner);

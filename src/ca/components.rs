@@ -30,7 +30,7 @@ impl Ca {
             )));
         }
         let ttl = self.ttl(r.ttl_seconds)?;
-        let key = Self::public_key(&r.csr)?;
+        let key = self.public_key(&r.csr)?;
         let spec = NamedCredential {
             kind: CertificateKind::Component,
             role: caller.clone(),

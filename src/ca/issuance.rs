@@ -11,8 +11,10 @@ use crate::api;
 use crate::api::SERVER_NAME;
 use crate::authority::{InstanceBound, InstanceIds, Issued, LeafRequest, SubjectAttr};
 use crate::ids::{Guid, Name, Role};
+use crate::metrics::CsrReject;
 use crate::store::CertificateKind;
 use crate::x509::csr::verify_csr;
+use crate::x509::X509Error;
 
 /// A credential named after its holder (cell, operator, component, server): CN = name.
 #[derive(Debug, Clone)]
@@ -49,8 +51,20 @@ impl Ca {
         }
     }
 
-    pub(super) fn public_key(csr: &str) -> Result<(SubjectPublicKeyInfoOwned, bool), CaError> {
-        let v = verify_csr(csr.as_bytes())?;
+    /// The CSR's public key (and whether it is RSA) once its signature verifies; a refusal
+    /// is counted by reason.
+    pub(super) fn public_key(
+        &self,
+        csr: &str,
+    ) -> Result<(SubjectPublicKeyInfoOwned, bool), CaError> {
+        let v = verify_csr(csr.as_bytes()).inspect_err(|e| {
+            let why = match e {
+                X509Error::BadCsrSignature => CsrReject::BadSignature,
+                X509Error::UnsupportedKey(_) => CsrReject::UnsupportedKey,
+                _ => CsrReject::Malformed,
+            };
+            self.metrics.csr_rejected(why);
+        })?;
         Ok((v.public_key, v.key_kind.is_rsa()))
     }
 
@@ -83,15 +97,15 @@ impl Ca {
         reqs: &[LeafRequest],
     ) -> Result<Vec<Result<Issued, CaError>>, CaError> {
         let outcomes = self.authority.issue(reqs)?;
+        let records: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .map(|i| &i.record)
+            .collect();
+        self.metrics.issued(&records);
         Ok(outcomes
             .into_iter()
-            .map(|o| match o {
-                Ok(i) => {
-                    self.metrics.issued(i.record.kind);
-                    Ok(i)
-                }
-                Err(InstanceBound(guid)) => Err(bound_elsewhere(&guid)),
-            })
+            .map(|o| o.map_err(|InstanceBound(guid)| bound_elsewhere(&guid)))
             .collect())
     }
 
@@ -159,7 +173,7 @@ impl Ca {
             }
         }
         let ttl = self.ttl(r.ttl_seconds)?;
-        let (public_key, rsa) = Self::public_key(&r.csr)?;
+        let (public_key, rsa) = self.public_key(&r.csr)?;
         let role = Role::Workload {
             org: ids.organization.clone(),
             space: ids.space.clone(),
@@ -259,7 +273,7 @@ impl Ca {
             ));
         }
         let ttl = self.ttl(r.ttl_seconds)?;
-        let key = Self::public_key(&r.csr)?;
+        let key = self.public_key(&r.csr)?;
         let spec = NamedCredential {
             kind: CertificateKind::Component,
             role: Role::Component(name.clone()),
@@ -280,7 +294,7 @@ impl Ca {
         caller: &Role,
         r: &api::CsrRequest,
     ) -> Result<Issued, CaError> {
-        let key = Self::public_key(&r.csr)?;
+        let key = self.public_key(&r.csr)?;
         let (kind, name, ttl) = match caller {
             Role::Cell(n) => (CertificateKind::Cell, n, self.config.issuance.default_ttl.0),
             Role::Operator(n) => (CertificateKind::Operator, n, self.config.issuance.max_ttl.0),

@@ -87,7 +87,7 @@ impl Ca {
 
     /// `POST /v1/join`: spends the token, issues the cell credential.
     pub(crate) fn join(&self, token: &str, r: &api::CsrRequest) -> Result<Issued, CaError> {
-        let key = Self::public_key(&r.csr)?;
+        let key = self.public_key(&r.csr)?;
         let hash = token_hash(token);
         let audit = AuditEvent::new(
             "join token holder",

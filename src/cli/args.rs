@@ -20,6 +20,17 @@ pub struct Cli {
     /// Credential directory for client commands (default: from the config).
     #[arg(long, global = true, value_name = "DIR")]
     pub credential: Option<PathBuf>,
+    /// Log lines on stderr: `text` (colored only on a terminal, and never with NO_COLOR set)
+    /// or `json` (one object per line). The filter is LANYARD_LOG (default `info`).
+    #[arg(
+        long,
+        global = true,
+        env = "LANYARD_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"]
+    )]
+    pub log_format: String,
     /// The command.
     #[command(subcommand)]
     pub command: Command,

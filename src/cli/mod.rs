@@ -115,7 +115,7 @@ pub fn run() -> i32 {
     if every.len() > cli.server.len() {
         cli.server = every;
     }
-    init_logging();
+    init_logging(&cli.log_format);
     // One crypto provider for the whole process, so no TLS stack can pick another.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -128,8 +128,14 @@ pub fn run() -> i32 {
             return 1;
         }
     };
+    let json = cli.log_format == "json";
     match rt.block_on(dispatch(cli)) {
         Ok(()) => 0,
+        Err(f) if json => {
+            // Every stderr line stays JSON for a log shipper.
+            tracing::error!(exit_code = f.code, "{}", f.message);
+            f.code
+        }
         Err(f) => {
             eprintln!("lanyard: error: {}", f.message);
             f.code
@@ -137,13 +143,30 @@ pub fn run() -> i32 {
     }
 }
 
-fn init_logging() {
+/// Logs on stderr, filtered by `LANYARD_LOG` (default `info`), as text or JSON lines. Colour
+/// only on a terminal and never when `NO_COLOR` is set (https://no-color.org): redirected
+/// logs carry no escape codes.
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        // Each line carries the fields of the spans it was written in (the request span's
+        // `request_id` among them) at the top level of `span` and in `spans`.
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init()
+    } else {
+        builder
+            .with_ansi(!no_color && std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 /// The config file: `--config`, else `$LANYARD_CONFIG`, else `default`.
@@ -158,7 +181,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         crate::config::SERVER_KEYS,
         crate::agent::config::AGENT_KEYS,
     ]) {
-        eprintln!("lanyard: warning: {var} names no configuration key; it is ignored");
+        if cli.log_format == "json" {
+            tracing::warn!(variable = %var, "names no configuration key; it is ignored");
+        } else {
+            eprintln!("lanyard: warning: {var} names no configuration key; it is ignored");
+        }
     }
     match &cli.command {
         Command::Init => server_commands::init(&cli),

@@ -51,7 +51,11 @@ pub(super) async fn serve(cli: &Cli) -> Result<(), Failure> {
         .await
         .map_err(Failure::runtime)??;
     if let Some(r) = &report {
-        print_init_report(r);
+        // A server's output is its log (JSON lines with `--log-format json`).
+        if let Some(k) = &r.generated_kek {
+            tracing::warn!(kek_file = %k.display(), "generated a new key-encryption key (mode 0600); keep it safe, the state cannot be opened without it");
+        }
+        tracing::info!(operator_credential = %r.operator_credential.display(), "initialized");
     }
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -133,6 +133,50 @@ pub(crate) fn binding_view(b: &InstanceBinding) -> api::InstanceBindingView {
     }
 }
 
+/// `GET /v1/activity`: the replica's recent activity at `now`.
+pub(crate) fn activity_view(
+    a: &crate::activity::Activity,
+    now: SystemTime,
+) -> api::ActivityResponse {
+    let minutes = a.per_minute(now);
+    let at = |m: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(m * 60);
+    api::ActivityResponse {
+        since: rfc3339(a.started_at()),
+        issued_last_hour: minutes.iter().map(|m| m.issued).sum(),
+        refused_last_hour: minutes.iter().map(|m| m.refused).sum(),
+        issuance_per_minute: minutes
+            .iter()
+            .map(|m| api::MinuteActivity {
+                minute: rfc3339(at(m.minute)),
+                issued: m.issued,
+                refused: m.refused,
+            })
+            .collect(),
+        cells: a
+            .cells()
+            .into_iter()
+            .map(|c| api::CellActivityView {
+                name: c.name,
+                last_request_at: rfc3339(c.at),
+                last_request: format!("{} {}", c.method, c.path),
+                last_status: c.status,
+                requests: c.requests,
+            })
+            .collect(),
+        expiring_soon: a
+            .expiring(now, std::time::Duration::from_secs(3600), 50)
+            .into_iter()
+            .map(|c| api::ExpiringCertificate {
+                kind: c.kind.as_str().to_string(),
+                subject: c.subject,
+                serial: c.serial,
+                authority_id: c.authority_id,
+                not_after: rfc3339(c.not_after),
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, SystemTime};

@@ -90,6 +90,7 @@ pub(super) async fn instance_batch(
         .collect();
     let ca = st.ca.clone();
     let results = blocking(&st, move || ca.issue_instance_batch(&role, items)).await?;
+    let metrics = st.ca.metrics();
     Ok(Json(api::BatchResponse {
         results: results
             .into_iter()
@@ -101,6 +102,7 @@ pub(super) async fn instance_batch(
                 },
                 Err(e) => {
                     let p = problem_of(&e);
+                    metrics.issuance_refused("instance", p.status, 1);
                     api::BatchResult {
                         status: p.status,
                         certificate: None,

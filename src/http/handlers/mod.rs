@@ -14,6 +14,7 @@ mod credentials;
 mod crl;
 mod instances;
 mod join;
+mod observe;
 mod openapi;
 mod ops;
 mod ownership;
@@ -33,7 +34,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::State;
 use axum::handler::Handler;
 use axum::http::Method;
 use axum::http::StatusCode;
@@ -184,6 +184,8 @@ pub(crate) mod paths {
     pub(crate) const CERTIFICATES: &str = "/v1/certificates";
     /// Revoking a certificate.
     pub(crate) const REVOKE: &str = "/v1/certificates/{serial}/revoke";
+    /// The replica's recent activity, for the console.
+    pub(crate) const ACTIVITY: &str = "/v1/activity";
     /// A generation's CRL.
     pub(crate) const CRL: &str = "/v1/crl/{authority_id}";
     /// An instance's binding (DELETE releases it).
@@ -259,6 +261,7 @@ pub(crate) fn routes() -> Vec<Route> {
         Route::delete(INSTANCE, ownership::release),
         Route::post(INSTANCE_RELEASE, ownership::release_by_operator),
         Route::get(AUDIT, audit::audit),
+        Route::get(ACTIVITY, ops::activity),
     ]
 }
 
@@ -272,9 +275,9 @@ pub(crate) fn router(state: S) -> Router {
         // A refusal answered before the body was read still reads it, so the client gets
         // the answer rather than a broken pipe.
         .layer(axum::middleware::from_fn(unread_body::drain_unread_body))
-        .layer(axum::middleware::map_response_with_state(
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            count_response,
+            observe::observe,
         ))
         .with_state(state)
 }
@@ -285,11 +288,6 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     CaError::MethodNotAllowed("this endpoint does not take that method".into()).into()
-}
-
-async fn count_response(State(st): State<S>, r: Response) -> Response {
-    st.ca.metrics().response(r.status().as_u16());
-    r
 }
 
 /// Runs CA work on the state's bounded pool; a full queue is a 503 with `Retry-After: 1`.

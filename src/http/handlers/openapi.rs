@@ -121,6 +121,7 @@ pub(super) enum ServerFailure {
         ownership::release,
         ownership::release_by_operator,
         audit::audit,
+        ops::activity,
     ),
     components(schemas(
         api::Problem,
@@ -149,6 +150,10 @@ pub(super) enum ServerFailure {
         api::SpiffeKey,
         api::Health,
         api::Readiness,
+        api::ActivityResponse,
+        api::MinuteActivity,
+        api::CellActivityView,
+        api::ExpiringCertificate,
     )),
     modifiers(&SecuritySchemes, &OptionalBodies, &BusyAnswers),
 )]

@@ -8,9 +8,9 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::openapi::ServerFailure;
 use super::openapi::DOCUMENT;
-use super::{blocking, paths, S};
+use super::openapi::{CallerProblems, ServerFailure};
+use super::{paths, OperatorCaller, S};
 use crate::api;
 use crate::ca::CaError;
 use crate::http::problem::ApiError;
@@ -22,22 +22,45 @@ use crate::http::problem::ApiError;
     summary = "Prometheus metrics",
     extensions(("x-lanyard-role" = json!("public"))),
     responses(
-        (status = 200, description = "Prometheus text exposition format 0.0.4",
+        (status = 200, description = "Prometheus text exposition format 0.0.4, read from memory (a scrape never reads the store)",
             body = String, content_type = "text/plain"),
-        (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
-            body = api::Problem, content_type = "application/problem+json"),
         ServerFailure,
     ),
 )]
 pub(super) async fn metrics(State(st): State<S>) -> Result<Response, ApiError> {
-    let ca = st.ca.clone();
-    let text = blocking(&st, move || ca.render_metrics()).await?;
+    // Memory only and quick: on the async thread, so a full blocking pool never makes a
+    // scrape fail when it matters most.
+    let text = st.ca.render_metrics()?;
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     Ok(r)
+}
+
+#[utoipa::path(
+    get,
+    path = paths::ACTIVITY,
+    tag = "operations",
+    summary = "What this replica saw lately: issuances per minute over the last hour, cells with their last request, certificates expiring soon (memory only, per replica)",
+    security(("operator_certificate" = [])),
+    extensions(("x-lanyard-role" = json!("operator"))),
+    responses(
+        (status = 200, description = "The answering replica's recent activity",
+            body = api::ActivityResponse, content_type = "application/json"),
+        CallerProblems,
+        ServerFailure,
+    ),
+)]
+pub(super) async fn activity(
+    State(st): State<S>,
+    _op: OperatorCaller,
+) -> Json<api::ActivityResponse> {
+    Json(crate::http::views::activity_view(
+        st.ca.metrics().activity(),
+        std::time::SystemTime::now(),
+    ))
 }
 
 #[utoipa::path(

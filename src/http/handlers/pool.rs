@@ -48,9 +48,12 @@ impl BlockingPool {
             .await
             .map_err(|_| CaError::Internal("the blocking pool is closed".into()))?;
         // The permits move into the job: if the request is dropped (client gone), the job
-        // still runs to its end and keeps its place counted until then.
+        // still runs to its end and keeps its place counted until then. The job runs in the
+        // request's span, so its log lines carry the request id.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permits = (admitted, running);
+            let _span = span.enter();
             f()
         })
         .await

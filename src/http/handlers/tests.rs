@@ -223,7 +223,8 @@ async fn a_full_blocking_queue_answers_503_with_retry_after_and_work_resumes_aft
         assert!(tokio::time::Instant::now() < deadline, "job never admitted");
         tokio::task::yield_now().await;
     }
-    let get = || Request::get("/metrics").body(Body::empty()).unwrap();
+    // A CRL is signed on the pool (metrics are not: they are read from memory).
+    let get = || Request::get("/v1/crl/1").body(Body::empty()).unwrap();
     let r = router(state.clone()).oneshot(get()).await.unwrap();
     assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     let detail = problem(r, StatusCode::SERVICE_UNAVAILABLE, "not-ready").await;

@@ -103,6 +103,7 @@ pub(super) async fn trust_bundle(
                 return Ok(not_modified(bundle.sequence));
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+            let _watching = st.ca.metrics().bundle_watcher();
             let mut stopping = st.stopping.subscribe();
             loop {
                 if *stopping.borrow_and_update() {
