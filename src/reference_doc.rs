@@ -37,7 +37,8 @@ fn leaf_commands(cmd: &clap::Command, path: &str, out: &mut Vec<(String, Vec<Str
     }
     let flags = cmd
         .get_arguments()
-        .filter(|a| !a.is_hide_set())
+        // Global options (propagated to every command) are documented once, not per command.
+        .filter(|a| !a.is_hide_set() && !a.is_global_set())
         .filter_map(|a| a.get_long())
         .filter(|l| !matches!(*l, "help" | "version"))
         .map(|l| format!("--{l}"))
