@@ -74,6 +74,46 @@ enum AuthorityState {
     Retired,
 }
 
+/// The revocation reasons of RFC 5280 a CRL entry can carry, by their RFC names: the values
+/// `POST /v1/certificates/{serial}/revoke` and `lanyard revoke --reason` accept (the server in
+/// any letter case). `removeFromCRL` is not among them: it only means something in a delta
+/// CRL, and Lanyard publishes full CRLs.
+pub const REVOCATION_REASONS: &[&str] = &[
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "certificateHold",
+    "privilegeWithdrawn",
+    "aACompromise",
+];
+
+/// A revocation reason (see [`REVOCATION_REASONS`]).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+enum RevocationReason {
+    #[schema(rename = "unspecified")]
+    Unspecified,
+    #[schema(rename = "keyCompromise")]
+    KeyCompromise,
+    #[schema(rename = "cACompromise")]
+    CaCompromise,
+    #[schema(rename = "affiliationChanged")]
+    AffiliationChanged,
+    #[schema(rename = "superseded")]
+    Superseded,
+    #[schema(rename = "cessationOfOperation")]
+    CessationOfOperation,
+    #[schema(rename = "certificateHold")]
+    CertificateHold,
+    #[schema(rename = "privilegeWithdrawn")]
+    PrivilegeWithdrawn,
+    #[schema(rename = "aACompromise")]
+    AaCompromise,
+}
+
 /// What an issued certificate is for.
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
@@ -314,8 +354,10 @@ pub struct ForceRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
-    /// Free text, kept with the record.
+    /// An RFC 5280 reason name (`keyCompromise`, `superseded`, ...), kept with the record and
+    /// written into the CRL entry as its reason code; anything else is a 422.
     #[serde(default)]
+    #[schema(value_type = Option<RevocationReason>)]
     pub reason: Option<String>,
 }
 
@@ -354,6 +396,11 @@ pub struct AuthorityView {
     /// PEM root certificate.
     #[schema(content_media_type = "application/x-pem-file")]
     pub root_certificate: String,
+    /// RFC 3339 or null: for a prepared generation, when it will have been published for the
+    /// propagation delay, so an activation without `force` is accepted; null otherwise.
+    #[serde(default)]
+    #[schema(format = DateTime, required = true)]
+    pub activatable_at: Option<String>,
 }
 
 /// `GET /v1/authorities` answer.
@@ -366,6 +413,37 @@ pub struct AuthoritiesResponse {
     /// Which replica runs the automatic rotation schedule and intermediate renewal now:
     /// `null` on the embedded store (one process) or when no replica holds the lease.
     pub schedule_lease: Option<ScheduleLease>,
+    /// The next step the server takes by itself, and when: rotation steps when
+    /// `rotation.automatic` is on, intermediate renewal always; null when none is ahead.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub next_automatic_step: Option<ScheduledStep>,
+}
+
+/// A step the server will take by itself.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduledStep {
+    /// `prepare`, `activate`, `retire` or `renew-intermediate`.
+    #[schema(value_type = ScheduledAction)]
+    pub action: String,
+    /// The generation it applies to (for `prepare`: the active one, whose age triggers it).
+    pub authority_id: String,
+    /// RFC 3339: when it is due (a time in the past means at the next check).
+    #[schema(format = DateTime)]
+    pub due_at: String,
+    /// Why it happens then.
+    pub reason: String,
+}
+
+/// What an automatic step does.
+#[derive(ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code)]
+enum ScheduledAction {
+    Prepare,
+    Activate,
+    Retire,
+    RenewIntermediate,
 }
 
 /// The schedule lease: one replica at a time runs the rotation schedule.
@@ -462,7 +540,7 @@ pub struct CertificateView {
     /// RFC 3339 or null.
     #[schema(format = DateTime, required = true)]
     pub revoked_at: Option<String>,
-    /// The operator's reason; absent unless revoked with one.
+    /// The operator's reason (an RFC 5280 reason name); absent unless revoked with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub revocation_reason: Option<String>,

@@ -55,6 +55,8 @@ pub(crate) mod keys;
 pub(crate) mod metrics;
 #[cfg(feature = "full")]
 pub(crate) mod problem;
+#[cfg(all(test, feature = "full"))]
+mod reference_doc;
 #[cfg(feature = "full")]
 pub(crate) mod rotation;
 #[cfg(feature = "full")]

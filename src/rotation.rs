@@ -73,7 +73,7 @@ pub(crate) fn activate(
     if !force && now < ready_at {
         let left = ready_at.duration_since(now).unwrap_or_default();
         return Err(RotationError::Conflict(format!(
-            "authority {id} has been published for less than the propagation delay: {} left (activatable at {}); use force to override",
+            "authority {id} has been published for less than the propagation delay: {} left (activatable at {}); pass \"force\": true to override",
             human(left),
             rfc3339(ready_at)
         )));
@@ -113,7 +113,7 @@ pub(crate) fn retire(
         if !force && now < last {
             let left = last.duration_since(now).unwrap_or_default();
             return Err(RotationError::Conflict(format!(
-                "authority {id} signed certificates that are valid until {} ({} left); use force to override",
+                "authority {id} signed certificates that are valid until {} ({} left); pass \"force\": true to override",
                 rfc3339(last),
                 human(left)
             )));
@@ -196,6 +196,105 @@ pub(crate) fn next_step(
         )));
     }
     intermediate_due(active, now).map(|why| Step::RenewIntermediate(active.id, why))
+}
+
+/// A step the server will take by itself, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// `prepare`, `activate`, `retire` or `renew-intermediate`.
+    pub(crate) action: &'static str,
+    /// The generation it applies to (for `prepare`, the active one).
+    pub(crate) authority: AuthorityId,
+    /// When it is due; in the past means at the next check.
+    pub(crate) at: SystemTime,
+    /// Why then.
+    pub(crate) reason: String,
+}
+
+/// When a prepared generation may be activated without `force`.
+pub(crate) fn activatable_at(g: &AuthorityRecord, delay: Duration) -> Option<SystemTime> {
+    (g.state == GenerationState::Prepared).then(|| g.published_at.unwrap_or(g.created_at) + delay)
+}
+
+/// The earliest step the server takes by itself: [`next_step`]'s rules read as times
+/// (rotation steps only when `automatic`), and the intermediate renewal of
+/// [`intermediate_due`], which runs either way.
+pub(crate) fn next_due(
+    gens: &[AuthorityRecord],
+    last_leaf: impl Fn(AuthorityId) -> Option<SystemTime>,
+    delay: Duration,
+    automatic: bool,
+    now: SystemTime,
+) -> Option<Due> {
+    let mut due = Vec::new();
+    let active = gens.iter().find(|g| g.state == GenerationState::Active);
+    if automatic {
+        for g in gens.iter().filter(|g| g.state == GenerationState::Retiring) {
+            let (at, reason) = match last_leaf(g.id) {
+                Some(last) if last > now => (last, "its last certificate expires".to_string()),
+                _ => (now, "every certificate it signed has expired".to_string()),
+            };
+            due.push(Due {
+                action: "retire",
+                authority: g.id,
+                at,
+                reason,
+            });
+        }
+        if let Some(active) = active {
+            let root_start = life_start(&active.root, active.created_at);
+            let root_end = encoded(active.root.not_after);
+            if let Some(p) = gens.iter().find(|g| g.state == GenerationState::Prepared) {
+                let ready = p.published_at.unwrap_or(p.created_at) + delay;
+                let deadline = fraction(root_start, root_end, 5, 6);
+                let (at, reason) = if ready <= deadline {
+                    (
+                        ready,
+                        format!("published for the propagation delay ({})", human(delay)),
+                    )
+                } else {
+                    (
+                        deadline,
+                        "the active root reaches five sixths of its lifetime".to_string(),
+                    )
+                };
+                due.push(Due {
+                    action: "activate",
+                    authority: p.id,
+                    at,
+                    reason,
+                });
+            } else {
+                due.push(Due {
+                    action: "prepare",
+                    authority: active.id,
+                    at: fraction(root_start, root_end, 1, 2),
+                    reason: format!(
+                        "active root {} reaches half its lifetime (expires {})",
+                        active.id,
+                        rfc3339(root_end)
+                    ),
+                });
+            }
+        }
+    }
+    if let Some(active) = active {
+        if let Some(im) = active.intermediates.last() {
+            let end = encoded(im.not_after);
+            if end < encoded(active.root.not_after) {
+                due.push(Due {
+                    action: "renew-intermediate",
+                    authority: active.id,
+                    at: fraction(life_start(im, active.created_at), end, 2, 3),
+                    reason: format!(
+                        "the intermediate reaches two thirds of its lifetime (expires {})",
+                        rfc3339(end)
+                    ),
+                });
+            }
+        }
+    }
+    due.into_iter().min_by_key(|d| d.at)
 }
 
 /// Whether the active generation's intermediate should be renewed under the same root (a

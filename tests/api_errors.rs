@@ -343,13 +343,13 @@ async fn a_revoked_credential_is_refused_and_recorded() {
     .serial;
     // A kept-alive connection from before the revocation loses access too.
     let _ = cell.issue_instance(1).await.unwrap();
-    let (code, out, err) = ca.cli(&["revoke", &serial, "--reason", "keyCompromise"]);
+    let (code, out, err) = ca.cli(&["revoke", &serial, "--reason", "keyCompromise", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("revoked_at"), "{out}");
     let e = cell.issue_instance(1).await.unwrap_err();
     assert!(e.to_string().contains("revoked"), "{e}");
     // A retried revoke is harmless: it succeeds and answers the record as it is.
-    let (code, again, err) = ca.cli(&["revoke", &serial]);
+    let (code, again, err) = ca.cli(&["revoke", &serial, "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(again.contains("revoked_at"), "{again}");
 

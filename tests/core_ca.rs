@@ -574,28 +574,6 @@ async fn the_server_certificate_names_localhost_and_127_0_0_1_and_curl_trusts_it
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"active\""));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_readme_walkthrough_works_with_curl_and_openssl() {
-    let ca = TestCa::start();
-    let out = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/walkthrough.sh"
-        ))
-        .arg(format!("https://localhost:{}", ca.port))
-        .arg(ca.operator_dir())
-        .env("LANYARD", BIN)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains("instance.crt: OK") && text.contains("walkthrough: ok"),
-        "{text}"
-    );
-}
-
 /// The certificate the server presents to a new connection (verified by the handshake).
 async fn server_certificate(ca: &TestCa) -> lanyard::x509::inspect::CertInfo {
     let tls = lanyard::client::tls_config(ca.bundle_pem().as_bytes(), None).unwrap();

@@ -10,7 +10,7 @@ use super::{Ca, CaError};
 use crate::authority::{GenerationStatus, Intermediate, StepBy, TrustBundle};
 use crate::ids::AuthorityId;
 use crate::ids::Role;
-use crate::rotation::{intermediate_due, Step};
+use crate::rotation::{intermediate_due, next_due, Due, Step};
 use crate::store::GenerationState;
 
 impl Ca {
@@ -33,6 +33,26 @@ impl Ca {
     /// one signed, and the bundle sequence.
     pub(crate) fn generations(&self) -> Result<(Vec<GenerationStatus>, u64), CaError> {
         Ok(self.authority.generations()?)
+    }
+
+    /// When the prepared generation `g` may be activated without `force`; `None` for any
+    /// other state.
+    pub(crate) fn activatable_at(&self, g: &crate::store::AuthorityRecord) -> Option<SystemTime> {
+        crate::rotation::activatable_at(g, self.config.rotation.propagation_delay.0)
+    }
+
+    /// The next step the server takes by itself among `gens`, and when it is due.
+    pub(crate) fn next_automatic_step(&self, gens: &[GenerationStatus]) -> Option<Due> {
+        let last_leaf =
+            |id: AuthorityId| gens.iter().find(|(g, _)| g.id == id).and_then(|(_, l)| *l);
+        let r = &self.config.rotation;
+        next_due(
+            &gens.iter().map(|(g, _)| g.clone()).collect::<Vec<_>>(),
+            last_leaf,
+            r.propagation_delay.0,
+            r.automatic,
+            SystemTime::now(),
+        )
     }
 
     /// One generation with the latest notAfter it signed, or 404.

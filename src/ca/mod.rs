@@ -33,6 +33,7 @@ pub(crate) use migrate::migrate_to_postgres;
 
 // The data the use cases hand out, re-exported so that callers depend on `ca` alone.
 pub(crate) use crate::authority::{GenerationStatus, Issued, TrustBundle};
+pub(crate) use crate::rotation::Due;
 pub(crate) use crate::store::{
     AuthorityRecord, CertificateQuery, CertificateRecord, InstanceBinding, Lease, LeaseGrant,
 };

@@ -1,24 +1,38 @@
 //! The command line's shape: every command, flag and default, as clap types.
+//!
+//! Options apply where they mean something: `--server` and `--credential` only on the
+//! commands that call a running CA, `--config` only on those that read a config file. They
+//! are added to those commands by [`command`] rather than declared on each variant, so a new
+//! client command gets them without more code. For compatibility they are also accepted
+//! (unlisted) before the subcommand: `lanyard --server URL authority list`.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Arg, ArgAction, ArgMatches, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// `lanyard --version`: the crate version and the git revision it was built from
+/// ("unknown" outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("BUILD_GIT_REVISION"),
+    ")"
+);
 
 /// Lanyard: an instance-identity certificate authority for container platforms.
 #[derive(Debug, Parser)]
-#[command(name = "lanyard", version, about)]
+#[command(name = "lanyard", version = VERSION, about)]
 pub struct Cli {
-    /// Configuration file (default: $LANYARD_CONFIG, else ca-config/lanyard.toml; the agent:
-    /// ca-config/agent.toml).
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Configuration file. Filled from the subcommand's own `--config` after parsing.
+    #[arg(long, value_name = "FILE", hide = true)]
     pub config: Option<PathBuf>,
-    /// CA URL for client commands (default: from the config). Repeat it for several
-    /// replicas: each request goes to the next one when a replica cannot be reached or
-    /// answers 503.
-    #[arg(long, global = true, value_name = "URL")]
+    /// CA URLs for client commands, in order. Filled from the subcommand's own `--server`
+    /// after parsing.
+    #[arg(long, value_name = "URL", hide = true)]
     pub server: Vec<String>,
-    /// Credential directory for client commands (default: from the config).
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Credential directory for client commands. Filled from the subcommand's own
+    /// `--credential` after parsing.
+    #[arg(long, value_name = "DIR", hide = true)]
     pub credential: Option<PathBuf>,
     /// Log lines on stderr: `text` (colored only on a terminal, and never with NO_COLOR set)
     /// or `json` (one object per line). The filter is LANYARD_LOG (default `info`).
@@ -34,6 +48,144 @@ pub struct Cli {
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Commands (by their path, `store migrate`) that read no configuration file.
+const WITHOUT_CONFIG: &[&str] = &["inspect", "completions"];
+
+/// Commands (by their path) that do not call a running CA: no `--server`, no `--credential`.
+const NOT_CLIENTS: &[&str] = &[
+    "init",
+    "serve",
+    "agent",
+    "store migrate",
+    "inspect",
+    "completions",
+];
+
+fn config_arg() -> Arg {
+    Arg::new("config")
+        .long("config")
+        .value_name("FILE")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(
+            "Configuration file (default: $LANYARD_CONFIG, else ca-config/lanyard.toml; \
+             the agent: ca-config/agent.toml)",
+        )
+}
+
+fn server_arg() -> Arg {
+    Arg::new("server")
+        .long("server")
+        .value_name("URL")
+        .action(ArgAction::Append)
+        .help(
+            "CA URL (default: the config's client.server, else https://<listen.address>). \
+             Repeat it for several replicas: a request moves to the next one when a replica \
+             cannot be reached or answers 503",
+        )
+}
+
+fn credential_arg() -> Arg {
+    Arg::new("credential")
+        .long("credential")
+        .value_name("DIR")
+        .value_parser(clap::value_parser!(PathBuf))
+        .help(
+            "Credential directory: cert.pem, key.pem, trust-bundle.pem (default: the config's \
+             client.credential, else <state_dir>/credentials/operator)",
+        )
+}
+
+/// The whole command tree: the derived commands, with `--config`, `--server` and
+/// `--credential` added to the commands they apply to.
+pub fn command() -> clap::Command {
+    fn add(cmd: clap::Command, path: &str) -> clap::Command {
+        if cmd.has_subcommands() {
+            let names: Vec<String> = cmd
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .collect();
+            return names.into_iter().fold(cmd, |cmd, name| {
+                let sub = format!("{path} {name}").trim().to_string();
+                cmd.mut_subcommand(&name, |c| add(c, &sub))
+            });
+        }
+        let is = |list: &[&str]| {
+            list.iter()
+                .any(|p| *p == path || path.starts_with(&format!("{p} ")))
+        };
+        let mut cmd = cmd;
+        if !is(WITHOUT_CONFIG) {
+            cmd = cmd.arg(config_arg());
+        }
+        if !is(NOT_CLIENTS) {
+            cmd = cmd.arg(server_arg()).arg(credential_arg());
+        }
+        cmd
+    }
+    add(Cli::command(), "")
+}
+
+/// Parses a command line (the program name first).
+pub(super) fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let matches = command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    // The subcommand's own options, from the innermost command that has them.
+    let mut m: &ArgMatches = &matches;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    let defined = |id: &str| m.try_contains_id(id).unwrap_or(false);
+    if defined("config") {
+        if let Some(c) = m.get_one::<PathBuf>("config") {
+            cli.config = Some(c.clone());
+        }
+    }
+    if defined("server") {
+        if let Some(v) = m.get_many::<String>("server") {
+            cli.server.extend(v.cloned());
+        }
+    }
+    if defined("credential") {
+        if let Some(c) = m.get_one::<PathBuf>("credential") {
+            cli.credential = Some(c.clone());
+        }
+    }
+    Ok(cli)
+}
+
+/// The shells `lanyard completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// The revocation reasons of RFC 5280 a CRL entry can carry, by their RFC
+/// names. `removeFromCRL` is left out: it only means something in a delta CRL, and Lanyard
+/// publishes full CRLs.
+pub const REVOCATION_REASONS: &[&str] = crate::api::REVOCATION_REASONS;
+
+/// `--reason`: one of [`REVOCATION_REASONS`] in any letter case, given on as the RFC spells
+/// it.
+fn reason_parser() -> impl clap::builder::TypedValueParser<Value = String> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(REVOCATION_REASONS).map(|given: String| {
+        REVOCATION_REASONS
+            .iter()
+            .find(|r| r.eq_ignore_ascii_case(&given))
+            .map_or(given, |r| r.to_string())
+    })
 }
 
 /// Top-level commands.
@@ -77,9 +229,12 @@ pub enum Command {
     Revoke {
         /// Serial, lowercase hex.
         serial: String,
-        /// Why.
-        #[arg(long)]
+        /// Why, by its RFC 5280 name; it goes into the CRL entry as the reason code.
+        #[arg(long, value_parser = reason_parser(), ignore_case = true)]
         reason: Option<String>,
+        /// Print the certificate record as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Instance ownership bindings.
     #[command(subcommand)]
@@ -105,6 +260,16 @@ pub enum Command {
     /// The CA's storage.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Print a shell completion script on stdout.
+    ///
+    /// bash: `lanyard completions bash > /etc/bash_completion.d/lanyard`;
+    /// zsh: `lanyard completions zsh > "${fpath[1]}/_lanyard"`;
+    /// fish: `lanyard completions fish > ~/.config/fish/completions/lanyard.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
     /// Print the identity in a certificate file.
     Inspect {
         /// PEM file (the first certificate is shown) or a DER certificate.
@@ -255,69 +420,111 @@ pub enum CredentialCommand {
     Renew,
 }
 
-/// Every `--server` value on the command line, in order. clap keeps a global option's values
-/// from one level only (those after the subcommand replace those before it), so
-/// `--server A authority list --server B` would silently lose A; the caller uses this list
-/// when it is longer. Stops at `--`, after which nothing is an option.
-pub(super) fn every_server_flag<S: AsRef<str>>(args: &[S]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut it = args.iter().map(AsRef::as_ref);
-    while let Some(a) = it.next() {
-        if a == "--" {
-            break;
-        }
-        if a == "--server" {
-            if let Some(v) = it.next() {
-                out.push(v.to_string());
-            }
-        } else if let Some(v) = a.strip_prefix("--server=") {
-            out.push(v.to_string());
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parsed(args: &[&str]) -> Cli {
+        parse(std::iter::once("lanyard").chain(args.iter().copied())).unwrap()
+    }
+
     #[test]
     fn server_repeats_before_and_after_the_subcommand_in_order() {
-        let cli = Cli::try_parse_from([
-            "lanyard",
+        let cli = parsed(&[
             "--server",
             "https://a:1",
             "authority",
             "list",
             "--server",
             "https://b:1",
-        ])
-        .unwrap();
-        // clap alone keeps only the values after the subcommand...
-        assert_eq!(cli.server, ["https://b:1"]);
-        // ...so the command line reads them all, in order.
-        let args = [
-            "lanyard",
-            "--server",
-            "https://a:1",
-            "authority",
-            "list",
-            "--server=https://b:1",
-            "--",
-            "--server",
-        ];
-        assert_eq!(every_server_flag(&args), ["https://a:1", "https://b:1"]);
-        let cli = Cli::try_parse_from([
-            "lanyard",
-            "bundle",
-            "--server",
-            "https://a:1",
-            "--server",
-            "https://b:1",
-        ])
-        .unwrap();
+        ]);
         assert_eq!(cli.server, ["https://a:1", "https://b:1"]);
-        let cli = Cli::try_parse_from(["lanyard", "authority", "list"]).unwrap();
+        let cli = parsed(&["bundle", "--server", "https://a:1", "--server=https://b:1"]);
+        assert_eq!(cli.server, ["https://a:1", "https://b:1"]);
+        let cli = parsed(&["authority", "list"]);
         assert!(cli.server.is_empty());
+    }
+
+    #[test]
+    fn the_subcommands_config_and_credential_win_over_the_ones_before_it() {
+        let cli = parsed(&[
+            "--config",
+            "a.toml",
+            "--credential",
+            "a",
+            "token",
+            "create",
+            "--name",
+            "c",
+            "--config",
+            "b.toml",
+            "--credential",
+            "b",
+        ]);
+        assert_eq!(cli.config, Some(PathBuf::from("b.toml")));
+        assert_eq!(cli.credential, Some(PathBuf::from("b")));
+        let cli = parsed(&["--config", "a.toml", "serve"]);
+        assert_eq!(cli.config, Some(PathBuf::from("a.toml")));
+    }
+
+    #[test]
+    fn client_options_are_refused_where_they_do_not_apply() {
+        let refused =
+            |args: &[&str]| parse(std::iter::once("lanyard").chain(args.iter().copied())).is_err();
+        assert!(refused(&["serve", "--server", "https://a:1"]));
+        assert!(refused(&["init", "--credential", "d"]));
+        assert!(refused(&["agent", "--server", "https://a:1"]));
+        assert!(refused(&["inspect", "f.pem", "--config", "x.toml"]));
+        assert!(refused(&["completions", "bash", "--server", "https://a:1"]));
+        assert!(!refused(&["serve", "--config", "x.toml"]));
+        assert!(!refused(&["revoke", "ab", "--credential", "d"]));
+    }
+
+    #[test]
+    fn each_commands_help_lists_only_its_own_options() {
+        let help = |path: &[&str]| {
+            let mut cmd = command();
+            cmd.build();
+            let mut c = &cmd;
+            for p in path {
+                c = c.find_subcommand(p).unwrap();
+            }
+            c.clone().render_help().to_string()
+        };
+        let serve = help(&["serve"]);
+        assert!(
+            serve.contains("--config") && !serve.contains("--server"),
+            "{serve}"
+        );
+        let inspect = help(&["inspect"]);
+        assert!(
+            !inspect.contains("--config") && !inspect.contains("--credential"),
+            "{inspect}"
+        );
+        let list = help(&["authority", "list"]);
+        for flag in ["--server", "--credential", "--config", "--json"] {
+            assert!(list.contains(flag), "{flag} in {list}");
+        }
+        let top = help(&[]);
+        assert!(!top.contains("--server"), "{top}");
+    }
+
+    #[test]
+    fn revoke_reasons_are_the_rfc_names_in_any_case() {
+        let cli = parsed(&["revoke", "ab", "--reason", "keycompromise"]);
+        assert!(
+            matches!(cli.command, Command::Revoke { reason: Some(ref r), .. } if r == "keyCompromise")
+        );
+        assert!(parse(["lanyard", "revoke", "ab", "--reason", "lost it"]).is_err());
+        assert!(parse(["lanyard", "revoke", "ab", "--reason", "removeFromCRL"]).is_err());
+    }
+
+    #[test]
+    fn the_version_names_the_git_revision() {
+        let v = command().render_version().to_string();
+        assert!(
+            v.starts_with(&format!("lanyard {} (git ", env!("CARGO_PKG_VERSION"))),
+            "{v}"
+        );
     }
 }

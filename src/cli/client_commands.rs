@@ -52,6 +52,69 @@ fn watch_defaults(cli: &Cli) -> Result<(Vec<String>, Option<PathBuf>), Failure> 
     Ok((cli.server.clone(), dir))
 }
 
+/// The longest a join token may live (the API's `ttl_seconds` range is 1 to 86400).
+const JOIN_TOKEN_TTL: (i128, i128) = (1, 86400);
+
+/// `--ttl` of `token create`, checked against the join token range before anything is sent.
+fn join_token_ttl(s: &str) -> Result<api::JsonInt, Failure> {
+    let ttl = ttl_flag(s)?;
+    let (min, max) = JOIN_TOKEN_TTL;
+    if !(min..=max).contains(&ttl.0) {
+        return Err(Failure::usage(format!(
+            "--ttl {s} is out of range: a join token lives from {} to {}",
+            human_seconds(min),
+            human_seconds(max)
+        )));
+    }
+    Ok(ttl)
+}
+
+/// Seconds as the CLI writes durations: the largest unit that divides them (`7d`, `24h`,
+/// `90s`; days from two on, since people say 24h rather than 1d).
+pub(super) fn human_seconds(secs: i128) -> String {
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if secs != 0 && secs % n == 0 && (unit != "d" || secs >= 2 * n) {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// A server's 422 on `ttl_seconds` (`... is out of range (60 to 604800)`) as the usage error
+/// `--ttl` deserves, with the range in the CLI's units; any other failure unchanged.
+fn ttl_refusal(flag: Option<&str>, e: ClientError) -> Failure {
+    if let (Some(flag), ClientError::Api(p)) = (flag, &e) {
+        if p.status == 422 && p.detail.starts_with("ttl_seconds") {
+            let range = p
+                .detail
+                .rsplit_once('(')
+                .and_then(|(_, r)| r.trim_end_matches(')').split_once(" to "))
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+            if let Some((min, max)) = range {
+                return Failure::usage(format!(
+                    "--ttl {flag} is out of range: this CA issues from {} to {}",
+                    human_seconds(min),
+                    human_seconds(max)
+                ));
+            }
+            return Failure::usage(format!("--ttl {flag}: {}", p.detail));
+        }
+    }
+    e.into()
+}
+
+/// The client, or a usage error that says how to get a credential when there is none.
+fn connect(servers: &[String], cred_dir: &Path) -> Result<ApiClient, Failure> {
+    if !cred_dir.join(crate::credential_dir::BUNDLE_FILE).exists() {
+        return Err(Failure::usage(format!(
+            "no credential in {}: run `lanyard serve` (with auto_init) or `lanyard init` first \
+             to create the operator credential, or pass `--credential DIR`",
+            cred_dir.display()
+        )));
+    }
+    Ok(ApiClient::failover_from_credential_dir(servers, cred_dir)?)
+}
+
 /// Runs a command that calls the CA.
 pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
     if let Command::Cert(CertCommand::Component {
@@ -75,11 +138,15 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
         })
         .await;
     }
+    // Usage errors first, before any file is read or anything is sent.
+    if let Command::Token(TokenCommand::Create { ttl, .. }) = &cli.command {
+        join_token_ttl(ttl)?;
+    }
     let (servers, cred_dir) = client_defaults(cli)?;
-    let client = ApiClient::failover_from_credential_dir(&servers, &cred_dir)?;
+    let client = connect(&servers, &cred_dir)?;
     match &cli.command {
         Command::Token(TokenCommand::Create { role, name, ttl }) => {
-            let ttl = ttl_flag(ttl)?;
+            let ttl = join_token_ttl(ttl)?;
             let r: api::JoinTokenResponse = client
                 .post(
                     "/v1/join-tokens",
@@ -113,7 +180,8 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                     },
                     None,
                 )
-                .await?;
+                .await
+                .map_err(|e| ttl_refusal(ttl.as_deref(), e))?;
             let bundle = fetch_bundle_pem(&client).await?;
             write_credential_dir(out, &r.certificate_chain, &key_pem, &bundle)
                 .map_err(|e| Failure::runtime(format!("writing {}: {e}", out.display())))?;
@@ -235,7 +303,11 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                 crate::bench::run(client.current_server(), &client, &bundle, &opts).await?;
             print!("{}", report.render(&opts));
         }
-        Command::Revoke { serial, reason } => {
+        Command::Revoke {
+            serial,
+            reason,
+            json,
+        } => {
             let r: api::CertificateView = client
                 .post(
                     &format!("/v1/certificates/{serial}/revoke"),
@@ -245,7 +317,11 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                     None,
                 )
                 .await?;
-            print_json(&r)?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                println!("{}", revoked_line(&r));
+            }
         }
         Command::Audit(cmd) => super::audit_commands::audit(&client, cmd).await?,
         Command::Instance(InstanceCommand::Release { guid }) => {
@@ -292,6 +368,41 @@ async fn fetch_bundle_pem(client: &ApiClient) -> Result<String, Failure> {
         .ok_or_else(|| Failure::runtime("the server sent no trust bundle"))
 }
 
+/// The API's `pass "force": true to override` in a rotation refusal, in the CLI's words.
+fn force_hint(e: ClientError) -> Failure {
+    match e {
+        ClientError::Api(mut p) if p.status == 409 => {
+            const API: &str = "pass \"force\": true to override";
+            if p.detail.contains(API) {
+                p.detail = p.detail.replace(API, "use --force to override");
+            }
+            ClientError::Api(p).into()
+        }
+        other => other.into(),
+    }
+}
+
+/// What `revoke` prints for people.
+fn revoked_line(r: &api::CertificateView) -> String {
+    let who = r
+        .instance_guid
+        .as_ref()
+        .map(|g| format!("instance {g}"))
+        .or_else(|| r.name.as_ref().map(|n| format!("{} {n}", r.kind)))
+        .unwrap_or_else(|| r.kind.clone());
+    let reason = r
+        .revocation_reason
+        .as_ref()
+        .map(|x| format!(" ({x})"))
+        .unwrap_or_default();
+    format!(
+        "revoked {} ({who}) at {}{reason}; it is on the CRL of authority {}",
+        r.serial,
+        r.revoked_at.as_deref().unwrap_or("-"),
+        r.authority_id
+    )
+}
+
 async fn authority(client: &ApiClient, cmd: &AuthorityCommand) -> Result<(), Failure> {
     match cmd {
         AuthorityCommand::List { json } => {
@@ -314,7 +425,8 @@ async fn authority(client: &ApiClient, cmd: &AuthorityCommand) -> Result<(), Fai
                     &api::ForceRequest { force: *force },
                     None,
                 )
-                .await?;
+                .await
+                .map_err(force_hint)?;
             show_authority(&r, *json, "activated")?;
         }
         AuthorityCommand::Retire { id, force, json } => {
@@ -324,9 +436,24 @@ async fn authority(client: &ApiClient, cmd: &AuthorityCommand) -> Result<(), Fai
                     &api::ForceRequest { force: *force },
                     None,
                 )
-                .await?;
+                .await
+                .map_err(force_hint)?;
             show_authority(&r, *json, "retired")?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_written_in_the_units_people_use() {
+        assert_eq!(human_seconds(1), "1s");
+        assert_eq!(human_seconds(90), "90s");
+        assert_eq!(human_seconds(60), "1m");
+        assert_eq!(human_seconds(86400), "24h");
+        assert_eq!(human_seconds(604800), "7d");
+    }
 }

@@ -15,14 +15,13 @@ mod watch;
 
 use std::path::PathBuf;
 
-use clap::Parser;
-
 use crate::ca::StartError;
 use crate::client::ClientError;
 use crate::config::{Config, ConfigError};
 
 pub use args::{
-    AuthorityCommand, CertCommand, Cli, Command, CredentialCommand, StoreCommand, TokenCommand,
+    command, AuthorityCommand, CertCommand, Cli, Command, CompletionShell, CredentialCommand,
+    StoreCommand, TokenCommand, REVOCATION_REASONS, VERSION,
 };
 pub use output::authority_table;
 
@@ -68,15 +67,33 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::Setup(m) => Failure::usage(m),
+            ClientError::Transport { url, message } => {
+                Failure::runtime(unreachable(&url, &message))
+            }
             other => Failure::runtime(other),
         }
     }
 }
 
+/// A connection failure as a line that says what to try next.
+fn unreachable(url: &str, message: &str) -> String {
+    let refused = message.contains("Connection refused") || message.contains("os error 111");
+    if refused {
+        format!(
+            "cannot reach the CA at {url}: connection refused. Is it running? Start it with \
+             `lanyard serve`, or name the CA with `--server URL`"
+        )
+    } else {
+        format!(
+            "cannot reach the CA at {url}: {message}. Check that it runs there, or name the \
+             CA with `--server URL`"
+        )
+    }
+}
+
 /// Runs the command line and returns the exit code.
 pub fn run() -> i32 {
-    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let mut cli = match Cli::try_parse_from(&raw) {
+    let cli = match args::parse(std::env::args_os()) {
         Ok(c) => c,
         Err(e) => {
             if !e.use_stderr() {
@@ -106,15 +123,6 @@ pub fn run() -> i32 {
             return 2;
         }
     };
-    // `--server` given both before and after the subcommand: keep every one, in order.
-    let every = args::every_server_flag(
-        &raw.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>(),
-    );
-    if every.len() > cli.server.len() {
-        cli.server = every;
-    }
     init_logging(&cli.log_format);
     // One crypto provider for the whole process, so no TLS stack can pick another.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -193,8 +201,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Store(StoreCommand::Migrate { to }) => {
             server_commands::store_migrate(&cli, to).await
         }
+        Command::Completions { shell } => {
+            completions(*shell);
+            Ok(())
+        }
         Command::Agent => {
-            let path = config_path(&cli.config, "ca-config/agent.toml");
+            let path = existing_config(&cli.config, "ca-config/agent.toml")?;
             crate::agent::run(&path).await.map_err(|e| Failure {
                 code: e.exit_code(),
                 message: e.to_string(),
@@ -205,10 +217,45 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// The config file as [`config_path`] finds it; a usage error that says how to name one when
+/// there is no such file.
+fn existing_config(flag: &Option<PathBuf>, default: &str) -> Result<PathBuf, Failure> {
+    let path = config_path(flag, default);
+    if path.exists() {
+        return Ok(path);
+    }
+    let how = if flag.is_some() {
+        "`--config`"
+    } else if std::env::var_os("LANYARD_CONFIG").is_some() {
+        "`LANYARD_CONFIG`"
+    } else {
+        "the default"
+    };
+    Err(Failure::usage(format!(
+        "no config file at {} ({how}): pass `--config FILE` or set `LANYARD_CONFIG` \
+         (examples are in ca-config/ of the source tree)",
+        path.display()
+    )))
+}
+
 /// The server config: `--config`, else `$LANYARD_CONFIG`, else `ca-config/lanyard.toml`.
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
-    Ok(Config::load(&config_path(
+    Ok(Config::load(&existing_config(
         &cli.config,
         "ca-config/lanyard.toml",
-    ))?)
+    )?)?)
+}
+
+/// `lanyard completions SHELL`: the script on stdout.
+fn completions(shell: CompletionShell) {
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    // Into memory first: clap_complete panics on a failed write (a closed pipe, `| head`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "lanyard", &mut script);
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(&script);
 }

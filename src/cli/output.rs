@@ -29,8 +29,32 @@ pub(super) fn show_authority(
     Ok(())
 }
 
-/// The readable table of `lanyard authority list`.
+/// When `at` (RFC 3339) comes, relative to `now`: `in 9m12s`, or `now` once it has passed.
+fn from_now(at: &str, now: std::time::SystemTime) -> String {
+    match crate::timefmt::parse_rfc3339(at).map(|t| t.duration_since(now)) {
+        Some(Ok(left)) if left.as_secs() > 0 => {
+            let s = left.as_secs();
+            let (d, h, m, s) = (s / 86400, (s % 86400) / 3600, (s % 3600) / 60, s % 60);
+            let text = match (d, h, m) {
+                (0, 0, 0) => format!("{s}s"),
+                (0, 0, _) => format!("{m}m{s:02}s"),
+                (0, _, _) => format!("{h}h{m:02}m"),
+                _ => format!("{d}d{h:02}h"),
+            };
+            format!("in {text}")
+        }
+        Some(_) => "now".into(),
+        None => "?".into(),
+    }
+}
+
+/// The readable table of `lanyard authority list`, then when a prepared generation may be
+/// activated, the next step the server takes by itself, and the bundle sequence.
 pub fn authority_table(r: &api::AuthoritiesResponse) -> String {
+    authority_table_at(r, std::time::SystemTime::now())
+}
+
+fn authority_table_at(r: &api::AuthoritiesResponse, now: std::time::SystemTime) -> String {
     let day = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
     let mut rows = vec![[
         "ID".to_string(),
@@ -66,6 +90,26 @@ pub fn authority_table(r: &api::AuthoritiesResponse) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    for a in &r.authorities {
+        if let Some(at) = &a.activatable_at {
+            let when = match from_now(at, now).as_str() {
+                "now" => format!("now (published for the propagation delay since {at})"),
+                rel => format!("from {at} ({rel}; earlier with --force)"),
+            };
+            out.push_str(&format!("authority {} may be activated {when}\n", a.id));
+        }
+    }
+    match &r.next_automatic_step {
+        Some(s) => out.push_str(&format!(
+            "next automatic step: {} authority {} at {} ({}): {}\n",
+            s.action,
+            s.authority_id,
+            s.due_at,
+            from_now(&s.due_at, now),
+            s.reason
+        )),
+        None => out.push_str("next automatic step: none scheduled\n"),
+    }
     out.push_str(&format!(
         "trust bundle sequence: {}\n",
         r.trust_bundle_sequence
@@ -86,15 +130,7 @@ pub(super) fn inspect(file: &Path, json: bool) -> Result<(), Failure> {
     let info = CertInfo::from_der(&der)
         .map_err(|e| Failure::runtime(format!("{}: {e}", file.display())))?;
     if json {
-        let v = serde_json::json!({
-            "instance": info.ou_value("app").and(info.common_name.clone()),
-            "app": info.ou_value("app"),
-            "space": info.ou_value("space"),
-            "organization": info.ou_value("organization"),
-            "spiffe_id": info.spiffe_id(),
-            "certificate": info,
-        });
-        return print_json(&v);
+        return print_json(&inspect_json(&info));
     }
     let dash = |o: Option<&str>| o.unwrap_or("-").to_string();
     let instance = info.ou_value("app").and(info.common_name.as_deref());
@@ -119,6 +155,31 @@ pub(super) fn inspect(file: &Path, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `inspect --json`: the API's field names (those of a certificate record and an issued
+/// certificate) for what they share, then what only the certificate itself says.
+fn inspect_json(info: &CertInfo) -> serde_json::Value {
+    let instance = info.ou_value("app").and(info.common_name.clone());
+    serde_json::json!({
+        "serial": info.serial,
+        "instance_guid": instance,
+        "app_guid": info.ou_value("app"),
+        "space_guid": info.ou_value("space"),
+        "organization_guid": info.ou_value("organization"),
+        // Cells, operators, components and servers: their name is the common name.
+        "name": if instance.is_none() { info.common_name.clone() } else { None },
+        "spiffe_id": info.spiffe_id(),
+        "not_before": rfc3339(info.not_before),
+        "not_after": rfc3339(info.not_after),
+        "subject": info.subject,
+        "issuer": info.issuer,
+        "dns_names": info.dns_names,
+        "ip_addresses": info.ip_addresses,
+        "uris": info.uris,
+        "is_ca": info.is_ca,
+        "authority_key_id": info.authority_key_id,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,9 +199,11 @@ mod tests {
                 intermediate_not_after: "2025-03-01T00:00:00Z".into(),
                 last_leaf_not_after: None,
                 root_certificate: String::new(),
+                activatable_at: None,
             }],
             trust_bundle_sequence: 3,
             schedule_lease: None,
+            next_automatic_step: None,
         };
         let t = authority_table(&r);
         let lines: Vec<&str> = t.lines().collect();
@@ -150,6 +213,79 @@ mod tests {
             "{t}"
         );
         assert!(lines[1].ends_with('-'), "no leaf yet: {t}");
-        assert_eq!(lines[2], "trust bundle sequence: 3");
+        assert_eq!(lines[2], "next automatic step: none scheduled");
+        assert_eq!(lines[3], "trust bundle sequence: 3");
+    }
+
+    #[test]
+    fn the_authority_table_says_when_a_prepared_generation_may_be_activated_and_what_is_next() {
+        let view = |id: &str, state: &str, activatable_at: Option<&str>| api::AuthorityView {
+            id: id.into(),
+            state: state.into(),
+            created_at: "2025-01-01T00:00:00Z".into(),
+            published_at: None,
+            activated_at: None,
+            retiring_at: None,
+            retired_at: None,
+            root_not_after: "2026-01-01T00:00:00Z".into(),
+            intermediate_not_after: "2025-03-01T00:00:00Z".into(),
+            last_leaf_not_after: None,
+            root_certificate: String::new(),
+            activatable_at: activatable_at.map(Into::into),
+        };
+        let r = api::AuthoritiesResponse {
+            authorities: vec![
+                view("1", "active", None),
+                view("2", "prepared", Some("2025-06-01T00:10:00Z")),
+            ],
+            trust_bundle_sequence: 4,
+            schedule_lease: None,
+            next_automatic_step: Some(api::ScheduledStep {
+                action: "activate".into(),
+                authority_id: "2".into(),
+                due_at: "2025-06-01T00:10:00Z".into(),
+                reason: "published for the propagation delay (10m00s)".into(),
+            }),
+        };
+        let now = crate::timefmt::parse_rfc3339("2025-06-01T00:00:30Z").unwrap();
+        let t = authority_table_at(&r, now);
+        assert!(
+            t.contains("authority 2 may be activated from 2025-06-01T00:10:00Z (in 9m30s; earlier with --force)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("next automatic step: activate authority 2 at 2025-06-01T00:10:00Z (in 9m30s): published for the propagation delay"),
+            "{t}"
+        );
+        let later = crate::timefmt::parse_rfc3339("2025-06-01T00:11:00Z").unwrap();
+        assert!(authority_table_at(&r, later).contains("authority 2 may be activated now"));
+    }
+
+    #[test]
+    fn inspect_json_uses_the_api_field_names() {
+        let ca = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["9a1c".to_string()]).unwrap();
+        // rcgen keeps one value per attribute type: the app's OU is the one that makes an
+        // instance certificate.
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationalUnitName, "app:6f1e");
+        p.distinguished_name.push(rcgen::DnType::CommonName, "9a1c");
+        let cert = p.self_signed(&ca).unwrap();
+        let info = CertInfo::from_der(cert.der()).unwrap();
+        let v = inspect_json(&info);
+        assert_eq!(v["instance_guid"], "9a1c");
+        assert_eq!(v["app_guid"], "6f1e");
+        assert!(v["name"].is_null());
+        for key in [
+            "serial",
+            "space_guid",
+            "organization_guid",
+            "not_before",
+            "not_after",
+            "spiffe_id",
+        ] {
+            assert!(v.get(key).is_some(), "{key} in {v}");
+        }
     }
 }

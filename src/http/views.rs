@@ -8,31 +8,45 @@ use der::Decode;
 
 use crate::api;
 use crate::ca::{
-    AuthorityRecord, CaError, CertificateRecord, GenerationStatus, InstanceBinding, Issued, Lease,
-    TrustBundle,
+    AuthorityRecord, CaError, CertificateRecord, Due, GenerationStatus, InstanceBinding, Issued,
+    Lease, TrustBundle,
 };
 use crate::timefmt::rfc3339;
 
-/// `GET /v1/authorities`: every generation and the bundle sequence.
+/// `GET /v1/authorities`: every generation, the bundle sequence, the lease and what the
+/// server does next by itself.
 pub(crate) fn authorities_view(
     gens: &[GenerationStatus],
     sequence: u64,
     lease: Option<&Lease>,
+    activatable_at: impl Fn(&AuthorityRecord) -> Option<SystemTime>,
+    next: Option<&Due>,
 ) -> api::AuthoritiesResponse {
     api::AuthoritiesResponse {
-        authorities: gens.iter().map(|(g, l)| authority_view(g, *l)).collect(),
+        authorities: gens
+            .iter()
+            .map(|(g, l)| authority_view(g, *l, activatable_at(g)))
+            .collect(),
         trust_bundle_sequence: sequence,
         schedule_lease: lease.map(|l| api::ScheduleLease {
             holder: l.holder.clone(),
             expires_at: rfc3339(l.expires_at),
         }),
+        next_automatic_step: next.map(|d| api::ScheduledStep {
+            action: d.action.to_string(),
+            authority_id: d.authority.to_string(),
+            due_at: rfc3339(d.at),
+            reason: d.reason.clone(),
+        }),
     }
 }
 
-/// One generation, with the latest notAfter it signed.
+/// One generation, with the latest notAfter it signed and, when prepared, the time it may be
+/// activated.
 pub(crate) fn authority_view(
     g: &AuthorityRecord,
     last_leaf: Option<SystemTime>,
+    activatable_at: Option<SystemTime>,
 ) -> api::AuthorityView {
     let opt = |t: Option<SystemTime>| t.map(rfc3339);
     api::AuthorityView {
@@ -51,6 +65,7 @@ pub(crate) fn authority_view(
             .unwrap_or_default(),
         last_leaf_not_after: opt(last_leaf),
         root_certificate: crate::x509::build::pem_chain([g.root.certificate.as_slice()]),
+        activatable_at: opt(activatable_at),
     }
 }
 

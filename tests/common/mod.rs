@@ -176,15 +176,15 @@ impl TestCa {
         .unwrap()
     }
 
-    /// Runs the CLI against this CA and returns (exit code, stdout, stderr).
+    /// Runs the CLI against this CA and returns (exit code, stdout, stderr). Commands that
+    /// read a config get this CA's (`inspect` and `completions` take none).
     pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("LANYARD_KEK")
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        if !matches!(args.first(), Some(&"inspect") | Some(&"completions")) {
+            cmd.arg("--config").arg(&self.config);
+        }
+        let out = cmd.env_remove("LANYARD_KEK").output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -40,7 +40,14 @@ pub(super) async fn authorities(
         Ok((gens, seq, ca.schedule_lease()?))
     })
     .await?;
-    Ok(Json(authorities_view(&gens, seq, lease.as_ref())))
+    let next = st.ca.next_automatic_step(&gens);
+    Ok(Json(authorities_view(
+        &gens,
+        seq,
+        lease.as_ref(),
+        |g| st.ca.activatable_at(g),
+        next.as_ref(),
+    )))
 }
 
 #[utoipa::path(
@@ -71,7 +78,11 @@ pub(super) async fn prepare(
     let ca = st.ca.clone();
     let (g, last_leaf) = blocking(&st, move || ca.prepare(&role)).await?;
     tracing::info!(authority = %g.id, "authority prepared by operator");
-    Ok((StatusCode::CREATED, Json(authority_view(&g, last_leaf))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(authority_view(&g, last_leaf, st.ca.activatable_at(&g))),
+    )
+        .into_response())
 }
 
 /// A generation id from the path; one that cannot exist is a 404 like one that does not.
@@ -106,7 +117,11 @@ async fn rotation_step(
         // Move the server's own certificate and the local operator credential right away.
         st.refresh_local_credentials().await;
     }
-    Ok(Json(authority_view(&g, last_leaf)))
+    Ok(Json(authority_view(
+        &g,
+        last_leaf,
+        st.ca.activatable_at(&g),
+    )))
 }
 
 #[utoipa::path(

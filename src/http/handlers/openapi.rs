@@ -141,6 +141,7 @@ pub(super) enum ServerFailure {
         api::AuthorityView,
         api::AuthoritiesResponse,
         api::ScheduleLease,
+        api::ScheduledStep,
         api::CertificateView,
         api::CertificatesResponse,
         api::InstanceBindingView,
