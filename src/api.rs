@@ -74,10 +74,10 @@ enum AuthorityState {
     Retired,
 }
 
-/// The revocation reasons of RFC 5280 a CRL entry can carry, by their RFC names: the values
-/// `POST /v1/certificates/{serial}/revoke` and `lanyard revoke --reason` accept (the server in
-/// any letter case). `removeFromCRL` is not among them: it only means something in a delta
-/// CRL, and Lanyard publishes full CRLs.
+/// The revocation reasons of RFC 5280 a CRL entry can carry, by their RFC names. A reason
+/// given as one of them (see [`revocation_reason`]) goes into the CRL entry as its reason
+/// code. `removeFromCRL` is not among them: it only means something in a delta CRL, and
+/// Lanyard publishes full CRLs.
 pub const REVOCATION_REASONS: &[&str] = &[
     "unspecified",
     "keyCompromise",
@@ -90,28 +90,36 @@ pub const REVOCATION_REASONS: &[&str] = &[
     "aACompromise",
 ];
 
-/// A revocation reason (see [`REVOCATION_REASONS`]).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-enum RevocationReason {
-    #[schema(rename = "unspecified")]
-    Unspecified,
-    #[schema(rename = "keyCompromise")]
-    KeyCompromise,
-    #[schema(rename = "cACompromise")]
-    CaCompromise,
-    #[schema(rename = "affiliationChanged")]
-    AffiliationChanged,
-    #[schema(rename = "superseded")]
-    Superseded,
-    #[schema(rename = "cessationOfOperation")]
-    CessationOfOperation,
-    #[schema(rename = "certificateHold")]
-    CertificateHold,
-    #[schema(rename = "privilegeWithdrawn")]
-    PrivilegeWithdrawn,
-    #[schema(rename = "aACompromise")]
-    AaCompromise,
+/// The longest revocation reason kept, in characters.
+pub const MAX_REVOCATION_REASON_CHARS: usize = 256;
+
+/// Reads a revocation reason as an operator gave it. One of [`REVOCATION_REASONS`], in any
+/// letter case and with or without spaces, `-` or `_` between its words (`key compromise`,
+/// `KEY_COMPROMISE`), comes back as the RFC spells it, so the CRL can carry its code. Any
+/// other text is kept as given (the record shows it; the CRL entry has no reason code).
+/// Empty text, control characters and more than [`MAX_REVOCATION_REASON_CHARS`] characters
+/// are refused, with the reason why.
+pub fn revocation_reason(given: &str) -> Result<String, String> {
+    let given = given.trim();
+    if given.is_empty() {
+        return Err("is empty (leave it out, or give e.g. keyCompromise or superseded)".into());
+    }
+    if given.chars().count() > MAX_REVOCATION_REASON_CHARS {
+        return Err(format!(
+            "is longer than {MAX_REVOCATION_REASON_CHARS} characters"
+        ));
+    }
+    if given.chars().any(char::is_control) {
+        return Err("holds a control character".into());
+    }
+    let folded: String = given
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '_'))
+        .collect();
+    Ok(REVOCATION_REASONS
+        .iter()
+        .find(|name| name.eq_ignore_ascii_case(&folded))
+        .map_or_else(|| given.to_string(), |name| name.to_string()))
 }
 
 /// What an issued certificate is for.
@@ -354,10 +362,12 @@ pub struct ForceRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
-    /// An RFC 5280 reason name (`keyCompromise`, `superseded`, ...), kept with the record and
-    /// written into the CRL entry as its reason code; anything else is a 422.
+    /// Why, kept with the record (at most 256 characters, no control characters). An RFC 5280
+    /// reason name (`keyCompromise`, `superseded`, ...; any letter case, words may be split by
+    /// spaces, `-` or `_`) is kept as the RFC spells it and written into the CRL entry as its
+    /// reason code; other text is kept as given, and its CRL entry has no reason code.
     #[serde(default)]
-    #[schema(value_type = Option<RevocationReason>)]
+    #[schema(example = "keyCompromise")]
     pub reason: Option<String>,
 }
 
@@ -685,3 +695,37 @@ pub const MAX_BATCH: usize = 1000;
 /// The component name in the API server's certificate (`spiffe://<td>/component/lanyard-server`);
 /// clients of the API require it, and nobody else can get a certificate with it.
 pub const SERVER_NAME: &str = "lanyard-server";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rfc_reason_in_any_spelling_comes_back_as_the_rfc_spells_it() {
+        for given in [
+            "superseded",
+            "SUPERSEDED",
+            "cessation of operation",
+            "ca-compromise",
+        ] {
+            let got = revocation_reason(given).unwrap();
+            assert!(
+                REVOCATION_REASONS.contains(&got.as_str()),
+                "{given} -> {got}"
+            );
+        }
+        assert_eq!(
+            revocation_reason(" key_compromise ").unwrap(),
+            "keyCompromise"
+        );
+    }
+
+    #[test]
+    fn other_text_is_kept_and_empty_overlong_or_control_text_is_refused() {
+        assert_eq!(revocation_reason("laptop lost").unwrap(), "laptop lost");
+        assert!(revocation_reason("  ").is_err());
+        assert!(revocation_reason("a\nb").is_err());
+        assert!(revocation_reason(&"x".repeat(MAX_REVOCATION_REASON_CHARS + 1)).is_err());
+        assert!(revocation_reason(&"x".repeat(MAX_REVOCATION_REASON_CHARS)).is_ok());
+    }
+}

@@ -94,7 +94,7 @@ async fn every_kind_of_change_leaves_an_entry_with_no_secret_and_the_chain_verif
         .unwrap();
     assert_eq!(revoke.subject, format!("certificate/{revoked}"));
     assert!(revoke.actor.ends_with("/operator/admin"), "{revoke:?}");
-    assert_eq!(revoke.details["reason"], "key compromise");
+    assert_eq!(revoke.details["reason"], "keyCompromise");
     let instance = entries
         .iter()
         .find(|e| e.action == "certificate.issued" && e.details["kind"] == "instance")

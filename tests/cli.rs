@@ -232,9 +232,10 @@ async fn client_errors_and_output_say_what_happened_and_what_to_do_next() {
     );
     assert!(v["instance_guid"].is_null() && v["serial"].is_string() && v["not_after"].is_string());
 
-    // revoke: RFC 5280 reason names only, a line for people, JSON on request.
+    // revoke: an empty reason is refused before any request; an RFC 5280 name in any
+    // spelling is sent as the RFC spells it; a line for people, JSON on request.
     let serial = v["serial"].as_str().unwrap().to_string();
-    let (code, _, err) = ca.cli(&["revoke", &serial, "--reason", "lost"]);
+    let (code, _, err) = ca.cli(&["revoke", &serial, "--reason", ""]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("keyCompromise"), "{err}");
     let (code, out, err) = ca.cli(&["revoke", &serial, "--reason", "keycompromise"]);
@@ -248,17 +249,22 @@ async fn client_errors_and_output_say_what_happened_and_what_to_do_next() {
     assert_eq!(code, 0, "{err}");
     let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rec["revocation_reason"], "keyCompromise");
-    // The API refuses a reason that is not RFC 5280's.
+    // The API refuses a reason with a control character, naming the field.
     let r = common::raw(
         &ca,
         Some(op_identity(&ca).as_pair()),
         "POST",
         &format!("/v1/certificates/{serial}/revoke"),
-        Some(br#"{"reason":"lost"}"#.to_vec()),
+        Some(br#"{"reason":"lost\u0007"}"#.to_vec()),
         &[],
     )
     .await;
     assert_eq!(r.0, 422);
+    assert!(
+        String::from_utf8_lossy(&r.2).contains("reason"),
+        "{:?}",
+        r.2
+    );
 
     // A server that is not running: the URL, and what to try.
     ca.stop();

@@ -35,27 +35,11 @@ impl Ca {
         serial: &Serial,
         reason: Option<String>,
     ) -> Result<CertificateRecord, CaError> {
-        // The reason becomes the CRL entry's reason code, so only RFC 5280's names are
-        // taken (in any letter case), and kept as the RFC spells them.
-        let reason = match reason {
-            None => None,
-            Some(r) => Some(
-                crate::api::REVOCATION_REASONS
-                    .iter()
-                    .find(|n| n.eq_ignore_ascii_case(&r))
-                    .map(|n| n.to_string())
-                    .ok_or_else(|| {
-                        CaError::invalid(
-                            "reason",
-                            format!(
-                                "`{}` is not an RFC 5280 revocation reason (use one of: {})",
-                                r.chars().take(64).collect::<String>(),
-                                crate::api::REVOCATION_REASONS.join(", ")
-                            ),
-                        )
-                    })?,
-            ),
-        };
+        let reason = reason
+            .map(|r| {
+                crate::api::revocation_reason(&r).map_err(|why| CaError::invalid("reason", why))
+            })
+            .transpose()?;
         let rec = self
             .store
             .get_certificate(serial)?

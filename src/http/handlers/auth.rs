@@ -70,6 +70,7 @@ macro_rules! role_extractor {
 
 role_extractor!(CellCaller, Cell, "cell");
 role_extractor!(OperatorCaller, Operator, "operator");
+role_extractor!(ComponentCaller, Component, "component");
 
 /// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
 /// regard to case and may be followed by several spaces (RFC 9110, 11.1 and 11.4); `None`

@@ -4,9 +4,8 @@
 use axum::extract::State;
 use axum::response::Response;
 
-use super::auth::Authenticated;
 use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
-use super::{blocking, created, paths, OperatorCaller, S};
+use super::{blocking, created, paths, ComponentCaller, OperatorCaller, S};
 use crate::api;
 use crate::http::problem::{ApiError, ApiJson};
 
@@ -65,7 +64,9 @@ pub(super) async fn component_certificate(
 )]
 pub(super) async fn component_credential(
     State(st): State<S>,
-    Authenticated(role): Authenticated,
+    // The role is checked before the body is read: a caller that is not a component learns
+    // nothing about the body this endpoint expects.
+    ComponentCaller(role): ComponentCaller,
     ApiJson(req): ApiJson<api::ComponentCredentialRequest>,
 ) -> Result<Response, ApiError> {
     let ca = st.ca.clone();

@@ -25,7 +25,7 @@ mod unread_body;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use auth::{CellCaller, OperatorCaller};
+pub(crate) use auth::{CellCaller, ComponentCaller, OperatorCaller};
 pub use openapi::ApiDoc;
 pub(crate) use pool::BlockingPool;
 

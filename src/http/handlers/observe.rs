@@ -31,7 +31,7 @@ const ISSUING: [(&str, &str, bool); 7] = [
     (paths::JOIN, "cell", false),
     (paths::CELL_CREDENTIALS, "cell", false),
     (paths::OPERATOR_CREDENTIALS, "operator", false),
-    ("/v1/component-credentials", "component", false),
+    (paths::COMPONENT_CREDENTIALS, "component", false),
 ];
 
 /// A caller's id if it is one we can log and echo safely (1 to 64 of `A-Za-z0-9._-`).
