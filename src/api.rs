@@ -93,12 +93,25 @@ pub const REVOCATION_REASONS: &[&str] = &[
 /// The longest revocation reason kept, in characters.
 pub const MAX_REVOCATION_REASON_CHARS: usize = 256;
 
-/// Reads a revocation reason as an operator gave it. One of [`REVOCATION_REASONS`], in any
-/// letter case and with or without spaces, `-` or `_` between its words (`key compromise`,
-/// `KEY_COMPROMISE`), comes back as the RFC spells it, so the CRL can carry its code. Any
-/// other text is kept as given (the record shows it; the CRL entry has no reason code).
-/// Empty text, control characters and more than [`MAX_REVOCATION_REASON_CHARS`] characters
-/// are refused, with the reason why.
+/// The RFC 5280 name `given` spells, in any letter case and with or without spaces, `-` or
+/// `_` between its words (`key compromise`, `KEY_COMPROMISE` are `keyCompromise`).
+pub fn rfc_revocation_reason(given: &str) -> Option<&'static str> {
+    let folded: String = given
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '_'))
+        .collect();
+    REVOCATION_REASONS
+        .iter()
+        .find(|name| name.eq_ignore_ascii_case(&folded))
+        .copied()
+}
+
+/// Reads a revocation reason as the API takes it. An RFC 5280 name (see
+/// [`rfc_revocation_reason`]) comes back as the RFC spells it, so the CRL can carry its code.
+/// Other text is kept as given (the record shows it; the CRL entry has no reason code), since
+/// the API has always taken free text. Empty text, control characters and more than
+/// [`MAX_REVOCATION_REASON_CHARS`] characters are refused, with the reason why.
 pub fn revocation_reason(given: &str) -> Result<String, String> {
     let given = given.trim();
     if given.is_empty() {
@@ -112,14 +125,7 @@ pub fn revocation_reason(given: &str) -> Result<String, String> {
     if given.chars().any(char::is_control) {
         return Err("holds a control character".into());
     }
-    let folded: String = given
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '_'))
-        .collect();
-    Ok(REVOCATION_REASONS
-        .iter()
-        .find(|name| name.eq_ignore_ascii_case(&folded))
-        .map_or_else(|| given.to_string(), |name| name.to_string()))
+    Ok(rfc_revocation_reason(given).map_or_else(|| given.to_string(), str::to_string))
 }
 
 /// What an issued certificate is for.
