@@ -19,7 +19,8 @@ use crate::client::ClientError;
 use crate::config::{Config, ConfigError};
 
 pub use args::{
-    AuthorityCommand, CertCommand, Cli, Command, CredentialCommand, StoreCommand, TokenCommand,
+    AuthorityCommand, BenchMode, CertCommand, Cli, Command, CredentialCommand, StoreCommand,
+    TokenCommand,
 };
 pub use output::authority_table;
 
@@ -171,6 +172,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             })
         }
         Command::Inspect { file, json } => output::inspect(file, *json),
+        Command::Bench { mode, .. } if !matches!(mode, BenchMode::Issue | BenchMode::Watchers) => {
+            client_commands::local_bench(&cli).await
+        }
         _ => client_commands::client_command(&cli).await,
     }
 }
