@@ -29,6 +29,8 @@ fn setup(m: impl std::fmt::Display) -> ClientError {
 struct TempCa {
     dir: std::path::PathBuf,
     state: Arc<AppState>,
+    /// Built once and cloned per request, as the accept loop does.
+    app: axum::Router,
 }
 
 impl Drop for TempCa {
@@ -52,8 +54,10 @@ impl TempCa {
         std::fs::write(&path, text).map_err(setup)?;
         let config = Config::load(&path).map_err(setup)?;
         let (ca, _) = Ca::init(&config).map_err(setup)?;
+        let state = Arc::new(AppState::in_process(Arc::new(ca)));
         Ok(TempCa {
-            state: Arc::new(AppState::in_process(Arc::new(ca))),
+            app: router(state.clone()),
+            state,
             dir,
         })
     }
