@@ -73,6 +73,8 @@ listening() {
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
+# utime and stime (clock ticks) of a process, to split its CPU into user and kernel time.
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 
 echo "bench: crypto floor" >&2
 "$BIN" bench --mode floor --requests "$FLOOR_N" --json > "$WORK/floor1.json"
@@ -103,9 +105,13 @@ echo "$(rss "$SERVER_PID")" > "$WORK/idle_rss"
 ca_bench() { "$BIN" bench --server "$URL" --credential "$OP" --server-pid "$SERVER_PID" --json "$@"; }
 
 echo "bench: Lanyard, $CLIENTS clients, single requests" >&2
+ticks "$SERVER_PID" > "$WORK/ticks.single"
 ca_bench --requests "$REQUESTS" --concurrency "$CLIENTS" > "$WORK/single.json"
+ticks "$SERVER_PID" >> "$WORK/ticks.single"
 echo "bench: Lanyard, $CLIENTS clients, batches of 50" >&2
+ticks "$SERVER_PID" > "$WORK/ticks.batch"
 ca_bench --requests $((BATCHES * 50)) --concurrency "$CLIENTS" --batch-size 50 > "$WORK/batch.json"
+ticks "$SERVER_PID" >> "$WORK/ticks.batch"
 HALF=$(python3 -c "import json; print(round(json.load(open('$WORK/single.json'))['certificates_per_second'] / 2, 1))")
 PACED=$(python3 -c "print(max(1000, int($HALF * 8)))")
 echo "bench: Lanyard, paced at half the peak ($HALF/s)" >&2
@@ -211,6 +217,16 @@ print(f"Lanyard single: p50 {single['p50_ms']:.1f} ms, p99 {single['p99_ms']:.1f
 print(f"watchers: authenticated (cell credential, own connection each), so "
       f"listen.max_anonymous_long_polls does not apply and was left at its default; "
       f"set up in {watchers['setup_seconds']:.1f} s; prepare answered in {watchers['prepare_ms']:.0f} ms")
+def split(name):
+    (u0, s0), (u1, s1) = [map(int, l.split()) for l in open(os.path.join(work, "ticks." + name))]
+    u, k = u1 - u0, s1 - s0
+    return 100 * k / max(1, u + k)
+for name, d in [("single", single), ("batch", batch)]:
+    print(f"server {name}: {split(name):.0f}% of its CPU in the kernel, "
+          f"{d['server_context_switches_per_request']:.1f} context switches per request, "
+          f"{d['server_threads']} threads")
+print(f"cfssl: {cfssl['server_context_switches_per_request']:.1f} context switches per request, "
+      f"{cfssl['server_threads']} threads")
 fails = [(n, d.get("failures") or 0, d.get("first_failure")) for n, d in
          [("single", single), ("batch", batch), ("paced", paced), ("cfssl", cfssl), ("agent", agent)]]
 for n, f, first in fails:

@@ -98,10 +98,7 @@ impl TempCa {
         if let Some(c) = caller {
             req.extensions_mut().insert(c.clone());
         }
-        let r = router(self.state.clone())
-            .oneshot(req)
-            .await
-            .map_err(setup)?;
+        let r = self.app.clone().oneshot(req).await.map_err(setup)?;
         let status = r.status();
         let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
             .await
