@@ -1,81 +1,104 @@
-//! `lanyard bench`: a load generator against a running CA. It joins as a throw-away cell
-//! (with the operator credential), then issues instance certificates from `concurrency`
-//! workers, one per request or in batches, and prints throughput and latency percentiles.
+//! `lanyard bench`: the load generator and the benchmarks `scripts/bench.sh` runs. Each mode
+//! measures one thing and prints a paragraph, or one JSON object with `--json`:
+//!
+//! - `issue` (default): joins as a throw-away cell (with the operator credential), then issues
+//!   instance certificates over mutual TLS from `concurrency` keep-alive workers, one per
+//!   request or in batches, closed loop or paced (`rate`); with the server's pid, its CPU per
+//!   certificate from /proc.
+//! - `cfssl`: the same load against cfssl's `/api/v1/cfssl/sign` ([`cfssl`]).
+//! - `floor`: the crypto floor in process, a P-256 CSR verification plus one signature
+//!   ([`floor`]).
+//! - `in-process`: issuances through the API router without sockets, for instruction counts
+//!   ([`in_process`]).
+//! - `agent`: PUTs at once to an agent until every credential is on disk ([`agent`]).
+//! - `watchers`: bundle long polls released by a rotation step ([`watchers`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod agent;
+mod cfssl;
+mod floor;
+mod in_process;
+mod load;
+mod procstat;
+mod watchers;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::api;
+use crate::cli::BenchMode;
 use crate::client::{new_key_and_csr, tls_config, ApiClient, ClientError};
+
+pub(crate) use load::LoadReport;
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub(crate) struct BenchOptions {
-    /// Total certificates to issue.
+    /// The workload.
+    pub mode: BenchMode,
+    /// Total certificates to issue, iterations, or PUTs (see the CLI's `--requests`).
     pub requests: usize,
     /// Concurrent workers (connections).
     pub concurrency: usize,
     /// Certificates per request; 1 uses `/v1/instance-certificates`, more uses `/batch`.
     pub batch_size: usize,
-    /// Trust bundle long polls held open (each on its own connection) during the run.
+    /// Trust bundle long polls held open.
     pub watchers: usize,
+    /// Paced requests per second (open loop), if given.
+    pub rate: Option<f64>,
+    /// The measured server's pid, for CPU and RSS from /proc.
+    pub server_pid: Option<u32>,
+    /// cfssl's or the agent's URL.
+    pub target: Option<String>,
+    /// cfssl's credential directory or the agent's credentials root.
+    pub target_dir: Option<std::path::PathBuf>,
 }
 
-/// The measured figures.
-#[derive(Debug, Clone)]
-pub(crate) struct BenchReport {
-    /// Certificates issued.
-    pub issued: usize,
-    /// Requests that failed.
-    pub failures: usize,
-    /// Wall time.
-    pub elapsed: Duration,
-    /// Per-request latencies, sorted.
-    pub latencies: Vec<Duration>,
-}
-
-impl BenchReport {
-    fn pct(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
+/// Runs a mode that needs no CA client (`cfssl`, `floor`, `in-process`, `agent`) and
+/// returns its JSON figures.
+pub(crate) async fn run_local(o: &BenchOptions) -> Result<serde_json::Value, ClientError> {
+    match o.mode {
+        BenchMode::Cfssl => cfssl::run(o).await,
+        BenchMode::Floor => {
+            let n = o.requests;
+            tokio::task::spawn_blocking(move || floor::run(n))
+                .await
+                .map_err(|e| ClientError::Setup(e.to_string()))?
         }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i.min(self.latencies.len() - 1)]
-    }
-
-    /// One readable paragraph.
-    pub(crate) fn render(&self, o: &BenchOptions) -> String {
-        let rate = self.issued as f64 / self.elapsed.as_secs_f64().max(1e-9);
-        format!(
-            "issued {} certificates ({} failed requests) in {:.2}s with {} workers, {} per request, {} bundle watchers: {:.0} certificates/s\n\
-             request latency: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
-            self.issued,
-            self.failures,
-            self.elapsed.as_secs_f64(),
-            o.concurrency,
-            o.batch_size,
-            o.watchers,
-            rate,
-            ms(self.pct(0.5)),
-            ms(self.pct(0.9)),
-            ms(self.pct(0.99)),
-            ms(self.latencies.last().copied().unwrap_or_default()),
-        )
+        BenchMode::InProcess => in_process::run(o.requests).await,
+        BenchMode::Agent => agent::run(o).await,
+        BenchMode::Issue | BenchMode::Watchers => Err(ClientError::Setup(
+            "this mode runs against a CA (give --server and --credential)".into(),
+        )),
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Joins as a bench cell with `operator`, then runs the load against `server`.
-pub(crate) async fn run(
+/// Runs a mode against a CA (`issue`, `watchers`) with the operator client.
+pub(crate) async fn run_against_ca(
     server: &str,
     operator: &ApiClient,
     bundle_pem: &str,
     o: &BenchOptions,
-) -> Result<BenchReport, ClientError> {
+) -> Result<serde_json::Value, ClientError> {
+    let cell = join_as_cell(server, operator, bundle_pem).await?;
+    match o.mode {
+        BenchMode::Watchers => watchers::run(server, operator, &cell, o).await,
+        _ => issue(server, &cell, o).await,
+    }
+}
+
+/// A throw-away cell's client: mutual TLS with a fresh cell credential.
+pub(crate) struct CellClient {
+    /// Its TLS configuration (bundle and cell credential), for more connections.
+    pub tls: rustls::ClientConfig,
+    /// A client over it.
+    pub client: ApiClient,
+}
+
+async fn join_as_cell(
+    server: &str,
+    operator: &ApiClient,
+    bundle_pem: &str,
+) -> Result<CellClient, ClientError> {
     let name = format!("bench-{}", std::process::id());
     let t: api::JoinTokenResponse = operator
         .post(
@@ -93,123 +116,92 @@ pub(crate) async fn run(
     let cell: api::IssuedCertificate = anon
         .post("/v1/join", &api::CsrRequest { csr }, Some(&t.token))
         .await?;
-    let client = ApiClient::new(
-        server,
-        tls_config(bundle_pem.as_bytes(), Some((&cell.certificate_chain, &key)))?,
-    )?;
+    let tls = tls_config(bundle_pem.as_bytes(), Some((&cell.certificate_chain, &key)))?;
+    Ok(CellClient {
+        client: ApiClient::new(server, tls.clone())?,
+        tls,
+    })
+}
+
+/// The `issue` mode: instance certificates from `concurrency` workers.
+async fn issue(
+    server: &str,
+    cell: &CellClient,
+    o: &BenchOptions,
+) -> Result<serde_json::Value, ClientError> {
+    // Watchers hold long polls the whole time, as apps and proxies do in production; the
+    // clock starts once they are held, so their handshakes are not measured.
+    let held = watchers::hold(server, &cell.tls, o.watchers).await?;
     // One CSR for every request: the CA verifies each one anyway, and client-side key
     // generation would only measure the load generator.
     let (_k, csr) = new_key_and_csr()?;
     let batch = o.batch_size.max(1);
-    let total_requests = o.requests.div_ceil(batch);
-    let next = Arc::new(AtomicUsize::new(0));
     // Instance GUIDs of this run only: each run joins as a new cell, and an instance stays
     // bound to the cell that first obtained it, so reusing another run's GUIDs is a 409.
     let run = crate::ids::Serial::random()
         .map_err(|_| ClientError::Setup("no random run id".into()))?
         .to_string();
     let run: Arc<str> = Arc::from(&run[..8.min(run.len())]);
-    // Watchers hold long polls the whole time, as apps and proxies do in production.
-    // The clock starts once they are connected, so their handshakes are not measured.
-    let mut held = Vec::with_capacity(o.watchers);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(o.watchers.max(1));
-    for _ in 0..o.watchers {
-        let c = ApiClient::new(server, tls_config(bundle_pem.as_bytes(), None)?)?;
-        let ready = ready_tx.clone();
-        held.push(tokio::spawn(async move {
-            let seq = match c.trust_bundle(None, 0, false).await {
-                Ok(Some((seq, _))) => seq,
-                _ => return,
+    let client = cell.client.clone();
+    let one = move |n: usize| {
+        let (client, csr, run) = (client.clone(), csr.clone(), run.clone());
+        async move {
+            let req = |i: usize| api::InstanceCertificateRequest {
+                csr: csr.clone(),
+                instance_guid: format!("be{run}-{:014x}", n * batch + i),
+                app_guid: "be0c9a2b3d4c5e8f7a1b2c3d4e5f60".into(),
+                space_guid: "be0d9b8a1a2c4b4d9e6f0a1b2c3d4e5f".into(),
+                organization_guid: "be9c8a7b0f1b4a3c8d5ef90a1b2c3d4e".into(),
+                container_ip: None,
+                internal_routes: None,
+                ttl_seconds: Some(3600.into()),
             };
-            let _ = ready.send(()).await;
-            let _ = c.trust_bundle(Some(seq), 300, false).await;
-        }));
-    }
-    drop(ready_tx);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    for _ in 0..o.watchers {
-        if tokio::time::timeout_at(deadline, ready_rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
-            break;
-        }
-    }
-    let start = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..o.concurrency.max(1) {
-        let (client, next, csr, run) = (client.clone(), next.clone(), csr.clone(), run.clone());
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let (mut issued, mut failures) = (0usize, 0usize);
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total_requests {
-                    break;
-                }
-                let req = |i: usize| api::InstanceCertificateRequest {
-                    csr: csr.clone(),
-                    instance_guid: format!("be{run}-{:014x}", n * batch + i),
-                    app_guid: "be0c9a2b3d4c5e8f7a1b2c3d4e5f60".into(),
-                    space_guid: "be0d9b8a1a2c4b4d9e6f0a1b2c3d4e5f".into(),
-                    organization_guid: "be9c8a7b0f1b4a3c8d5ef90a1b2c3d4e".into(),
-                    container_ip: None,
-                    internal_routes: None,
-                    ttl_seconds: Some(3600.into()),
+            if batch == 1 {
+                client
+                    .post::<_, api::IssuedCertificate>("/v1/instance-certificates", &req(0), None)
+                    .await
+                    .map(|_| 1)
+                    .map_err(|e| e.to_string())
+            } else {
+                let body = api::BatchRequest {
+                    requests: (0..batch).map(req).collect(),
                 };
-                let t0 = Instant::now();
-                if batch == 1 {
-                    match client
-                        .post::<_, api::IssuedCertificate>(
-                            "/v1/instance-certificates",
-                            &req(0),
-                            None,
-                        )
-                        .await
-                    {
-                        Ok(_) => issued += 1,
-                        Err(_) => failures += 1,
-                    }
-                } else {
-                    let body = api::BatchRequest {
-                        requests: (0..batch).map(req).collect(),
-                    };
-                    match client
-                        .post::<_, api::BatchResponse>(
-                            "/v1/instance-certificates/batch",
-                            &body,
-                            None,
-                        )
-                        .await
-                    {
-                        Ok(r) => issued += r.results.iter().filter(|x| x.status == 201).count(),
-                        Err(_) => failures += 1,
-                    }
-                }
-                lat.push(t0.elapsed());
+                client
+                    .post::<_, api::BatchResponse>("/v1/instance-certificates/batch", &body, None)
+                    .await
+                    .map(|r| r.results.iter().filter(|x| x.status == 201).count())
+                    .map_err(|e| e.to_string())
             }
-            (lat, issued, failures)
-        }));
-    }
-    let mut report = BenchReport {
-        issued: 0,
-        failures: 0,
-        elapsed: Duration::ZERO,
-        latencies: vec![],
+        }
     };
-    for w in workers {
-        if let Ok((lat, issued, failures)) = w.await {
-            report.latencies.extend(lat);
-            report.issued += issued;
-            report.failures += failures;
+    let report = load::drive(
+        o.concurrency,
+        o.requests.div_ceil(batch),
+        o.rate,
+        o.server_pid,
+        one,
+    )
+    .await;
+    drop(held);
+    Ok(report.json(o))
+}
+
+/// The text form of a mode's JSON figures.
+pub(crate) fn render(o: &BenchOptions, v: &serde_json::Value) -> String {
+    match o.mode {
+        BenchMode::Issue | BenchMode::Cfssl => LoadReport::render_json(o, v),
+        _ => {
+            let mut out = String::new();
+            if let Some(m) = v.as_object() {
+                for (k, x) in m {
+                    out.push_str(&format!("{k}: {x}\n"));
+                }
+            }
+            out
         }
     }
-    report.elapsed = start.elapsed();
-    report.latencies.sort();
-    for h in held {
-        h.abort();
-    }
-    Ok(report)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

@@ -38,7 +38,7 @@ pub(super) fn new_generation(
         profile: Profile::Ca { path_len: None },
     };
     let cert = build::sign(
-        &spec,
+        spec,
         &Signer {
             name: &name,
             key_id: &key_id,
@@ -46,7 +46,7 @@ pub(super) fn new_generation(
         },
     )?;
     let root = LoadedCa {
-        cert: cert.clone(),
+        cert_pem: build::pem_chain([cert.as_slice()]),
         name,
         key_id,
         key: pair,
@@ -91,7 +91,7 @@ pub(super) fn new_intermediate(
         profile: Profile::Ca { path_len: Some(0) },
     };
     let cert = build::sign(
-        &spec,
+        spec,
         &Signer {
             name: &root.name,
             key_id: &root.key_id,

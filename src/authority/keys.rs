@@ -18,7 +18,8 @@ use crate::x509::build;
 
 /// A CA certificate with its decrypted key, ready to sign.
 pub(super) struct LoadedCa {
-    pub(super) cert: Vec<u8>,
+    /// The certificate as PEM, encoded once: it ends every chain this CA answers.
+    pub(super) cert_pem: String,
     pub(super) name: Name,
     pub(super) key_id: Vec<u8>,
     pub(super) key: EcdsaKeyPair,
@@ -72,7 +73,7 @@ pub(super) fn load_ca(
     Ok(LoadedCa {
         key_id: build::key_identifier(spki),
         name: cert.tbs_certificate.subject.clone(),
-        cert: rec.certificate.clone(),
+        cert_pem: build::pem_chain([rec.certificate.as_slice()]),
         key,
         not_after: rec.not_after,
     })

@@ -241,14 +241,15 @@ fn sign_leaf(
         },
     };
     let leaf = build::sign(
-        &spec,
+        spec,
         &Signer {
             name: &ca.name,
             key_id: &ca.key_id,
             key: &ca.key,
         },
     )?;
-    let chain_pem = build::pem_chain([leaf.as_slice(), ca.cert.as_slice()]);
+    let mut chain_pem = build::pem_chain([leaf.as_slice()]);
+    chain_pem.push_str(&ca.cert_pem);
     // Validity is stored as encoded (whole seconds), so records and certificates agree.
     let secs = |t: SystemTime| {
         let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();

@@ -244,9 +244,14 @@ pub enum Command {
     /// The CA's hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Load generator against a running CA: issuance throughput and latency.
+    /// Load generator and benchmarks: issuance throughput and latency against a running CA
+    /// (default), or another workload with `--mode` (see `scripts/bench.sh`).
     Bench {
-        /// Certificates to issue.
+        /// What to measure.
+        #[arg(long, value_enum, default_value_t = BenchMode::Issue)]
+        mode: BenchMode,
+        /// Certificates to issue (`issue`, `cfssl`), iterations (`floor`, `in-process`) or
+        /// instances PUT at once (`agent`).
         #[arg(long, default_value_t = 2000)]
         requests: usize,
         /// Concurrent workers.
@@ -255,9 +260,28 @@ pub enum Command {
         /// Certificates per request (more than 1 uses the batch endpoint).
         #[arg(long, default_value_t = 1)]
         batch_size: usize,
-        /// Trust bundle long polls to hold open during the run.
+        /// Trust bundle long polls to hold open during the run (`issue`), or to hold and
+        /// release with a rotation step (`watchers`).
         #[arg(long, default_value_t = 0)]
         watchers: usize,
+        /// Requests per second, paced (open loop; latency counts from each request's
+        /// scheduled time); without it every worker sends as fast as it is answered.
+        #[arg(long, value_name = "PER_SECOND")]
+        rate: Option<f64>,
+        /// The server's process id: its CPU time (utime + stime) and RSS are read from
+        /// /proc around the run.
+        #[arg(long, value_name = "PID")]
+        server_pid: Option<u32>,
+        /// The other endpoint: cfssl's base URL (`cfssl`) or the agent's local API (`agent`).
+        #[arg(long, value_name = "URL")]
+        target: Option<String>,
+        /// `cfssl`: directory with `ca.pem`, `client.pem`, `client-key.pem`; `agent`: the
+        /// agent's credentials root.
+        #[arg(long, value_name = "DIR")]
+        target_dir: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// The CA's storage.
     #[command(subcommand)]
@@ -311,6 +335,23 @@ pub enum AuditCommand {
     /// Fetch the whole log and check every seq, link and hash: exit 0 when it verifies,
     /// exit 1 naming the first bad seq (an edited, deleted or reordered entry).
     Verify,
+}
+
+/// What `lanyard bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    /// Instance certificates from a running CA, over mutual TLS.
+    Issue,
+    /// The same load against cfssl's `/api/v1/cfssl/sign` (`--target`, `--target-dir`).
+    Cfssl,
+    /// The crypto floor in this process: one P-256 CSR verification and one signature.
+    Floor,
+    /// Issuances through the API router in this process (for instruction counts).
+    InProcess,
+    /// `--requests` PUTs at once to an agent's local API, until every credential is on disk.
+    Agent,
+    /// `--watchers` bundle long polls held, then a rotation step (prepare) releases them.
+    Watchers,
 }
 
 /// `lanyard store ...`

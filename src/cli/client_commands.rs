@@ -284,24 +284,14 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Bench {
-            requests,
-            concurrency,
-            batch_size,
-            watchers,
-        } => {
-            let opts = crate::bench::BenchOptions {
-                requests: *requests,
-                concurrency: *concurrency,
-                batch_size: (*batch_size).clamp(1, api::MAX_BATCH),
-                watchers: *watchers,
-            };
+        Command::Bench { .. } => {
+            let opts = bench_options(&cli.command)?;
             let bundle = fetch_bundle_pem(&client).await?;
             // The load goes to one replica (the one that answered), so its figures are that
             // replica's.
-            let report =
-                crate::bench::run(client.current_server(), &client, &bundle, &opts).await?;
-            print!("{}", report.render(&opts));
+            let v = crate::bench::run_against_ca(client.current_server(), &client, &bundle, &opts)
+                .await?;
+            print_bench(&opts, &v, cli)?;
         }
         Command::Revoke {
             serial,
@@ -442,6 +432,58 @@ async fn authority(client: &ApiClient, cmd: &AuthorityCommand) -> Result<(), Fai
         }
     }
     Ok(())
+}
+
+/// `lanyard bench`'s flags as options.
+pub(super) fn bench_options(c: &Command) -> Result<crate::bench::BenchOptions, Failure> {
+    let Command::Bench {
+        mode,
+        requests,
+        concurrency,
+        batch_size,
+        watchers,
+        rate,
+        server_pid,
+        target,
+        target_dir,
+        json: _,
+    } = c
+    else {
+        return Err(Failure::usage("not the bench command"));
+    };
+    Ok(crate::bench::BenchOptions {
+        mode: *mode,
+        requests: *requests,
+        concurrency: *concurrency,
+        batch_size: (*batch_size).clamp(1, api::MAX_BATCH),
+        watchers: *watchers,
+        rate: *rate,
+        server_pid: *server_pid,
+        target: target.clone(),
+        target_dir: target_dir.clone(),
+    })
+}
+
+/// Prints a bench mode's figures as text, or as one JSON line with `--json`.
+pub(super) fn print_bench(
+    o: &crate::bench::BenchOptions,
+    v: &serde_json::Value,
+    cli: &Cli,
+) -> Result<(), Failure> {
+    if matches!(cli.command, Command::Bench { json: true, .. }) {
+        println!("{v}");
+    } else {
+        print!("{}", crate::bench::render(o, v));
+    }
+    Ok(())
+}
+
+/// `lanyard bench` in a mode that needs no CA client (`cfssl`, `floor`, `in-process`,
+/// `agent`).
+pub(super) async fn local_bench(cli: &Cli) -> Result<(), Failure> {
+    let opts = bench_options(&cli.command)?;
+    let v = crate::bench::run_local(&opts).await?;
+    print_bench(&opts, &v, cli)
 }
 
 #[cfg(test)]

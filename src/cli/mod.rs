@@ -20,8 +20,8 @@ use crate::client::ClientError;
 use crate::config::{Config, ConfigError};
 
 pub use args::{
-    command, AuthorityCommand, CertCommand, Cli, Command, CompletionShell, CredentialCommand,
-    StoreCommand, TokenCommand, REVOCATION_REASONS, VERSION,
+    command, AuthorityCommand, BenchMode, CertCommand, Cli, Command, CompletionShell,
+    CredentialCommand, StoreCommand, TokenCommand, REVOCATION_REASONS, VERSION,
 };
 pub use output::authority_table;
 
@@ -213,6 +213,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             })
         }
         Command::Inspect { file, json } => output::inspect(file, *json),
+        Command::Bench { mode, .. } if !matches!(mode, BenchMode::Issue | BenchMode::Watchers) => {
+            client_commands::local_bench(&cli).await
+        }
         _ => client_commands::client_command(&cli).await,
     }
 }

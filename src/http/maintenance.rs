@@ -41,8 +41,8 @@ impl ScheduleLease {
         until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// Holds the lease for `d` from now without asking the store.
-    #[cfg(test)]
+    /// Holds the lease for `d` from now without asking the store (in-process routers:
+    /// tests and the in-process bench).
     pub(crate) fn hold_for(&self, d: Duration) {
         self.set(Some(Instant::now() + d));
     }

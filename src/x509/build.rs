@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use const_oid::db::{rfc4519, rfc5280, rfc5912};
-use der::asn1::{BitString, Ia5String, OctetString, UtcTime, Utf8StringRef};
-use der::{Any, DateTime, Encode};
+use der::asn1::{AnyRef, BitString, Ia5String, OctetString, UtcTime, Utf8StringRef};
+use der::{Any, DateTime, Decode, Encode};
 use ring::rand::SystemRandom;
 use ring::signature::EcdsaKeyPair;
 use x509_cert::attr::AttributeTypeAndValue;
@@ -23,7 +23,7 @@ use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::time::{Time, Validity};
-use x509_cert::{Certificate, TbsCertificate, Version};
+use x509_cert::{TbsCertificate, Version};
 
 use super::X509Error;
 use crate::ids::Serial;
@@ -164,18 +164,34 @@ fn ia5(s: &str) -> Result<Ia5String, X509Error> {
     Ia5String::new(s).map_err(|_| X509Error::Encoding(format!("`{s}` is not IA5")))
 }
 
-/// The ECDSA P-256 SHA-256 signature of a DER-encoded "to be signed" structure.
-fn signature_over<T: Encode>(signer: &Signer<'_>, tbs: &T) -> Result<BitString, X509Error> {
-    let der = tbs.to_der()?;
-    let sig = signer
-        .key
-        .sign(&SystemRandom::new(), &der)
-        .map_err(|_| X509Error::Encoding("ECDSA signing failed".into()))?;
-    Ok(BitString::from_bytes(sig.as_ref())?)
+/// A signed structure (certificate or CRL) around its "to be signed" part, which is
+/// carried as the bytes that were signed: encoded once, not again for the outer structure.
+#[derive(der::Sequence)]
+struct Signed<'a> {
+    tbs: AnyRef<'a>,
+    algorithm: AlgorithmIdentifierOwned,
+    signature: BitString,
 }
 
-/// Builds the TBS, signs it with `signer` (ECDSA P-256 SHA-256) and returns the DER.
-pub(crate) fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> {
+/// Encodes `tbs`, signs it with `signer` (ECDSA P-256 SHA-256) and answers the DER of the
+/// signed structure.
+fn sign_der<T: Encode>(signer: &Signer<'_>, tbs: &T) -> Result<Vec<u8>, X509Error> {
+    let tbs_der = tbs.to_der()?;
+    let sig = signer
+        .key
+        .sign(&SystemRandom::new(), &tbs_der)
+        .map_err(|_| X509Error::Encoding("ECDSA signing failed".into()))?;
+    Ok(Signed {
+        tbs: AnyRef::from_der(&tbs_der)?,
+        algorithm: ecdsa_sha256(),
+        signature: BitString::from_bytes(sig.as_ref())?,
+    }
+    .to_der()?)
+}
+
+/// Builds the TBS, signs it with `signer` (ECDSA P-256 SHA-256) and returns the DER. The
+/// spec is consumed: its subject, key and names move into the certificate uncopied.
+pub(crate) fn sign(spec: CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509Error> {
     let subject_key_id = key_identifier(&spec.public_key);
     let mut exts = Vec::with_capacity(6);
     match &spec.profile {
@@ -249,19 +265,13 @@ pub(crate) fn sign(spec: &CertSpec, signer: &Signer<'_>) -> Result<Vec<u8>, X509
             not_before: x509_time(spec.not_before)?,
             not_after: x509_time(spec.not_after)?,
         },
-        subject: spec.subject.clone(),
-        subject_public_key_info: spec.public_key.clone(),
+        subject: spec.subject,
+        subject_public_key_info: spec.public_key,
         issuer_unique_id: None,
         subject_unique_id: None,
         extensions: Some(exts),
     };
-    let signature = signature_over(signer, &tbs)?;
-    let cert = Certificate {
-        tbs_certificate: tbs,
-        signature_algorithm: ecdsa_sha256(),
-        signature,
-    };
-    Ok(cert.to_der()?)
+    sign_der(signer, &tbs)
 }
 
 /// The RFC 5280 reason code for a reason an operator gave by its RFC name
@@ -291,7 +301,7 @@ pub(crate) fn sign_crl(
     next_update: SystemTime,
     number: u64,
 ) -> Result<Vec<u8>, X509Error> {
-    use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+    use x509_cert::crl::{RevokedCert, TbsCertList};
     use x509_cert::ext::pkix::CrlNumber;
     let mut entries = Vec::with_capacity(revoked.len());
     for (serial, at, reason) in revoked {
@@ -325,24 +335,14 @@ pub(crate) fn sign_crl(
         revoked_certificates: (!entries.is_empty()).then_some(entries),
         crl_extensions: Some(exts),
     };
-    let signature = signature_over(signer, &tbs)?;
-    let crl = CertificateList {
-        tbs_cert_list: tbs,
-        signature_algorithm: ecdsa_sha256(),
-        signature,
-    };
-    Ok(crl.to_der()?)
+    sign_der(signer, &tbs)
 }
 
 /// Encodes DER certificates as concatenated PEM blocks.
 pub(crate) fn pem_chain<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
-    ders.into_iter()
-        .map(|d| {
-            pem::encode_config(
-                &pem::Pem::new("CERTIFICATE", d.to_vec()),
-                pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("")
+    let mut out = String::new();
+    for d in ders {
+        super::pem::encode_into(&mut out, "CERTIFICATE", d);
+    }
+    out
 }

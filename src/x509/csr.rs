@@ -4,11 +4,10 @@
 //! ignored on purpose (a CSR asking for `CA:TRUE` gets a leaf all the same).
 
 use const_oid::db::{rfc5912, rfc8410};
-use der::asn1::{ObjectIdentifier, UintRef};
-use der::{Decode, Encode};
+use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, UintRef};
+use der::{Decode, Encode, Reader, SliceReader, Tagged};
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-use x509_cert::request::CertReq;
-use x509_cert::spki::SubjectPublicKeyInfoOwned;
+use x509_cert::spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef};
 
 use super::X509Error;
 
@@ -48,10 +47,15 @@ struct RsaPublicKey<'a> {
 }
 
 /// Parses a PEM (or DER) CSR, checks its key, verifies its signature.
+///
+/// The signature is checked over the `CertificationRequestInfo` bytes exactly as they came
+/// (not a re-encoding of the parsed value), and nothing the key check does not need is
+/// decoded or copied: the subject and attributes are only skipped over.
 pub(crate) fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
-    let der = if input.trim_ascii_start().starts_with(b"-----BEGIN") {
-        let mut blocks =
-            pem::parse_many(input).map_err(|e| X509Error::MalformedCsr(format!("not PEM: {e}")))?;
+    let pem_der;
+    let der: &[u8] = if input.trim_ascii_start().starts_with(b"-----BEGIN") {
+        let mut blocks = super::pem::decode_all(input)
+            .map_err(|e| X509Error::MalformedCsr(format!("not PEM: {e}")))?;
         if blocks.len() != 1 {
             return Err(X509Error::MalformedCsr(format!(
                 "expected exactly one PEM block, found {}",
@@ -59,22 +63,23 @@ pub(crate) fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
             )));
         }
         let p = blocks.remove(0);
-        if p.tag() != "CERTIFICATE REQUEST" && p.tag() != "NEW CERTIFICATE REQUEST" {
+        if p.label != "CERTIFICATE REQUEST" && p.label != "NEW CERTIFICATE REQUEST" {
             return Err(X509Error::MalformedCsr(format!(
                 "PEM block is `{}`, expected `CERTIFICATE REQUEST`",
-                p.tag()
+                p.label
             )));
         }
-        p.into_contents()
+        pem_der = p.der;
+        &pem_der
     } else {
-        input.to_vec()
+        input
     };
-    let req = CertReq::from_der(&der)
+    let req = RawCertReq::parse(der)
         .map_err(|e| X509Error::MalformedCsr(format!("not a PKCS#10 request: {e}")))?;
-    let spki = &req.info.public_key;
+    let spki = &req.public_key;
     let key_bytes = spki.subject_public_key.raw_bytes();
     let key_kind = key_kind(spki)?;
-    let sig_oid = req.algorithm.oid;
+    let sig_oid = req.signature_algorithm;
     let alg: &'static dyn VerificationAlgorithm = match (key_kind, sig_oid) {
         (KeyKind::EcP256, o) if o == rfc5912::ECDSA_WITH_SHA_256 => {
             &signature::ECDSA_P256_SHA256_ASN1
@@ -104,16 +109,12 @@ pub(crate) fn verify_csr(input: &[u8]) -> Result<VerifiedCsr, X509Error> {
             )))
         }
     };
-    let signed = req
-        .info
-        .to_der()
-        .map_err(|e| X509Error::MalformedCsr(e.to_string()))?;
     let sig = req
         .signature
         .as_bytes()
         .ok_or_else(|| X509Error::MalformedCsr("signature has unused bits".into()))?;
     UnparsedPublicKey::new(alg, key_bytes)
-        .verify(&signed, sig)
+        .verify(req.info, sig)
         .map_err(|_| X509Error::BadCsrSignature)?;
     Ok(VerifiedCsr {
         public_key: canonical_spki(key_kind, key_bytes)?,
@@ -165,7 +166,62 @@ fn canonical_spki(kind: KeyKind, key: &[u8]) -> Result<SubjectPublicKeyInfoOwned
     })
 }
 
-fn key_kind(spki: &SubjectPublicKeyInfoOwned) -> Result<KeyKind, X509Error> {
+/// A PKCS#10 request as signed: the `CertificationRequestInfo` bytes as they came, the key
+/// in them, the signature algorithm and the signature.
+struct RawCertReq<'a> {
+    info: &'a [u8],
+    public_key: SubjectPublicKeyInfoRef<'a>,
+    signature_algorithm: ObjectIdentifier,
+    signature: BitStringRef<'a>,
+}
+
+impl<'a> RawCertReq<'a> {
+    /// `CertificationRequest ::= SEQUENCE { certificationRequestInfo, signatureAlgorithm,
+    /// signature }` with `CertificationRequestInfo ::= SEQUENCE { version (0), subject,
+    /// subjectPKInfo, [0] attributes }`; trailing data anywhere is refused.
+    fn parse(der: &'a [u8]) -> der::Result<Self> {
+        let mut outer = SliceReader::new(der)?;
+        let req = outer.sequence(|r| {
+            let info = r.tlv_bytes()?;
+            let algorithm = AlgorithmIdentifierRef::decode(r)?;
+            let signature = BitStringRef::decode(r)?;
+            let mut inner = SliceReader::new(info)?;
+            let public_key = inner.sequence(|i| {
+                if u8::decode(i)? != 0 {
+                    return Err(der::ErrorKind::Value {
+                        tag: der::Tag::Integer,
+                    }
+                    .into());
+                }
+                // The subject must be a SEQUENCE; its contents are never used.
+                let subject = AnyRef::decode(i)?;
+                subject.tag().assert_eq(der::Tag::Sequence)?;
+                let spki = SubjectPublicKeyInfoRef::decode(i)?;
+                // The attributes, [0] IMPLICIT SET OF.
+                let attrs = AnyRef::decode(i)?;
+                if attrs.tag()
+                    != (der::Tag::ContextSpecific {
+                        constructed: true,
+                        number: der::TagNumber::N0,
+                    })
+                {
+                    return Err(attrs.tag().unexpected_error(None));
+                }
+                Ok(spki)
+            })?;
+            inner.finish(())?;
+            Ok(RawCertReq {
+                info,
+                public_key,
+                signature_algorithm: algorithm.oid,
+                signature,
+            })
+        })?;
+        outer.finish(req)
+    }
+}
+
+fn key_kind(spki: &SubjectPublicKeyInfoRef<'_>) -> Result<KeyKind, X509Error> {
     let oid = spki.algorithm.oid;
     if oid == rfc5912::ID_EC_PUBLIC_KEY {
         let curve = spki
@@ -252,6 +308,27 @@ mod tests {
         assert!(
             matches!(e, X509Error::BadCsrSignature | X509Error::MalformedCsr(_)),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn der_input_and_trailing_bytes_are_handled() {
+        let pem_text = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let mut der = pem::parse(&pem_text).unwrap().into_contents();
+        assert_eq!(verify_csr(&der).unwrap().key_kind, KeyKind::EcP256);
+        der.push(0);
+        assert!(matches!(
+            verify_csr(&der).unwrap_err(),
+            X509Error::MalformedCsr(_)
+        ));
+    }
+
+    #[test]
+    fn an_openssl_style_request_with_crlf_line_endings_verifies() {
+        let pem_text = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256).replace('\n', "\r\n");
+        assert_eq!(
+            verify_csr(pem_text.as_bytes()).unwrap().key_kind,
+            KeyKind::EcP256
         );
     }
 

@@ -7,6 +7,8 @@ pub(crate) mod build;
 #[cfg(feature = "full")]
 pub(crate) mod csr;
 pub mod inspect;
+#[cfg(feature = "full")]
+pub(crate) mod pem;
 
 /// Errors of the X.509 layer. Those caused by a client's input map to 422.
 #[derive(Debug, thiserror::Error)]

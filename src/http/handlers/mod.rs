@@ -84,8 +84,8 @@ impl AppState {
 
     /// State without a TLS listener, for driving the router in-process: every request is
     /// anonymous unless it carries a [`super::tls::Caller`] extension, and credential
-    /// refreshes leave the server certificate alone.
-    #[cfg(test)]
+    /// refreshes leave the server certificate alone. Tests and `lanyard bench --mode
+    /// in-process` use it.
     pub(crate) fn in_process(ca: Arc<Ca>) -> Self {
         let st = Self::build(ca, None, "in-process".into());
         // No lease loop runs in-process: this state acts as the holder, as the only
@@ -130,7 +130,6 @@ impl AppState {
     }
 
     /// The CA behind the API.
-    #[cfg(test)]
     pub(crate) fn ca(&self) -> &Arc<Ca> {
         &self.ca
     }
