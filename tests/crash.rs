@@ -3,7 +3,9 @@
 //! - every certificate a client got a 201 for is in the records, and no serial repeats;
 //! - every revocation answered 200 is on its generation's CRL;
 //! - every join token whose use was answered 201 is spent, and every token whose creation
-//!   was answered 201 and that was not used still works.
+//!   was answered 201 and that was not used still works;
+//! - the audit chain verifies (`lanyard audit verify`) and holds an entry for every
+//!   acknowledged issuance, revocation, token creation and token use.
 //!
 //! The suite runs 20 cycles; `LANYARD_CRASH_CYCLES=N` runs more (README, Development), and
 //! `LANYARD_CRASH_SEED` repeats a run's kill timings (the seed is printed).
@@ -35,6 +37,8 @@ struct Acknowledged {
     spent_tokens: Vec<String>,
     /// Tokens whose creation was answered 201 and that were never presented.
     unused_tokens: Vec<String>,
+    /// Every token whose creation was answered 201.
+    created_tokens: Vec<String>,
 }
 
 /// A small deterministic generator for kill timings (xorshift64*), so a seed repeats a run.
@@ -159,6 +163,7 @@ async fn join_until(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
+        acked.lock().unwrap().created_tokens.push(t.token.clone());
         if n % 2 == 0 {
             acked.lock().unwrap().unused_tokens.push(t.token);
             continue;
@@ -175,9 +180,32 @@ async fn join_until(
 }
 
 /// Checks everything acknowledged so far against the restarted server.
+/// The audit subject of a join token: the first 8 bytes of its SHA-256, in hex.
+fn token_subject(token: &str) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    format!("join-token/{}", hex::encode(&hash.as_ref()[..8]))
+}
+
+/// Every audit entry's (action, subject), read page by page through the API.
+async fn audit_entries(op: &CheckedClient) -> HashSet<(String, String)> {
+    let mut out = HashSet::new();
+    let mut after = 0;
+    loop {
+        let page: api::AuditResponse = op
+            .get(&format!("/v1/audit?after={after}&limit=1000"))
+            .await
+            .unwrap();
+        if page.entries.is_empty() {
+            return out;
+        }
+        after = page.next;
+        out.extend(page.entries.into_iter().map(|e| (e.action, e.subject)));
+    }
+}
+
 async fn check(ca: &TestCa, acked: &Mutex<Acknowledged>) {
     let op = ca.operator();
-    let (issued, revoked, spent, unused) = {
+    let (issued, revoked, spent, unused, created) = {
         let mut a = acked.lock().unwrap();
         let unused = std::mem::take(&mut a.unused_tokens);
         (
@@ -185,6 +213,7 @@ async fn check(ca: &TestCa, acked: &Mutex<Acknowledged>) {
             a.revoked.clone(),
             a.spent_tokens.clone(),
             unused,
+            a.created_tokens.clone(),
         )
     };
 
@@ -232,6 +261,38 @@ async fn check(ca: &TestCa, acked: &Mutex<Acknowledged>) {
         assert!(
             listed.contains(serial.trim_start_matches('0')),
             "acknowledged revocation of {serial} is not on the CRL"
+        );
+    }
+
+    // The audit chain verifies and holds every acknowledged change. (Checked before the
+    // token checks below, which append entries of their own.)
+    let (code, out, err) = ca.cli(&["audit", "verify"]);
+    assert_eq!(code, 0, "the audit chain does not verify: {out}{err}");
+    let entries = audit_entries(&op).await;
+    let has =
+        |action: &str, subject: &str| entries.contains(&(action.to_string(), subject.to_string()));
+    for serial in issued.keys() {
+        assert!(
+            has("certificate.issued", &format!("certificate/{serial}")),
+            "acknowledged certificate {serial} has no audit entry"
+        );
+    }
+    for serial in revoked.keys() {
+        assert!(
+            has("certificate.revoked", &format!("certificate/{serial}")),
+            "acknowledged revocation of {serial} has no audit entry"
+        );
+    }
+    for token in &created {
+        assert!(
+            has("join_token.created", &token_subject(token)),
+            "an acknowledged join token creation has no audit entry"
+        );
+    }
+    for token in &spent {
+        assert!(
+            has("join_token.used", &token_subject(token)),
+            "an acknowledged join has no audit entry for its token's use"
         );
     }
 
@@ -330,7 +391,7 @@ async fn a_server_killed_at_random_moments_loses_no_acknowledged_certificate_rev
 
     let a = acked.lock().unwrap();
     println!(
-        "{cycles} kills: {} certificates, {} revocations and {} joins acknowledged, none lost",
+        "{cycles} kills: {} certificates, {} revocations and {} joins acknowledged, none lost, each in the audit chain, which verified after every restart",
         a.issued.len(),
         a.revoked.len(),
         a.spent_tokens.len()
