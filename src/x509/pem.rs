@@ -1,6 +1,7 @@
-//! PEM (RFC 7468) without allocating more than the output: the server decodes one CSR and
-//! encodes one certificate chain per request, and the `pem` crate's general parser (headers,
-//! owned labels, a string per line) costs more than the rest of the X.509 work around it.
+//! PEM (RFC 7468) framing with little allocation: the server decodes one CSR and encodes one
+//! certificate chain per request, and the `pem` crate's general parser (headers, owned labels,
+//! a string per line) cost more than the rest of the X.509 work around it. The base64 itself
+//! is base64ct's; only the BEGIN/END framing is here.
 
 /// One PEM block: its label and its decoded contents.
 #[derive(Debug)]
@@ -63,85 +64,30 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn sextet(c: u8) -> Option<u32> {
-    Some(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    } as u32)
-}
-
-/// Standard base64 with padding; whitespace (line breaks) anywhere is skipped.
+/// Standard base64 with padding, line breaks and other whitespace anywhere skipped: lines of
+/// any width are taken, as the tools that write CSRs differ (strict RFC 7468 decoders want
+/// exactly 64 columns). The decoding itself is base64ct's (canonical padding only).
 fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut n, mut pad) = (0u32, 0usize, 0usize);
-    for &c in text {
-        if c.is_ascii_whitespace() {
-            continue;
-        }
-        if c == b'=' {
-            pad += 1;
-            acc <<= 6;
-            n += 1;
-        } else {
-            // Nothing but padding may follow padding.
-            if pad > 0 {
-                return None;
-            }
-            acc = (acc << 6) | sextet(c)?;
-            n += 1;
-        }
-        if n == 4 {
-            let b = acc.to_be_bytes();
-            let keep = 3usize.checked_sub(pad)?;
-            out.extend_from_slice(&b[1..1 + keep]);
-            (acc, n) = (0, 0);
-            if pad > 0 && keep == 0 {
-                return None;
-            }
-        }
-    }
-    if n != 0 || pad > 2 {
-        return None;
-    }
-    Some(out)
+    let packed: String = text
+        .iter()
+        .filter(|c| !c.is_ascii_whitespace())
+        .map(|&c| c as char)
+        .collect();
+    use base64ct::Encoding;
+    base64ct::Base64::decode_vec(&packed).ok()
 }
 
 /// Appends `der` as one PEM block with `label`, 64 characters a line, LF line endings.
 pub(crate) fn encode_into(out: &mut String, label: &str, der: &[u8]) {
-    let b64_len = der.len().div_ceil(3) * 4;
-    out.reserve(b64_len + b64_len / 64 + 2 * label.len() + 34);
+    use base64ct::Encoding;
+    let b64 = base64ct::Base64::encode_string(der);
+    out.reserve(b64.len() + b64.len() / 64 + 2 * label.len() + 34);
     out.push_str("-----BEGIN ");
     out.push_str(label);
     out.push_str("-----\n");
-    let mut col = 0;
-    for chunk in der.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let v = u32::from_be_bytes([0, b[0], b[1], b[2]]);
-        for i in 0..4 {
-            let c = if i <= chunk.len() {
-                ALPHABET[((v >> (18 - 6 * i)) & 63) as usize] as char
-            } else {
-                '='
-            };
-            out.push(c);
-        }
-        col += 4;
-        if col == 64 {
-            out.push('\n');
-            col = 0;
-        }
-    }
-    if col != 0 {
+    // base64 is ASCII, so every 64-byte chunk is whole characters.
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
         out.push('\n');
     }
     out.push_str("-----END ");
