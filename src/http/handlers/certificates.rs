@@ -81,7 +81,7 @@ pub(super) async fn certificates(
     summary = "Revoke a certificate",
     security(("operator_certificate" = [])),
     extensions(("x-lanyard-role" = json!("operator"))),
-    params(("serial" = String, Path, description = "The serial, hex")),
+    params(("serial" = String, Path, pattern = "^(0x)?([0-9a-fA-F]{2}:?){15}[0-9a-fA-F]{2}$", description = "The serial: 16 bytes of hex (either letter case), optionally after `0x` and with `:` between bytes")),
     request_body(content = Option<api::RevokeRequest>, content_type = "application/json", description = "Empty, `{}`, or `{\"reason\": \"...\"}`"),
     responses(
         (status = 200, description = "The revoked record; revoking an already revoked certificate (a retry) answers it as it is, with its first `revoked_at`",

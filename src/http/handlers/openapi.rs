@@ -6,8 +6,6 @@
 //! the extension `x-lanyard-role` (`cell`, `operator`, `cell-or-operator`, `component`, `join-token` or
 //! `public`).
 
-use std::sync::LazyLock;
-
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -16,6 +14,7 @@ use super::{
     ownership, trust_bundle,
 };
 use crate::api;
+use crate::config::IssuanceConfig;
 
 /// Security scheme: a client certificate with the cell role.
 pub(super) const CELL: &str = "cell_certificate";
@@ -155,6 +154,7 @@ pub(super) enum ServerFailure {
         api::MinuteActivity,
         api::CellActivityView,
         api::ExpiringCertificate,
+        api::WholeSeconds,
     )),
     modifiers(&SecuritySchemes, &OptionalBodies, &BusyAnswers),
 )]
@@ -290,14 +290,39 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The document as served, serialized once.
-pub(super) static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    // Serializing a tree of strings, maps and numbers cannot fail; an empty object would
-    // still be valid JSON if it ever did.
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|_| "{}".to_string())
-});
+/// The request schemas whose `ttl_seconds` the CA checks against `issuance.min_ttl` and
+/// `issuance.max_ttl`.
+const TTL_SCHEMAS: &[&str] = &[
+    "InstanceCertificateRequest",
+    "ComponentCertificateRequest",
+    "ComponentCredentialRequest",
+];
+
+/// The document as this server serves it: the generated one, with the limits that come from
+/// its configuration written in (the range of `ttl_seconds` is the configured minimum and
+/// maximum TTL, in whole seconds, as the CA checks it), so a client generating requests from
+/// the document gets the server's actual rules.
+pub(super) fn served_document(issuance: &IssuanceConfig) -> String {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(v) => v,
+        // Serializing a tree of strings, maps and numbers cannot fail; an empty object is
+        // still valid JSON if it ever did.
+        Err(_) => return "{}".to_string(),
+    };
+    let (min, max) = (issuance.min_ttl.0.as_secs(), issuance.max_ttl.0.as_secs());
+    for name in TTL_SCHEMAS {
+        if let Some(ttl) = doc
+            .pointer_mut(&format!(
+                "/components/schemas/{name}/properties/ttl_seconds"
+            ))
+            .and_then(|v| v.as_object_mut())
+        {
+            ttl.insert("minimum".into(), min.into());
+            ttl.insert("maximum".into(), max.into());
+        }
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string())
+}
 
 #[cfg(test)]
 mod tests {
@@ -310,7 +335,8 @@ mod tests {
     use crate::problem::PROBLEM_JSON;
 
     fn document() -> Value {
-        serde_json::from_str(&DOCUMENT).expect("the document is JSON")
+        serde_json::from_str(&served_document(&IssuanceConfig::default()))
+            .expect("the document is JSON")
     }
 
     fn operations(doc: &Value) -> BTreeSet<(String, String)> {
