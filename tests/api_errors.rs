@@ -493,11 +493,23 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
     assert!(ct.starts_with("application/json"));
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    // The served document is the one generated from the code.
-    assert_eq!(
-        doc,
-        serde_json::to_value(lanyard::http::ApiDoc::openapi()).unwrap()
-    );
+    // The served document is the one generated from the code, with the configured TTL range
+    // (the dev config's 60s to 7d) written into the requests that take a `ttl_seconds`.
+    let mut generated = serde_json::to_value(lanyard::http::ApiDoc::openapi()).unwrap();
+    for name in [
+        "InstanceCertificateRequest",
+        "ComponentCertificateRequest",
+        "ComponentCredentialRequest",
+    ] {
+        let ttl = generated
+            .pointer_mut(&format!(
+                "/components/schemas/{name}/properties/ttl_seconds"
+            ))
+            .unwrap();
+        ttl["minimum"] = 60.into();
+        ttl["maximum"] = (7 * 86400).into();
+    }
+    assert_eq!(doc, generated);
     for (method, path, role) in [
         ("post", "/v1/instance-certificates", "cell"),
         ("post", "/v1/instance-certificates/batch", "cell"),

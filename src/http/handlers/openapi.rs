@@ -290,12 +290,13 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The request schemas whose `ttl_seconds` the CA checks against `issuance.min_ttl` and
-/// `issuance.max_ttl`.
-const TTL_SCHEMAS: &[&str] = &[
-    "InstanceCertificateRequest",
-    "ComponentCertificateRequest",
-    "ComponentCredentialRequest",
+/// Where the document has a `ttl_seconds` that the CA checks against `issuance.min_ttl` and
+/// `issuance.max_ttl` (the batch's items are a copy of the single request's schema).
+const TTL_FIELDS: &[&str] = &[
+    "/components/schemas/InstanceCertificateRequest/properties/ttl_seconds",
+    "/components/schemas/BatchRequest_InstanceCertificateRequest/properties/requests/items/properties/ttl_seconds",
+    "/components/schemas/ComponentCertificateRequest/properties/ttl_seconds",
+    "/components/schemas/ComponentCredentialRequest/properties/ttl_seconds",
 ];
 
 /// The document as this server serves it: the generated one, with the limits that come from
@@ -310,13 +311,8 @@ pub(super) fn served_document(issuance: &IssuanceConfig) -> String {
         Err(_) => return "{}".to_string(),
     };
     let (min, max) = (issuance.min_ttl.0.as_secs(), issuance.max_ttl.0.as_secs());
-    for name in TTL_SCHEMAS {
-        if let Some(ttl) = doc
-            .pointer_mut(&format!(
-                "/components/schemas/{name}/properties/ttl_seconds"
-            ))
-            .and_then(|v| v.as_object_mut())
-        {
+    for field in TTL_FIELDS {
+        if let Some(ttl) = doc.pointer_mut(field).and_then(|v| v.as_object_mut()) {
             ttl.insert("minimum".into(), min.into());
             ttl.insert("maximum".into(), max.into());
         }
@@ -473,6 +469,22 @@ mod tests {
         let required = view["required"].as_array().unwrap();
         assert!(required.contains(&"revoked_at".into()));
         assert!(!required.contains(&"revocation_reason".into()));
+    }
+
+    #[test]
+    fn every_ttl_seconds_carries_the_configured_range() {
+        let doc = document();
+        let i = IssuanceConfig::default();
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(
+            text.matches("\"ttl_seconds\"").count(),
+            TTL_FIELDS.len() + 1
+        );
+        for field in TTL_FIELDS {
+            let ttl = doc.pointer(field).unwrap_or_else(|| panic!("{field}"));
+            assert_eq!(ttl["minimum"], i.min_ttl.0.as_secs(), "{field}");
+            assert_eq!(ttl["maximum"], i.max_ttl.0.as_secs(), "{field}");
+        }
     }
 
     #[test]
