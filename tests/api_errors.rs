@@ -496,15 +496,14 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
     // The served document is the one generated from the code, with the configured TTL range
     // (the dev config's 60s to 7d) written into the requests that take a `ttl_seconds`.
     let mut generated = serde_json::to_value(lanyard::http::ApiDoc::openapi()).unwrap();
-    for name in [
-        "InstanceCertificateRequest",
-        "ComponentCertificateRequest",
-        "ComponentCredentialRequest",
+    for field in [
+        "InstanceCertificateRequest/properties/ttl_seconds",
+        "BatchRequest_InstanceCertificateRequest/properties/requests/items/properties/ttl_seconds",
+        "ComponentCertificateRequest/properties/ttl_seconds",
+        "ComponentCredentialRequest/properties/ttl_seconds",
     ] {
         let ttl = generated
-            .pointer_mut(&format!(
-                "/components/schemas/{name}/properties/ttl_seconds"
-            ))
+            .pointer_mut(&format!("/components/schemas/{field}"))
             .unwrap();
         ttl["minimum"] = 60.into();
         ttl["maximum"] = (7 * 86400).into();
