@@ -546,6 +546,10 @@ pub struct ScheduleLease {
 pub struct CertificatesResponse {
     /// Records, newest first.
     pub certificates: Vec<CertificateView>,
+    /// Present when more records match: the `after` of the next page (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, pattern = "^[0-9a-f]{56}$")]
+    pub next: Option<String>,
 }
 
 pub use crate::audit::AuditEntry;

@@ -35,7 +35,8 @@ pub(crate) use migrate::migrate_to_postgres;
 pub(crate) use crate::authority::{GenerationStatus, Issued, TrustBundle};
 pub(crate) use crate::rotation::Due;
 pub(crate) use crate::store::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, InstanceBinding, Lease, LeaseGrant,
+    AuthorityRecord, CertificateCursor, CertificateQuery, CertificateRecord, InstanceBinding,
+    Lease, LeaseGrant,
 };
 
 use std::path::PathBuf;

@@ -239,8 +239,89 @@ pub(crate) struct CertificateQuery {
     pub instance_guid: Option<Guid>,
     /// Only this app.
     pub app_guid: Option<Guid>,
+    /// Only this serial (at most one record).
+    pub serial: Option<Serial>,
+    /// Only records after this position of the newest-first order (the next page).
+    pub after: Option<CertificateCursor>,
     /// At most this many (newest first).
     pub limit: usize,
+}
+
+impl CertificateQuery {
+    /// Whether `r` passes every filter (the backends answer from indexes; this says what
+    /// the indexes must agree with).
+    pub(crate) fn admits(&self, r: &CertificateRecord) -> bool {
+        self.instance_guid
+            .as_ref()
+            .is_none_or(|g| r.instance_guid.as_ref() == Some(g))
+            && self
+                .app_guid
+                .as_ref()
+                .is_none_or(|g| r.app_guid.as_ref() == Some(g))
+            && self.serial.is_none_or(|s| r.serial == s)
+            && self.after.is_none_or(|c| c.precedes(r))
+    }
+}
+
+/// A position in the order certificate records are listed in: newest (latest notBefore)
+/// first, and of equal notBefore the higher serial first. A page ends at its last record's
+/// position, and the next page starts after it, so paging visits every record once even
+/// while new ones are issued (they come before the first page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CertificateCursor {
+    /// The notBefore of the record at this position.
+    pub not_before: SystemTime,
+    /// Its serial.
+    pub serial: Serial,
+}
+
+impl CertificateCursor {
+    /// The position of `r`.
+    pub(crate) fn of(r: &CertificateRecord) -> Self {
+        CertificateCursor {
+            not_before: r.not_before,
+            serial: r.serial,
+        }
+    }
+
+    /// Whether `r` is listed after this position.
+    pub(crate) fn precedes(&self, r: &CertificateRecord) -> bool {
+        (r.not_before, r.serial) < (self.not_before, self.serial)
+    }
+
+    /// The cursor as the API hands it out: opaque text (seconds and nanoseconds since the
+    /// epoch, then the serial, all hex), which [`CertificateCursor::parse`] reads back.
+    pub(crate) fn encode(&self) -> String {
+        let d = self
+            .not_before
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!(
+            "{:016x}{:08x}{}",
+            d.as_secs(),
+            d.subsec_nanos(),
+            self.serial
+        )
+    }
+
+    /// Reads a cursor made by [`CertificateCursor::encode`]; anything else is an error that
+    /// says what a cursor is.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        let bad = || "is not a cursor from the `next` field of an earlier page".to_string();
+        if text.len() != 56 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let secs = u64::from_str_radix(&text[..16], 16).map_err(|_| bad())?;
+        let nanos = u32::from_str_radix(&text[16..24], 16)
+            .ok()
+            .filter(|n| *n < 1_000_000_000)
+            .ok_or_else(bad)?;
+        let serial: Serial = text[24..].parse().map_err(|_| bad())?;
+        let not_before = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::new(secs, nanos))
+            .ok_or_else(bad)?;
+        Ok(CertificateCursor { not_before, serial })
+    }
 }
 
 /// A join token as stored: the secret itself is never stored, only its hash is the key.

@@ -6,7 +6,7 @@ use axum::Json;
 use super::openapi::{BodyProblems, CallerProblems, ServerFailure};
 use super::{blocking, paths, query_map, OperatorCaller, S};
 use crate::api;
-use crate::ca::{CaError, CertificateQuery};
+use crate::ca::{CaError, CertificateCursor, CertificateQuery};
 use crate::http::problem::{ApiError, ApiPath, OptionalJson};
 use crate::http::views::certificate_view;
 use crate::ids::{Guid, Serial};
@@ -15,20 +15,23 @@ use crate::ids::{Guid, Serial};
     get,
     path = paths::CERTIFICATES,
     tag = "certificates",
-    summary = "Issued certificate records, newest first",
+    summary = "Issued certificate records, newest first, a page at a time",
+    description = "Records matching every filter given, newest (latest notBefore) first, at most `limit`. When more match, the answer's `next` is the `after` of the next page; paging on with it visits every matching record once, even while new ones are issued (those come before the first page). `serial` looks one record up.",
     security(("operator_certificate" = [])),
     extensions(("x-lanyard-role" = json!("operator"))),
     params(
         ("instance_guid" = Option<String>, Query, nullable = false, pattern = "^[0-9a-f]([0-9a-f-]{0,61}[0-9a-f])?$", description = "Only this instance's certificates (a GUID)"),
         ("app_guid" = Option<String>, Query, nullable = false, pattern = "^[0-9a-f]([0-9a-f-]{0,61}[0-9a-f])?$", description = "Only this app's certificates (a GUID)"),
+        ("serial" = Option<String>, Query, nullable = false, pattern = "^(0x)?([0-9a-fA-F]{2}:?){15}[0-9a-fA-F]{2}$", description = "Only the certificate with this serial (16 bytes of hex, either letter case, optionally after `0x` and with `:` between bytes): an empty list when there is none"),
+        ("after" = Option<String>, Query, nullable = false, pattern = "^[0-9a-f]{56}$", description = "The `next` of the previous page: only records after it"),
         ("limit" = Option<u32>, Query, nullable = false, minimum = 1, maximum = 1000, description = "At most this many records (default 100)"),
     ),
     responses(
-        (status = 200, description = "The records",
+        (status = 200, description = "The records, and `next` when more match",
             body = api::CertificatesResponse, content_type = "application/json"),
         (status = 400, description = "An unknown query parameter, or one given twice",
             body = api::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A well-formed but invalid value: `instance_guid`, `app_guid` or `limit`; `detail` names the field",
+        (status = 422, description = "A well-formed but invalid value: `instance_guid`, `app_guid`, `serial`, `after` or `limit`; `detail` names the field",
             body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database is unreachable; retry after `Retry-After` seconds (here or on another replica)",
             body = api::Problem, content_type = "application/problem+json"),
@@ -43,7 +46,7 @@ pub(super) async fn certificates(
 ) -> Result<Json<api::CertificatesResponse>, ApiError> {
     let m = query_map(q.as_deref())?;
     for k in m.keys() {
-        if !["instance_guid", "app_guid", "limit"].contains(&k.as_str()) {
+        if !["instance_guid", "app_guid", "serial", "after", "limit"].contains(&k.as_str()) {
             return Err(CaError::BadRequest(format!("unknown query parameter `{k}`")).into());
         }
     }
@@ -62,15 +65,29 @@ pub(super) async fn certificates(
                 CaError::invalid("limit", format!("`{v}` is not a number from 1 to 1000"))
             })?,
     };
+    let serial = m
+        .get("serial")
+        .map(|v| {
+            v.parse::<Serial>()
+                .map_err(|e| CaError::invalid("serial", e))
+        })
+        .transpose()?;
+    let after = m
+        .get("after")
+        .map(|v| CertificateCursor::parse(v).map_err(|e| CaError::invalid("after", e)))
+        .transpose()?;
     let query = CertificateQuery {
         instance_guid: guid("instance_guid")?,
         app_guid: guid("app_guid")?,
+        serial,
+        after,
         limit,
     };
     let ca = st.ca.clone();
-    let records = blocking(&st, move || ca.list_certificates(&query)).await?;
+    let page = blocking(&st, move || ca.list_certificates(&query)).await?;
     Ok(Json(api::CertificatesResponse {
-        certificates: records.iter().map(certificate_view).collect(),
+        certificates: page.records.iter().map(certificate_view).collect(),
+        next: page.next.map(|c| c.encode()),
     }))
 }
 
