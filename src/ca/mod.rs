@@ -24,6 +24,7 @@ mod lease;
 mod local_credentials;
 mod migrate;
 mod ownership;
+mod retention;
 mod status;
 
 pub(crate) use audit_log::MAX_AUDIT_PAGE;
@@ -38,6 +39,7 @@ pub(crate) use crate::store::{
     AuthorityRecord, CertificateCursor, CertificateQuery, CertificateRecord, InstanceBinding,
     Lease, LeaseGrant,
 };
+pub(crate) use retention::RETENTION_BATCH;
 
 use std::path::PathBuf;
 use std::sync::Arc;
