@@ -57,11 +57,16 @@ impl utoipa::PartialSchema for WholeSeconds {
 
 impl ToSchema for WholeSeconds {}
 
-/// An internal route: a DNS name.
-#[derive(ToSchema)]
-#[schema(format = Hostname)]
-#[allow(dead_code)]
-struct RouteName(String);
+/// An internal route: a lowercase DNS name, as [`DnsName`].
+struct RouteName;
+
+impl utoipa::PartialSchema for RouteName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        DnsName::schema()
+    }
+}
+
+impl ToSchema for RouteName {}
 
 /// An IPv4 or IPv6 address.
 struct IpAddress;
@@ -278,9 +283,9 @@ pub struct InstanceCertificateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<IpAddress>)]
     pub container_ip: Option<String>,
-    /// Internal routes (DNS names), written as DNS SANs.
+    /// Internal routes (DNS names, at most 100), written as DNS SANs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<RouteName>>)]
+    #[schema(value_type = Option<Vec<RouteName>>, max_items = 100)]
     pub internal_routes: Option<Vec<String>>,
     /// Requested lifetime in seconds, within the CA's configured minimum and maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -81,9 +81,11 @@ fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
     })
 }
 
+/// Nanoseconds since the epoch: 0 before it, and the largest u64 (in 2554) after that, so
+/// keys stay in time order at both ends.
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 

@@ -65,13 +65,7 @@ pub(super) async fn certificates(
                 CaError::invalid("limit", format!("`{v}` is not a number from 1 to 1000"))
             })?,
     };
-    let serial = m
-        .get("serial")
-        .map(|v| {
-            v.parse::<Serial>()
-                .map_err(|e| CaError::invalid("serial", e))
-        })
-        .transpose()?;
+    let serial = m.get("serial").map(|v| serial_param(v)).transpose()?;
     let after = m
         .get("after")
         .map(|v| CertificateCursor::parse(v).map_err(|e| CaError::invalid("after", e)))
@@ -122,9 +116,70 @@ pub(super) async fn revoke(
     ApiPath(serial): ApiPath,
     OptionalJson(body): OptionalJson<api::RevokeRequest>,
 ) -> Result<Json<api::CertificateView>, ApiError> {
-    let serial: Serial = serial.parse().map_err(|e| CaError::invalid("serial", e))?;
+    let serial = serial_param(&serial)?;
     let ca = st.ca.clone();
     let rec = blocking(&st, move || ca.revoke(&role, &serial, body.reason)).await?;
     tracing::info!(serial = %rec.serial, "certificate revoked");
     Ok(Json(certificate_view(&rec)))
+}
+
+/// A serial as the API takes it, in the form the document gives
+/// (`^(0x)?([0-9a-fA-F]{2}:?){15}[0-9a-fA-F]{2}$`): 16 bytes of hex in either letter case,
+/// optionally after `0x`, with at most one `:` between two bytes. Anything else is a 422
+/// naming `serial`.
+fn serial_param(text: &str) -> Result<Serial, CaError> {
+    let b = text.strip_prefix("0x").unwrap_or(text).as_bytes();
+    let (mut i, mut bytes) = (0, 0);
+    let mut documented = true;
+    while documented && i < b.len() {
+        documented = b
+            .get(i..i + 2)
+            .is_some_and(|p| p.iter().all(u8::is_ascii_hexdigit));
+        i += 2;
+        bytes += 1;
+        if b.get(i) == Some(&b':') {
+            i += 1;
+            documented &= i < b.len();
+        }
+    }
+    if !documented || bytes != 16 {
+        return Err(CaError::invalid(
+            "serial",
+            "must be 16 bytes of hex (32 digits), optionally after `0x` and with `:` between bytes",
+        ));
+    }
+    text.parse().map_err(|e| CaError::invalid("serial", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serial_param;
+
+    #[test]
+    fn a_serial_is_taken_in_the_documented_forms_only() {
+        let hex = "00112233445566778899aabbccddeeff";
+        let colons = "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+        for good in [
+            hex.to_string(),
+            hex.to_uppercase(),
+            format!("0x{hex}"),
+            colons.into(),
+        ] {
+            assert_eq!(serial_param(&good).unwrap().to_string(), hex, "{good}");
+        }
+        for bad in [
+            "",
+            "0",
+            "0x",
+            &hex[1..],
+            &format!("{hex}00"),
+            &format!(":{hex}"),
+            &format!("{hex}:"),
+            "00::11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff",
+            "0:0112233445566778899aabbccddeeff",
+            &hex.replace('0', "g"),
+        ] {
+            assert!(serial_param(bad).is_err(), "{bad}");
+        }
+    }
 }

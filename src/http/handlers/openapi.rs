@@ -317,7 +317,43 @@ pub(super) fn served_document(issuance: &IssuanceConfig) -> String {
             ttl.insert("maximum".into(), max.into());
         }
     }
+    if let Some(ip) = doc
+        .pointer_mut("/components/schemas/IpAddress")
+        .and_then(|v| v.as_object_mut())
+    {
+        ip.insert("not".into(), refused_ips(issuance.allow_loopback_ips));
+    }
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// The addresses a certificate may not name, as patterns over the address text (every
+/// spelling of one address): unspecified and multicast, and loopback unless
+/// `issuance.allow_loopback_ips`. A container never owns these.
+fn refused_ips(allow_loopback: bool) -> serde_json::Value {
+    let mut patterns = vec![
+        // IPv4 0.0.0.0, and 224.0.0.0/4 (multicast).
+        r"^0\.0\.0\.0$",
+        r"^2(2[4-9]|3[0-9])\.",
+        // IPv6 `::` (every group zero, however written, also with an IPv4 tail of zeros).
+        r"^[0:]+$",
+        r"^[0:]*:(0{1,3}\.){3}0{1,3}$",
+        // IPv6 ff00::/8 (multicast).
+        r"^[fF]{2}[0-9a-fA-F]{2}:",
+    ];
+    if !allow_loopback {
+        patterns.extend([
+            // IPv4 127.0.0.0/8; IPv6 `::1`, however written.
+            r"^127\.",
+            r"^[0:]*:0{0,3}1$",
+            r"^[0:]*:(0{1,3}\.){3}0{0,2}1$",
+        ]);
+    }
+    serde_json::json!({
+        "anyOf": patterns
+            .into_iter()
+            .map(|p| serde_json::json!({ "pattern": p }))
+            .collect::<Vec<_>>()
+    })
 }
 
 #[cfg(test)]
@@ -484,6 +520,53 @@ mod tests {
             let ttl = doc.pointer(field).unwrap_or_else(|| panic!("{field}"));
             assert_eq!(ttl["minimum"], i.min_ttl.0.as_secs(), "{field}");
             assert_eq!(ttl["maximum"], i.max_ttl.0.as_secs(), "{field}");
+        }
+    }
+
+    #[test]
+    fn the_documented_ip_rule_refuses_exactly_what_issuance_refuses() {
+        let samples = [
+            "10.255.4.7",
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "224.0.0.1",
+            "239.255.255.255",
+            "223.255.255.255",
+            "240.0.0.1",
+            "::",
+            "0::0",
+            "0:0:0:0:0:0:0:0",
+            "::0.0.0.0",
+            "::1",
+            "0:0:0:0:0:0:0:1",
+            "::0001",
+            "::0.0.0.1",
+            "::2",
+            "ff02::1",
+            "FF0E::",
+            "ff::1",
+            "ff0::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "2001:db8::1",
+        ];
+        for allow_loopback in [false, true] {
+            let v = jsonschema::validator_for(&serde_json::json!({
+                "not": refused_ips(allow_loopback)
+            }))
+            .unwrap();
+            for text in samples {
+                let ip: std::net::IpAddr = text.parse().unwrap();
+                let refused = (ip.is_loopback() && !allow_loopback)
+                    || ip.is_unspecified()
+                    || ip.is_multicast();
+                assert_eq!(
+                    v.is_valid(&Value::String(text.into())),
+                    !refused,
+                    "{text} (allow_loopback {allow_loopback})"
+                );
+            }
         }
     }
 
