@@ -26,7 +26,7 @@ const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 /// Test cases per operation and phase: about a minute and a half in all on a small machine
 /// (two cores, debug build).
-const MAX_EXAMPLES: &str = "100";
+const MAX_EXAMPLES: &str = "200";
 
 /// The seed of every run (so a failure can be replayed); `LANYARD_SCHEMATHESIS_SEED` picks
 /// another.

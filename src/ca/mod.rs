@@ -39,6 +39,7 @@ pub(crate) use crate::store::{
     AuthorityRecord, CertificateCursor, CertificateQuery, CertificateRecord, InstanceBinding,
     Lease, LeaseGrant,
 };
+pub(crate) use issuance::RESERVED_SUFFIX;
 pub(crate) use retention::RETENTION_BATCH;
 
 use std::path::PathBuf;

@@ -118,7 +118,7 @@ impl AppState {
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         ));
         let lease = ScheduleLease::new(replica, ca.config().rotation.lease.0);
-        let openapi = openapi::served_document(&ca.config().issuance);
+        let openapi = openapi::served_document(&ca.config().issuance, &ca.reserved_names());
         AppState {
             openapi,
             pool,

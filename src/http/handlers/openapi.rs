@@ -303,7 +303,10 @@ const TTL_FIELDS: &[&str] = &[
 /// its configuration written in (the range of `ttl_seconds` is the configured minimum and
 /// maximum TTL, in whole seconds, as the CA checks it), so a client generating requests from
 /// the document gets the server's actual rules.
-pub(super) fn served_document(issuance: &IssuanceConfig) -> String {
+///
+/// Names the CA keeps for itself (`reserved`, and any ending in `.localhost`) are excluded
+/// from component names and internal routes.
+pub(super) fn served_document(issuance: &IssuanceConfig, reserved: &[String]) -> String {
     let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
         Ok(v) => v,
         // Serializing a tree of strings, maps and numbers cannot fail; an empty object is
@@ -323,7 +326,37 @@ pub(super) fn served_document(issuance: &IssuanceConfig) -> String {
     {
         ip.insert("not".into(), refused_ips(issuance.allow_loopback_ips));
     }
+    let not_reserved = serde_json::json!({"anyOf": [
+        {"enum": reserved},
+        {"pattern": format!("{}$", regex_escape(crate::ca::RESERVED_SUFFIX))},
+    ]});
+    if let Some(route) = doc
+        .pointer_mut("/components/schemas/RouteName")
+        .and_then(|v| v.as_object_mut())
+    {
+        route.insert("not".into(), not_reserved.clone());
+    }
+    if let Some(name) =
+        doc.pointer_mut("/components/schemas/ComponentCertificateRequest/properties/name")
+    {
+        let description = name.get("description").cloned();
+        *name = serde_json::json!({
+            "allOf": [{"$ref": "#/components/schemas/DnsName"}],
+            "not": not_reserved,
+            "description": description,
+        });
+    }
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// `text` as a regular expression that matches exactly it.
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.^$|?*+()[]{}".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
 }
 
 /// The addresses a certificate may not name, as patterns over the address text (every
@@ -367,8 +400,11 @@ mod tests {
     use crate::problem::PROBLEM_JSON;
 
     fn document() -> Value {
-        serde_json::from_str(&served_document(&IssuanceConfig::default()))
-            .expect("the document is JSON")
+        serde_json::from_str(&served_document(
+            &IssuanceConfig::default(),
+            &["localhost".into(), "lanyard-server".into()],
+        ))
+        .expect("the document is JSON")
     }
 
     fn operations(doc: &Value) -> BTreeSet<(String, String)> {
@@ -566,6 +602,24 @@ mod tests {
                     !refused,
                     "{text} (allow_loopback {allow_loopback})"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn component_names_and_routes_exclude_the_reserved_names() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for not in [
+            &schemas["ComponentCertificateRequest"]["properties"]["name"]["not"],
+            &schemas["RouteName"]["not"],
+        ] {
+            let v = jsonschema::validator_for(&serde_json::json!({ "not": not })).unwrap();
+            for reserved in ["localhost", "lanyard-server", "a.localhost"] {
+                assert!(!v.is_valid(&Value::String(reserved.into())), "{reserved}");
+            }
+            for free in ["billing.apps.internal", "localhostx", "localhost.example"] {
+                assert!(v.is_valid(&Value::String(free.into())), "{free}");
             }
         }
     }
