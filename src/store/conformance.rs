@@ -1515,7 +1515,7 @@ pub(crate) fn pages_after_a_cursor_visit_every_record_once_in_order<H: Harness>(
         s.insert_certificates(std::slice::from_ref(r))?;
     }
     let mut newest_first = records.clone();
-    newest_first.sort_by(|a, b| (b.not_before, b.serial).cmp(&(a.not_before, a.serial)));
+    newest_first.sort_by_key(|r| std::cmp::Reverse((r.not_before, r.serial)));
     for (i, a) in [
         (None, None),
         (Some("a1"), None),
