@@ -610,6 +610,42 @@ async fn bind_instances(
 }
 
 const SELECT_CERTIFICATES: &str = "SELECT record::text FROM certificates";
+
+/// The statement of a certificate query with the given filters, its parameters in this
+/// order: serial, instance GUID, app GUID, the cursor's notBefore and serial, the limit.
+/// One statement per combination of filters, so each uses its index: by serial (the key),
+/// by instance or app (newest first, starting at the cursor), or by time alone; the cursor
+/// is a row comparison in the order those indexes keep, so a page reads only what it answers.
+fn certificates_statement(serial: bool, instance: bool, app: bool, after: bool) -> String {
+    let mut conditions = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if serial {
+        conditions.push(format!("serial = ${}", next()));
+    }
+    if instance {
+        conditions.push(format!("instance_guid = ${}", next()));
+    }
+    if app {
+        conditions.push(format!("app_guid = ${}", next()));
+    }
+    if after {
+        let (t, s) = (next(), next());
+        conditions.push(format!("(not_before, serial) < (${t}, ${s})"));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        "{SELECT_CERTIFICATES} {filter} {NEWEST_FIRST} LIMIT ${}",
+        next()
+    )
+}
 const NEWEST_FIRST: &str = "ORDER BY not_before DESC, serial DESC";
 
 impl Store for PostgresStore {
@@ -1002,41 +1038,26 @@ impl Store for PostgresStore {
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         self.run(async move {
             let c = pool.get().await.map_err(pool_error)?;
-            // One statement per combination of filters, so each uses its index: by serial
-            // (the key), by instance or app (newest first, starting at the cursor), or by
-            // time alone. The cursor is a row comparison the indexes are ordered by.
-            let mut conditions = Vec::new();
             let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
             if let Some(s) = &serial {
                 params.push(s);
-                conditions.push(format!("serial = ${}", params.len()));
             }
             if let Some(i) = &instance {
                 params.push(i);
-                conditions.push(format!("instance_guid = ${}", params.len()));
             }
             if let Some(a) = &app {
                 params.push(a);
-                conditions.push(format!("app_guid = ${}", params.len()));
             }
             if let Some((nb, s)) = &after {
                 params.push(nb);
                 params.push(s);
-                conditions.push(format!(
-                    "(not_before, serial) < (${}, ${})",
-                    params.len() - 1,
-                    params.len()
-                ));
             }
             params.push(&limit);
-            let filter = if conditions.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conditions.join(" AND "))
-            };
-            let sql = format!(
-                "{SELECT_CERTIFICATES} {filter} {NEWEST_FIRST} LIMIT ${}",
-                params.len()
+            let sql = certificates_statement(
+                serial.is_some(),
+                instance.is_some(),
+                app.is_some(),
+                after.is_some(),
             );
             let st = c.prepare_cached(&sql).await.map_err(db_error)?;
             let rows = c.query(&st, &params).await.map_err(db_error)?;
