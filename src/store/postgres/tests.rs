@@ -283,8 +283,11 @@ fn a_database_newer_than_the_binary_is_refused() {
     );
 }
 
+/// A parameter of a statement whose plan a test reads.
+type Param = Box<dyn ToSql + Sync + Send>;
+
 /// The plan of `sql` with seq scans ruled out: what an index can do for it.
-fn plan(store: &PostgresStore, sql: String, params: Vec<Box<dyn ToSql + Sync + Send>>) -> String {
+fn plan(store: &PostgresStore, sql: String, params: Vec<Param>) -> String {
     let pool = store.pool();
     store
         .run(async move {
@@ -316,11 +319,11 @@ fn a_page_of_certificates_and_a_batch_of_expired_ones_are_read_from_an_index_in_
         return;
     };
     let store = h.open_fresh().unwrap();
-    let serial = || -> Box<dyn ToSql + Sync + Send> { Box::new(vec![7u8; 16]) };
-    let guid = || -> Box<dyn ToSql + Sync + Send> { Box::new("6f1e0c9a".to_string()) };
-    let time = || -> Box<dyn ToSql + Sync + Send> { Box::new(SystemTime::now()) };
-    let limit = || -> Box<dyn ToSql + Sync + Send> { Box::new(1i64) };
-    let cases: Vec<(&str, String, Vec<Box<dyn ToSql + Sync + Send>>)> = vec![
+    let serial = || -> Param { Box::new(vec![7u8; 16]) };
+    let guid = || -> Param { Box::new("6f1e0c9a".to_string()) };
+    let time = || -> Param { Box::new(SystemTime::now()) };
+    let limit = || -> Param { Box::new(1i64) };
+    let cases: Vec<(&str, String, Vec<Param>)> = vec![
         (
             "certificates_by_app",
             certificates_statement(false, false, true, true),
