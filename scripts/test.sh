@@ -116,6 +116,14 @@ if ! "$py_venv/bin/python" -c 'import spiffe, grpc' 2>/dev/null; then
   "$py_venv/bin/python" -m pip install --quiet 'spiffe==0.3.2'
 fi
 
+# Schemathesis (PyPI `schemathesis`), the property-based API tester of tests/schemathesis.rs,
+# in its own virtual environment under target/ (the test makes it too when it is missing).
+st_venv=target/schemathesis
+if ! "$st_venv/bin/schemathesis" --version 2>/dev/null | grep -q '4\.32\.5'; then
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/python" -m pip install --quiet 'schemathesis==4.32.5'
+fi
+
 cargo build --all-targets
 cargo test --all-targets -- --test-threads="${LANYARD_TEST_THREADS:-4}"
 cargo test --doc

@@ -18,11 +18,55 @@ use utoipa::ToSchema;
 #[allow(dead_code)]
 struct Guid(String);
 
-/// An internal route: a DNS name.
-#[derive(ToSchema)]
-#[schema(format = Hostname)]
-#[allow(dead_code)]
-struct RouteName(String);
+/// A name (of a cell, operator or component): a lowercase DNS name of 1 to 253 characters,
+/// dot-separated labels of 1 to 63 letters, digits and `-` that start and end with a letter or
+/// digit.
+struct DnsName;
+
+impl utoipa::PartialSchema for DnsName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(
+                "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(253))
+            .description(Some("A lowercase DNS name."))
+            .into()
+    }
+}
+
+impl ToSchema for DnsName {}
+
+/// A whole number of seconds, 0 or more, of any size (a query parameter: larger values than
+/// the operation uses count as its maximum).
+pub struct WholeSeconds;
+
+impl utoipa::PartialSchema for WholeSeconds {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        // No `format`: int64 would bound it, and the server takes any whole number.
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .into()
+    }
+}
+
+impl ToSchema for WholeSeconds {}
+
+/// An internal route: a lowercase DNS name, as [`DnsName`].
+struct RouteName;
+
+impl utoipa::PartialSchema for RouteName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        DnsName::schema()
+    }
+}
+
+impl ToSchema for RouteName {}
 
 /// An IPv4 or IPv6 address.
 struct IpAddress;
@@ -128,6 +172,32 @@ pub fn revocation_reason(given: &str) -> Result<String, String> {
     Ok(rfc_revocation_reason(given).map_or_else(|| given.to_string(), str::to_string))
 }
 
+/// A revocation reason as [`revocation_reason`] takes it, as a pattern: after trimming
+/// whitespace, 1 to 256 characters, none of them a control character.
+struct RevocationReasonText;
+
+impl utoipa::PartialSchema for RevocationReasonText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        // Whitespace as Rust's `trim` sees it, and characters that are neither whitespace
+        // nor control characters: the text between the trimmed ends may hold spaces but no
+        // control character, and the trimmed text is at most 256 characters.
+        const WS: &str = "[\\t\\n\\x0b\\x0c\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+        const SOLID: &str =
+            "[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+        const INNER: &str = "[^\\x00-\\x1f\\x7f-\\x9f]";
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!(
+                "^{WS}*{SOLID}({INNER}{{0,{}}}{SOLID})?{WS}*$",
+                MAX_REVOCATION_REASON_CHARS - 2
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for RevocationReasonText {}
+
 /// What an issued certificate is for.
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
@@ -169,9 +239,12 @@ impl<'de> Deserialize<'de> for JsonInt {
                 Ok(JsonInt(v.into()))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<JsonInt, E> {
-                // serde_json reads integers beyond 64 bits as floats; they are still integers.
+                // serde_json reads integers beyond 64 bits, and numbers written with a
+                // fraction or exponent (`1.0`, `1e3`), as floats; whole ones are still integers
+                // (JSON Schema counts `1.0` as the integer 1). `as` saturates beyond i128,
+                // which is out of every range anyway.
                 if v.is_finite() && v.fract() == 0.0 {
-                    Ok(JsonInt(if v >= 0.0 { i128::MAX } else { i128::MIN }))
+                    Ok(JsonInt(v as i128))
                 } else {
                     Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
                 }
@@ -208,15 +281,15 @@ pub struct InstanceCertificateRequest {
     pub organization_guid: String,
     /// Container IP (IPv4 or IPv6), written as an IP SAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = IpAddress, nullable = false)]
+    #[schema(value_type = Option<IpAddress>)]
     pub container_ip: Option<String>,
-    /// Internal routes (DNS names), written as DNS SANs.
+    /// Internal routes (DNS names, at most 100), written as DNS SANs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Vec<RouteName>, nullable = false)]
+    #[schema(value_type = Option<Vec<RouteName>>, max_items = 100)]
     pub internal_routes: Option<Vec<String>>,
     /// Requested lifetime in seconds, within the CA's configured minimum and maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = i64, minimum = 1)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     pub ttl_seconds: Option<JsonInt>,
 }
 
@@ -285,11 +358,11 @@ pub struct ComponentCertificateRequest {
     #[schema(content_media_type = "application/pkcs10")]
     pub csr: String,
     /// Component name (CN, DNS SAN, SPIFFE path): one DNS name.
-    #[schema(format = Hostname)]
+    #[schema(value_type = DnsName)]
     pub name: String,
     /// Requested lifetime in seconds, within the CA's configured minimum and maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = i64, minimum = 1)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     pub ttl_seconds: Option<JsonInt>,
 }
 
@@ -302,7 +375,7 @@ pub struct ComponentCredentialRequest {
     pub csr: String,
     /// Requested lifetime in seconds, within the CA's configured minimum and maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = i64, minimum = 1)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     pub ttl_seconds: Option<JsonInt>,
 }
 
@@ -322,11 +395,12 @@ pub struct JoinTokenRequest {
     /// Only `cell`.
     #[schema(value_type = JoinRole)]
     pub role: String,
-    /// The cell's name.
+    /// The cell's name: one DNS name.
+    #[schema(value_type = DnsName)]
     pub name: String,
     /// 1 to 86400, default 900.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = i64, minimum = 1, maximum = 86400)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<JsonInt>,
 }
 
@@ -373,7 +447,7 @@ pub struct RevokeRequest {
     /// spaces, `-` or `_`) is kept as the RFC spells it and written into the CRL entry as its
     /// reason code; other text is kept as given, and its CRL entry has no reason code.
     #[serde(default)]
-    #[schema(example = "keyCompromise")]
+    #[schema(value_type = Option<RevocationReasonText>, example = "keyCompromise")]
     pub reason: Option<String>,
 }
 
@@ -477,6 +551,10 @@ pub struct ScheduleLease {
 pub struct CertificatesResponse {
     /// Records, newest first.
     pub certificates: Vec<CertificateView>,
+    /// Present when more records match: the `after` of the next page (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, pattern = "^[0-9a-f]{56}$")]
+    pub next: Option<String>,
 }
 
 pub use crate::audit::AuditEntry;
@@ -666,7 +744,8 @@ pub struct MinuteActivity {
 /// A cell's last request as this replica saw it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CellActivityView {
-    /// The cell's name.
+    /// The cell's name: one DNS name.
+    #[schema(value_type = DnsName)]
     pub name: String,
     /// When it was answered (RFC 3339).
     #[schema(format = DateTime)]
@@ -705,6 +784,53 @@ pub const SERVER_NAME: &str = "lanyard-server";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_number_written_as_a_float_is_that_integer() {
+        let int = |s: &str| serde_json::from_str::<JsonInt>(s).map(|i| i.0);
+        assert_eq!(int("1.0").unwrap(), 1);
+        assert_eq!(int("1e3").unwrap(), 1000);
+        assert_eq!(int("-2.0").unwrap(), -2);
+        assert_eq!(int("86400").unwrap(), 86400);
+        assert!(int("99999999999999999999999").unwrap() > i128::from(u64::MAX));
+        assert!(int("1.5").is_err());
+        assert!(int("\"10\"").is_err());
+    }
+
+    #[test]
+    fn the_documented_reason_pattern_accepts_exactly_what_the_server_keeps() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(RevocationReasonText::schema()).unwrap();
+        let v = jsonschema::validator_for(&schema).unwrap();
+        let long = "x".repeat(MAX_REVOCATION_REASON_CHARS);
+        let samples = [
+            "".to_string(),
+            " ".into(),
+            "\t\n".into(),
+            "a".into(),
+            " a ".into(),
+            "\ta\r\n".into(),
+            "a b".into(),
+            "a\tb".into(),
+            "\u{1c}a".into(),
+            "a\u{85}".into(),
+            "\u{85}a".into(),
+            "a\u{a0}b".into(),
+            "\u{3000}key compromise\u{3000}".into(),
+            "a\u{7f}".into(),
+            "é".into(),
+            long.clone(),
+            format!("  {long}\n"),
+            format!("{long}x"),
+        ];
+        for given in samples {
+            assert_eq!(
+                v.is_valid(&serde_json::Value::String(given.clone())),
+                revocation_reason(&given).is_ok(),
+                "{given:?}"
+            );
+        }
+    }
 
     #[test]
     fn an_rfc_reason_in_any_spelling_comes_back_as_the_rfc_spells_it() {

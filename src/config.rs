@@ -286,6 +286,14 @@ pub(crate) struct StorageConfig {
     /// PostgreSQL URL for `backend = "postgres"`: `postgres://user:password@host:port/db`,
     /// optionally with `sslmode=disable|prefer|require|verify-full` and `sslrootcert=FILE`.
     pub url: Option<String>,
+    /// How long a certificate record is kept after the certificate expired (default 90d);
+    /// then the server deletes it. The audit log keeps the facts.
+    #[serde(default = "default_expired_retention")]
+    pub expired_retention: ConfigDuration,
+}
+
+fn default_expired_retention() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(90 * 86400))
 }
 
 /// The URL may hold the database password, so `Debug` (and so any `{:?}` of the config) shows
@@ -295,6 +303,7 @@ impl std::fmt::Debug for StorageConfig {
         f.debug_struct("StorageConfig")
             .field("backend", &self.backend)
             .field("url", &self.url.as_ref().map(|_| "..."))
+            .field("expired_retention", &self.expired_retention)
             .finish()
     }
 }
@@ -304,6 +313,7 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: "sled".into(),
             url: None,
+            expired_retention: default_expired_retention(),
         }
     }
 }
@@ -348,6 +358,7 @@ pub(crate) const SERVER_KEYS: &[(&str, &str)] = &[
     ("rotation", "lease"),
     ("storage", "backend"),
     ("storage", "url"),
+    ("storage", "expired_retention"),
     ("client", "server"),
     ("client", "credential"),
 ];
@@ -469,6 +480,14 @@ impl Config {
                     "must be 1 to 255 printable characters",
                 ));
             }
+        }
+        // A record is what `GET /v1/certificates` and revocation find: it must outlive
+        // every clock skew between replicas and the backdate of the certificates.
+        if self.storage.expired_retention.0 < Duration::from_secs(1) {
+            return Err(ConfigError::key(
+                "storage.expired_retention",
+                "must be at least 1s",
+            ));
         }
         match self.storage.backend.as_str() {
             "sled" => {}
@@ -838,10 +857,26 @@ mod tests {
     }
 
     #[test]
+    fn expired_records_are_kept_90_days_unless_configured_and_at_least_a_second() {
+        let c = dev_with(&[]).unwrap();
+        assert_eq!(
+            c.storage.expired_retention.0,
+            Duration::from_secs(90 * 86400)
+        );
+        let c = dev_with(&[("storage", "expired_retention = \"1h\"")]).unwrap();
+        assert_eq!(c.storage.expired_retention.0, Duration::from_secs(3600));
+        let e = dev_with(&[("storage", "expired_retention = \"500ms\"")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.expired_retention"), "{e}");
+    }
+
+    #[test]
     fn the_debug_output_of_the_config_never_shows_the_database_url() {
         let c = StorageConfig {
             backend: "postgres".into(),
             url: Some("postgres://lanyard:s3cret@db:5432/lanyard".into()),
+            ..StorageConfig::default()
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("s3cret"), "{shown}");

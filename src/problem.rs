@@ -185,6 +185,17 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejecti
             "the body is empty; a JSON object is required".into(),
         ));
     }
+    // Every body the API takes is a JSON object. serde would also read a struct from an
+    // array of its fields in order (`[]` for `{}`, `[true]` for `{"force": true}`), which the
+    // schema does not allow, so anything else is refused before it gets the chance.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Rejection::BadRequest(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => "the body does not fit the schema: it must be a JSON object".into(),
+                Err(e) => format!("the body is not valid JSON: {e}"),
+            },
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         let what = if e.is_syntax() || e.is_eof() {
             "the body is not valid JSON"
@@ -242,6 +253,25 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused_even_when_its_values_would_fill_the_fields() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Force {
+            #[serde(default)]
+            force: bool,
+        }
+        for body in ["[]", "[true]", " [true] ", "1", "\"x\"", "null"] {
+            assert!(
+                matches!(parse_json::<Force>(body.as_bytes()),
+                    Err(Rejection::BadRequest(m)) if m.contains("must be a JSON object")),
+                "{body}"
+            );
+        }
+        assert!(matches!(parse_json::<Force>(b"[tru"),
+            Err(Rejection::BadRequest(m)) if m.contains("not valid JSON")));
+        assert!(parse_json::<Force>(b" {\"force\": true}").unwrap().force);
+    }
 
     #[test]
     fn the_status_decides_type_and_title() {

@@ -493,11 +493,30 @@ async fn the_openapi_document_lists_every_route_of_the_contract() {
     assert!(ct.starts_with("application/json"));
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    // The served document is the one generated from the code.
+    // The served document is the one generated from the code (the same operations and
+    // schemas), with the rules that come from the configuration written in: the TTL range
+    // (the dev config's 60s to 7d), the addresses and names the CA refuses.
+    let generated = serde_json::to_value(lanyard::http::ApiDoc::openapi()).unwrap();
+    assert_eq!(doc["paths"], generated["paths"]);
+    let names = |d: &serde_json::Value| {
+        d["components"]["schemas"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&doc), names(&generated));
+    let schemas = &doc["components"]["schemas"];
+    let ttl = &schemas["InstanceCertificateRequest"]["properties"]["ttl_seconds"];
     assert_eq!(
-        doc,
-        serde_json::to_value(lanyard::http::ApiDoc::openapi()).unwrap()
+        (&ttl["minimum"], &ttl["maximum"]),
+        (&60.into(), &604800.into())
     );
+    assert!(schemas["IpAddress"]["not"].is_object());
+    assert!(schemas["RouteName"]["not"]
+        .to_string()
+        .contains("lanyard-server"));
     for (method, path, role) in [
         ("post", "/v1/instance-certificates", "cell"),
         ("post", "/v1/instance-certificates/batch", "cell"),

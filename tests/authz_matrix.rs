@@ -52,12 +52,13 @@ enum Caller {
     Component,
     Instance,
     RevokedCell,
+    ExpiredCell,
     ForeignCa,
     UsedJoinToken,
     ExpiredJoinToken,
 }
 
-const CALLERS: [Caller; 10] = [
+const CALLERS: [Caller; 11] = [
     Caller::NoCertificate,
     Caller::Cell,
     Caller::AnotherCell,
@@ -65,6 +66,7 @@ const CALLERS: [Caller; 10] = [
     Caller::Component,
     Caller::Instance,
     Caller::RevokedCell,
+    Caller::ExpiredCell,
     Caller::ForeignCa,
     Caller::UsedJoinToken,
     Caller::ExpiredJoinToken,
@@ -77,7 +79,7 @@ fn expected(role: &str, caller: Caller) -> Option<u16> {
     // needed. (An instance certificate is verified, as a workload with no API role: 403.)
     let unauthenticated = matches!(
         caller,
-        NoCertificate | RevokedCell | ForeignCa | UsedJoinToken | ExpiredJoinToken
+        NoCertificate | RevokedCell | ExpiredCell | ForeignCa | UsedJoinToken | ExpiredJoinToken
     );
     match role {
         "public" => None,
@@ -118,9 +120,37 @@ async fn join_token(ca: &TestCa, name: &str, ttl: Option<u64>) -> String {
     t.token
 }
 
+/// Starts the CA of the matrix, and a cell credential of it that has expired: the CA first
+/// runs with the shortest leaf lifetime (cell credentials take `issuance.default_ttl`), a cell
+/// joins, and the CA restarts on the same state with the dev lifetimes (its own server
+/// certificate is renewed by then, as a few seconds of a short life are past two thirds).
+async fn ca_with_an_expired_cell() -> (TestCa, Identity) {
+    const SHORT: &str = "default_ttl = \"5s\"";
+    let mut ca = TestCa::start_with(&[
+        ("issuance", "min_ttl = \"1s\""),
+        ("issuance", SHORT),
+        ("rotation", "check_interval = \"1s\""),
+    ]);
+    let cell = ca.join_cell("cell-expired").await;
+    let not_after = lanyard::x509::inspect::CertInfo::from_der(
+        pem::parse_many(&cell.chain_pem).unwrap()[0].contents(),
+    )
+    .unwrap()
+    .not_after;
+    ca.stop();
+    let text = std::fs::read_to_string(&ca.config).unwrap();
+    std::fs::write(&ca.config, text.replace(SHORT, "default_ttl = \"24h\"")).unwrap();
+    ca.spawn();
+    // Until the credential has surely expired (a wait, not an assertion).
+    while std::time::SystemTime::now() <= not_after + std::time::Duration::from_secs(1) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    (ca, (cell.chain_pem, cell.key_pem))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_endpoint_allows_exactly_the_callers_its_role_admits() {
-    let ca = TestCa::start();
+    let (ca, expired) = ca_with_an_expired_cell().await;
     let foreign = TestCa::start();
 
     // The table covers exactly the served document's operations, with the same roles.
@@ -220,6 +250,7 @@ async fn every_endpoint_allows_exactly_the_callers_its_role_admits() {
                 Some((instance.certificate_chain.clone(), instance_key.to_string()))
             }
             Caller::RevokedCell => Some((revoked.chain_pem.clone(), revoked.key_pem.clone())),
+            Caller::ExpiredCell => Some(expired.clone()),
             Caller::ForeignCa => {
                 Some((foreign_cell.chain_pem.clone(), foreign_cell.key_pem.clone()))
             }

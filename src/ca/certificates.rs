@@ -6,15 +6,37 @@ use std::time::SystemTime;
 use super::{Ca, CaError};
 use crate::audit::AuditEvent;
 use crate::ids::{Role, Serial};
-use crate::store::{CertificateKind, CertificateQuery, CertificateRecord, StoreError};
+use crate::store::{
+    CertificateCursor, CertificateKind, CertificateQuery, CertificateRecord, StoreError,
+};
+
+/// One page of certificate records.
+#[derive(Debug)]
+pub(crate) struct CertificatePage {
+    /// The records, newest first.
+    pub records: Vec<CertificateRecord>,
+    /// The position of the last record when more match (the next page starts after it).
+    pub next: Option<CertificateCursor>,
+}
 
 impl Ca {
-    /// `GET /v1/certificates`.
+    /// `GET /v1/certificates`: one page, and where the next starts when more match (asked
+    /// as one record more than the page holds).
     pub(crate) fn list_certificates(
         &self,
         q: &CertificateQuery,
-    ) -> Result<Vec<CertificateRecord>, CaError> {
-        Ok(self.store.query_certificates(q)?)
+    ) -> Result<CertificatePage, CaError> {
+        let mut records = self.store.query_certificates(&CertificateQuery {
+            limit: q.limit.saturating_add(1),
+            ..q.clone()
+        })?;
+        let next = if records.len() > q.limit {
+            records.truncate(q.limit);
+            records.last().map(CertificateCursor::of)
+        } else {
+            None
+        };
+        Ok(CertificatePage { records, next })
     }
 
     /// Is this serial revoked? (Client certificates of revoked credentials are refused.)

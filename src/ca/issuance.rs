@@ -35,6 +35,9 @@ pub(super) struct NamedCredential {
     pub(super) requested_by: String,
 }
 
+/// Names ending in this are reserved like `localhost` itself.
+pub(crate) const RESERVED_SUFFIX: &str = ".localhost";
+
 impl Ca {
     pub(super) fn ttl(&self, requested: Option<api::JsonInt>) -> Result<Duration, CaError> {
         let i = &self.config.issuance;
@@ -206,11 +209,20 @@ impl Ca {
     /// Names only the CA itself may carry: `localhost`, its `listen.server_names`, the trust
     /// domain, and the server's component name.
     pub(super) fn is_reserved_name(&self, n: &str) -> bool {
-        n == "localhost"
-            || n.ends_with(".localhost")
-            || n == self.config.trust_domain
-            || n == SERVER_NAME
-            || self.config.listen.server_names.iter().any(|s| s == n)
+        n.ends_with(RESERVED_SUFFIX) || self.reserved_names().iter().any(|r| r == n)
+    }
+
+    /// The names no component or app route may take, besides those ending in
+    /// [`RESERVED_SUFFIX`]: `localhost`, the trust domain, the server certificate's name and
+    /// every `listen.server_names` entry (the CA's own).
+    pub(crate) fn reserved_names(&self) -> Vec<String> {
+        let mut names = vec![
+            "localhost".to_string(),
+            self.config.trust_domain.clone(),
+            SERVER_NAME.to_string(),
+        ];
+        names.extend(self.config.listen.server_names.iter().cloned());
+        names
     }
 
     /// `POST /v1/instance-certificates`.

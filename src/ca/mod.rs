@@ -24,6 +24,7 @@ mod lease;
 mod local_credentials;
 mod migrate;
 mod ownership;
+mod retention;
 mod status;
 
 pub(crate) use audit_log::MAX_AUDIT_PAGE;
@@ -35,8 +36,11 @@ pub(crate) use migrate::migrate_to_postgres;
 pub(crate) use crate::authority::{GenerationStatus, Issued, TrustBundle};
 pub(crate) use crate::rotation::Due;
 pub(crate) use crate::store::{
-    AuthorityRecord, CertificateQuery, CertificateRecord, InstanceBinding, Lease, LeaseGrant,
+    AuthorityRecord, CertificateCursor, CertificateQuery, CertificateRecord, InstanceBinding,
+    Lease, LeaseGrant,
 };
+pub(crate) use issuance::RESERVED_SUFFIX;
+pub(crate) use retention::RETENTION_BATCH;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -161,6 +161,46 @@ pub(super) async fn maintenance_loop(st: Arc<AppState>) {
         }
         st.refresh_local_credentials().await;
         st.purge_expired_join_tokens().await;
+        st.delete_expired_records().await;
+    }
+}
+
+/// The most retention batches one maintenance pass deletes; a larger backlog is worked off
+/// over the next passes, so one pass never holds the blocking pool for long.
+const RETENTION_BATCHES_PER_PASS: usize = 20;
+
+impl AppState {
+    /// Deletes the certificate records whose retention after expiry has passed, a batch at a
+    /// time (see [`crate::ca::RETENTION_BATCH`]). One replica does it for all: the holder of
+    /// the schedule lease. Failures are logged and retried by the next pass.
+    pub(crate) async fn delete_expired_records(self: &Arc<Self>) {
+        if !self.lease.held() {
+            return;
+        }
+        for _ in 0..RETENTION_BATCHES_PER_PASS {
+            let (ca, actor) = (self.ca.clone(), self.lease.replica.clone());
+            let now = std::time::SystemTime::now();
+            match self
+                .pool
+                .run(move || ca.delete_expired_records(&actor, now))
+                .await
+            {
+                Ok(Ok(0)) => return,
+                Ok(Ok(n)) => {
+                    tracing::info!(
+                        deleted = n,
+                        "expired certificate records past retention deleted"
+                    );
+                    if n < crate::ca::RETENTION_BATCH {
+                        return;
+                    }
+                }
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(error = %e, "deleting expired certificate records failed; will retry");
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -21,8 +21,9 @@ use std::sync::Barrier;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
-    AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, JoinTokenRecord, LeaseGrant, ReleaseOutcome, RevokeOutcome, Store, StoreError,
+    AuthorityRecord, CaKeyRecord, CertificateCursor, CertificateKind, CertificateQuery,
+    CertificateRecord, GenerationState, JoinTokenRecord, LeaseGrant, ReleaseOutcome, RevokeOutcome,
+    Store, StoreError,
 };
 use crate::audit::{AuditEvent, Verifier};
 use crate::ids::{AuthorityId, Guid, Name, Serial};
@@ -95,6 +96,9 @@ macro_rules! store_conformance_tests {
             revoking_an_unknown_serial_fails_and_writes_nothing,
             queries_filter_by_instance_and_app,
             queries_answer_newest_first_within_the_limit,
+            pages_after_a_cursor_visit_every_record_once_in_order,
+            a_query_by_serial_answers_that_record_if_it_passes_the_other_filters,
+            expired_records_are_found_by_expiry_and_deleted_with_their_indexes,
             revoked_lists_the_revocations_of_that_generation_only,
             last_leaf_not_after_is_the_latest_of_each_generation,
             a_join_token_is_read_without_spending_it_and_taken_once,
@@ -230,6 +234,8 @@ fn query(
     Ok(CertificateQuery {
         instance_guid: instance.map(guid).transpose()?,
         app_guid: app.map(guid).transpose()?,
+        serial: None,
+        after: None,
         limit,
     })
 }
@@ -1487,6 +1493,231 @@ pub(crate) fn queries_answer_newest_first_within_the_limit<H: Harness>(
             );
         }
     }
+    Ok(())
+}
+
+/// Paging with a cursor (the position of the last record of a page) visits every matching
+/// record once, in the newest-first order, whatever the page size and filters; records with
+/// the same notBefore are ordered by serial, and a cursor may be any record's position.
+pub(crate) fn pages_after_a_cursor_visit_every_record_once_in_order<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let mut records = Vec::new();
+    // Three records share one notBefore, so the serial decides among them.
+    for nb in [10u64, 20, 30, 30, 30, 40, 50] {
+        records.push(instance("a1", "b1", 1, nb, 10_000)?);
+    }
+    records.push(instance("a2", "b1", 1, 35, 10_000)?);
+    records.push(instance("a3", "b3", 1, 25, 10_000)?);
+    records.push(credential("cell-1", 1, 45, 10_000)?);
+    for r in &records {
+        s.insert_certificates(std::slice::from_ref(r))?;
+    }
+    let mut newest_first = records.clone();
+    newest_first.sort_by_key(|r| std::cmp::Reverse((r.not_before, r.serial)));
+    for (i, a) in [
+        (None, None),
+        (Some("a1"), None),
+        (None, Some("b1")),
+        (Some("a1"), Some("b1")),
+    ] {
+        let q = query(i, a, 100)?;
+        let expected: Vec<Serial> = newest_first
+            .iter()
+            .filter(|r| q.admits(r))
+            .map(|r| r.serial)
+            .collect();
+        for size in [1usize, 2, 3] {
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let page = s.query_certificates(&CertificateQuery {
+                    after,
+                    limit: size,
+                    ..q.clone()
+                })?;
+                promise!(
+                    page.len() <= size,
+                    "a page of {size} answered {}",
+                    page.len()
+                );
+                let Some(last) = page.last() else { break };
+                after = Some(CertificateCursor::of(last));
+                got.extend(serials(&page));
+                promise!(got.len() <= expected.len(), "paging does not end: {got:?}");
+            }
+            promise!(
+                got == expected,
+                "paging instance={i:?} app={a:?} by {size} visits {got:?}, expected {expected:?}"
+            );
+        }
+        // A cursor at a record the filters leave out still marks a place in the order.
+        let other = newest_first
+            .iter()
+            .find(|r| r.instance_guid.as_ref().map(|g| g.as_str()) == Some("a2"))
+            .ok_or_else(|| Violation::Setup("no a2 record".into()))?;
+        let c = CertificateCursor::of(other);
+        let got = serials(&s.query_certificates(&CertificateQuery {
+            after: Some(c),
+            ..q.clone()
+        })?);
+        let expected: Vec<Serial> = newest_first
+            .iter()
+            .filter(|r| q.admits(r) && c.precedes(r))
+            .map(|r| r.serial)
+            .collect();
+        promise!(
+            got == expected,
+            "after a2's record, instance={i:?} app={a:?} answers {got:?}, expected {expected:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A query by serial answers that one record, only if it also passes the other filters
+/// (instance, app, cursor), and nothing for a serial never recorded.
+pub(crate) fn a_query_by_serial_answers_that_record_if_it_passes_the_other_filters<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let a = instance("a1", "b1", 1, 10, 100)?;
+    let b = instance("a2", "b2", 1, 20, 100)?;
+    s.insert_certificates(&[a.clone(), b.clone()])?;
+    let by_serial = |serial: Serial, i: Option<&str>, app: Option<&str>| -> Result<_, Violation> {
+        Ok(serials(&s.query_certificates(&CertificateQuery {
+            serial: Some(serial),
+            ..query(i, app, 100)?
+        })?))
+    };
+    promise!(
+        by_serial(a.serial, None, None)? == [a.serial],
+        "serial of a"
+    );
+    promise!(
+        by_serial(b.serial, None, Some("b2"))? == [b.serial],
+        "serial of b in b2"
+    );
+    promise!(
+        by_serial(a.serial, Some("a1"), Some("b1"))? == [a.serial],
+        "a in a1/b1"
+    );
+    promise!(
+        by_serial(a.serial, None, Some("b2"))?.is_empty(),
+        "a is not in app b2"
+    );
+    promise!(
+        by_serial(a.serial, Some("a2"), None)?.is_empty(),
+        "a is not instance a2"
+    );
+    promise!(
+        by_serial(serial()?, None, None)?.is_empty(),
+        "an unknown serial"
+    );
+    let past_b = s.query_certificates(&CertificateQuery {
+        serial: Some(b.serial),
+        after: Some(CertificateCursor::of(&a)),
+        ..query(None, None, 100)?
+    })?;
+    promise!(
+        past_b.is_empty(),
+        "b is newer than a, so not after a's position"
+    );
+    Ok(())
+}
+
+/// `expired_certificates` lists what expired before a time, earliest first, within its
+/// limit; `delete_expired_certificates` deletes those records (and only expired ones) so that
+/// no query, revocation list or copy finds them, appends its audit event only when it
+/// deletes, keeps the audit chain whole and each generation's latest notAfter, and the
+/// deletion survives a reopen.
+pub(crate) fn expired_records_are_found_by_expiry_and_deleted_with_their_indexes<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    let e1 = instance("a1", "b1", 1, 10, 100)?;
+    let e2 = instance("a1", "b1", 1, 20, 200)?;
+    let e3 = instance("a2", "b1", 1, 30, 200)?;
+    let e4 = credential("cell-1", 2, 40, 300)?;
+    let live = instance("a1", "b1", 1, 50, 1_000)?;
+    s.insert_certificates(&[e1.clone(), e2.clone(), e3.clone(), e4.clone(), live.clone()])?;
+    s.revoke(&e3.serial, at(150), None, &[event("revoke-e3")])?;
+
+    promise!(
+        s.expired_certificates(at(100), 10)?.is_empty(),
+        "a record expiring at the time has not expired before it"
+    );
+    promise!(
+        s.expired_certificates(at(101), 10)? == [e1.serial],
+        "only e1 expired before 101"
+    );
+    let mut same_time = [e2.serial, e3.serial];
+    same_time.sort();
+    let expected = [e1.serial, same_time[0], same_time[1], e4.serial];
+    promise!(
+        s.expired_certificates(at(500), 10)? == expected,
+        "earliest expiry first (then serial)"
+    );
+    promise!(
+        s.expired_certificates(at(500), 2)? == expected[..2],
+        "at most the limit, from the earliest"
+    );
+
+    let unknown = serial()?;
+    promise!(
+        s.delete_expired_certificates(&[live.serial, unknown], at(500), &[event("nothing")])? == 0,
+        "a live record and an unknown serial are not deleted"
+    );
+    let mut asked = expected.to_vec();
+    asked.push(live.serial);
+    let deleted = s.delete_expired_certificates(&asked, at(500), &[event("purged")])?;
+    promise!(
+        deleted == 4,
+        "deleted {deleted} records, expected the 4 expired"
+    );
+    let check = |s: &H::Store| -> Result<(), Violation> {
+        for r in [&e1, &e2, &e3, &e4] {
+            absent(s, &r.serial, "a deleted record")?;
+        }
+        stored_as(s, &live)?;
+        for (i, a) in [(None, None), (Some("a1"), None), (None, Some("b1"))] {
+            let got = serials(&s.query_certificates(&query(i, a, 100)?)?);
+            promise!(
+                got == [live.serial],
+                "query instance={i:?} app={a:?} after deletion answers {got:?}"
+            );
+        }
+        promise!(
+            s.revoked(AuthorityId(1))?.is_empty(),
+            "a deleted revoked record leaves the revocation list"
+        );
+        promise!(
+            s.expired_certificates(at(500), 10)?.is_empty(),
+            "deleted records leave the expiry index"
+        );
+        promise!(
+            s.last_leaf_not_after(AuthorityId(2))? == Some(at(300)),
+            "a generation's latest notAfter stays after its records are deleted"
+        );
+        promise!(
+            s.last_leaf_not_after(AuthorityId(1))? == Some(at(1_000)),
+            "generation 1's latest notAfter is its live record's"
+        );
+        let all = s.certificates_after(None, 100)?;
+        promise!(
+            serials(&all) == [live.serial],
+            "a copy of the store finds only the live record"
+        );
+        let subjects = whole_chain(s)?;
+        promise!(
+            subjects == ["revoke-e3", "purged"],
+            "the audit log keeps every entry and gains only the deletion's: {subjects:?}"
+        );
+        Ok(())
+    };
+    check(&s)?;
+    let s = h.reopen(s)?;
+    check(&s)?;
     Ok(())
 }
 

@@ -12,8 +12,9 @@ mod sled_store;
 
 pub(crate) use postgres::PostgresStore;
 pub(crate) use records::{
-    AuthorityRecord, CaKeyRecord, CertificateKind, CertificateQuery, CertificateRecord,
-    GenerationState, InstanceBinding, JoinTokenRecord, Lease, LeaseGrant, ReleaseOutcome,
+    AuthorityRecord, CaKeyRecord, CertificateCursor, CertificateKind, CertificateQuery,
+    CertificateRecord, GenerationState, InstanceBinding, JoinTokenRecord, Lease, LeaseGrant,
+    ReleaseOutcome,
 };
 pub(crate) use sled_store::SledStore;
 
@@ -314,6 +315,27 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// returns how many; tokens expiring at `now` or later stay. Tokens nobody spends would
     /// otherwise pile up forever.
     fn purge_expired_join_tokens(&self, now: SystemTime) -> Result<u64, StoreError>;
+
+    /// Up to `limit` serials of certificates that expired before `before` (`not_after <
+    /// before`; one expiring at `before` or later is not among them), the earliest expiry
+    /// first, read from an index of expiry times (no scan of the records).
+    fn expired_certificates(
+        &self,
+        before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Serial>, StoreError>;
+    /// Deletes the records of `serials` that expired before `before`, with every index
+    /// entry of theirs (so no query, revocation list or copy finds them), in one atomic,
+    /// durable step, and returns how many it deleted; serials not recorded, or expiring at
+    /// `before` or later, are left alone. `audit` is appended in the same step, only when
+    /// something is deleted. The audit log itself is never shortened, and what
+    /// [`Store::last_leaf_not_after`] answers does not change.
+    fn delete_expired_certificates(
+        &self,
+        serials: &[Serial],
+        before: SystemTime,
+        audit: &[AuditEvent],
+    ) -> Result<u64, StoreError>;
 
     /// Takes or renews the lease `name` for `holder` for `period` from now (the store's
     /// clock, so holders on hosts whose clocks differ still agree). A shared store grants it

@@ -239,8 +239,93 @@ pub(crate) struct CertificateQuery {
     pub instance_guid: Option<Guid>,
     /// Only this app.
     pub app_guid: Option<Guid>,
+    /// Only this serial (at most one record).
+    pub serial: Option<Serial>,
+    /// Only records after this position of the newest-first order (the next page).
+    pub after: Option<CertificateCursor>,
     /// At most this many (newest first).
     pub limit: usize,
+}
+
+impl CertificateQuery {
+    /// Whether `r` passes every filter (the backends answer from indexes; this says what
+    /// the indexes must agree with).
+    pub(crate) fn admits(&self, r: &CertificateRecord) -> bool {
+        self.instance_guid
+            .as_ref()
+            .is_none_or(|g| r.instance_guid.as_ref() == Some(g))
+            && self
+                .app_guid
+                .as_ref()
+                .is_none_or(|g| r.app_guid.as_ref() == Some(g))
+            && self.serial.is_none_or(|s| r.serial == s)
+            && self.after.is_none_or(|c| c.precedes(r))
+    }
+}
+
+/// A position in the order certificate records are listed in: newest (latest notBefore)
+/// first, and of equal notBefore the higher serial first. A page ends at its last record's
+/// position, and the next page starts after it, so paging visits every record once even
+/// while new ones are issued (they come before the first page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CertificateCursor {
+    /// The notBefore of the record at this position.
+    pub not_before: SystemTime,
+    /// Its serial.
+    pub serial: Serial,
+}
+
+impl CertificateCursor {
+    /// The position of `r`.
+    pub(crate) fn of(r: &CertificateRecord) -> Self {
+        CertificateCursor {
+            not_before: r.not_before,
+            serial: r.serial,
+        }
+    }
+
+    /// Whether `r` is listed after this position.
+    pub(crate) fn precedes(&self, r: &CertificateRecord) -> bool {
+        (r.not_before, r.serial) < (self.not_before, self.serial)
+    }
+
+    /// The cursor as the API hands it out: opaque text (seconds and nanoseconds since the
+    /// epoch, then the serial, all hex), which [`CertificateCursor::parse`] reads back.
+    pub(crate) fn encode(&self) -> String {
+        let d = self
+            .not_before
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!(
+            "{:016x}{:08x}{}",
+            d.as_secs(),
+            d.subsec_nanos(),
+            self.serial
+        )
+    }
+
+    /// Reads a cursor in the form [`CertificateCursor::encode`] writes (56 lowercase hex
+    /// digits); anything else is an error that says what a cursor is. Every text of that
+    /// form names a position: a time past the year 9999 (later than any record) reads as
+    /// the end of 9999, and nanoseconds past a second as the last nanosecond of it.
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        /// 9999-12-31T23:59:59Z: every backend keeps times up to it.
+        const LAST_SECOND: u64 = 253_402_300_799;
+        let bad = || "is not a cursor from the `next` field of an earlier page".to_string();
+        if text.len() != 56 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad());
+        }
+        let secs = u64::from_str_radix(&text[..16], 16).map_err(|_| bad())?;
+        let nanos = u32::from_str_radix(&text[16..24], 16).map_err(|_| bad())?;
+        let serial: Serial = text[24..].parse().map_err(|_| bad())?;
+        let (secs, nanos) = if secs > LAST_SECOND {
+            (LAST_SECOND, 999_999_999)
+        } else {
+            (secs, nanos.min(999_999_999))
+        };
+        let not_before = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+        Ok(CertificateCursor { not_before, serial })
+    }
 }
 
 /// A join token as stored: the secret itself is never stored, only its hash is the key.
@@ -292,5 +377,48 @@ mod b64 {
         base64::engine::general_purpose::STANDARD
             .decode(s)
             .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn cursor(secs: u64, nanos: u32) -> CertificateCursor {
+        CertificateCursor {
+            not_before: UNIX_EPOCH + Duration::new(secs, nanos),
+            serial: "00112233445566778899aabbccddeeff".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_cursor_reads_back_as_written() {
+        for c in [cursor(0, 0), cursor(1_796_447_915, 123_456_789)] {
+            let text = c.encode();
+            assert_eq!(text.len(), 56, "{text}");
+            assert_eq!(CertificateCursor::parse(&text).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn only_the_documented_form_is_a_cursor_and_every_text_of_it_names_a_position() {
+        let good = cursor(1_796_447_915, 5).encode();
+        for bad in [
+            "",
+            "abc",
+            &good[1..],
+            &format!("{good}0"),
+            &good.to_uppercase(),
+            &good.replace('0', "g"),
+        ] {
+            assert!(CertificateCursor::parse(bad).is_err(), "{bad}");
+        }
+        let far = format!("{:016x}{:08x}{}", u64::MAX, u32::MAX, "ff".repeat(16));
+        let c = CertificateCursor::parse(&far).unwrap();
+        assert!(c.not_before > UNIX_EPOCH + Duration::from_secs(253_402_300_000));
+        let nanos = format!("{:016x}{:08x}{}", 10, u32::MAX, "00".repeat(16));
+        let c = CertificateCursor::parse(&nanos).unwrap();
+        assert_eq!(c.not_before, UNIX_EPOCH + Duration::new(10, 999_999_999));
     }
 }

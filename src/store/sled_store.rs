@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[cfg(test)]
+use std::time::Duration;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -32,9 +35,17 @@ pub(crate) struct SledStore {
     meta: sled::Tree,
     authorities: sled::Tree,
     certs: sled::Tree,
+    /// Instance GUID, 0, notBefore (big-endian nanoseconds), serial: an instance's records
+    /// in time order, so a page of the newest reads only what it answers.
     by_instance: sled::Tree,
+    /// The same by app GUID.
     by_app: sled::Tree,
+    /// notBefore, serial: every record in time order.
     by_time: sled::Tree,
+    /// notAfter, serial: records by expiry, for retention.
+    by_expiry: sled::Tree,
+    /// Which index layouts the store has been brought up to (see [`SledStore::upgrade`]).
+    layout: sled::Tree,
     leaf_max: sled::Tree,
     revoked: sled::Tree,
     tokens: sled::Tree,
@@ -70,18 +81,61 @@ fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
     })
 }
 
+/// Nanoseconds since the epoch: 0 before it, and the largest u64 (in 2554) after that, so
+/// keys stay in time order at both ends.
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-fn index_key(prefix: &str, serial: &Serial) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 17);
-    k.extend_from_slice(prefix.as_bytes());
-    k.push(0);
+/// The instance index's tree.
+const BY_INSTANCE: &str = "certificates_by_instance_time";
+/// The app index's tree.
+const BY_APP: &str = "certificates_by_app_time";
+/// The expiry index's tree.
+const BY_EXPIRY: &str = "certificates_by_expiry";
+/// The `layout` mark of a store whose instance, app and expiry indexes are in time order.
+const TIME_INDEXES: &[u8] = b"time_indexes";
+
+/// `t` (big-endian nanoseconds) then the serial: keys in time order.
+fn time_key(t: SystemTime, serial: &Serial) -> Vec<u8> {
+    let mut k = nanos(t).to_be_bytes().to_vec();
     k.extend_from_slice(serial.as_bytes());
     k
+}
+
+/// A GUID index's prefix: the GUID, then 0 (no GUID holds it, so none extends another).
+fn guid_prefix(g: &Guid) -> Vec<u8> {
+    let mut k = g.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// A record's key in the instance index, if it has an instance.
+fn instance_key(r: &CertificateRecord) -> Option<Vec<u8>> {
+    r.instance_guid
+        .as_ref()
+        .map(|g| [guid_prefix(g), time_key(r.not_before, &r.serial)].concat())
+}
+
+/// A record's key in the app index, if it has an app.
+fn app_key(r: &CertificateRecord) -> Option<Vec<u8>> {
+    r.app_guid
+        .as_ref()
+        .map(|g| [guid_prefix(g), time_key(r.not_before, &r.serial)].concat())
+}
+
+/// A record's key in the expiry index.
+fn expiry_key(r: &CertificateRecord) -> Vec<u8> {
+    time_key(r.not_after, &r.serial)
+}
+
+/// The serial at the end of an index key.
+fn serial_of_key(k: &[u8]) -> Option<Serial> {
+    k.len()
+        .checked_sub(16)
+        .and_then(|at| Serial::from_bytes(&k[at..]))
 }
 
 impl SledStore {
@@ -118,13 +172,15 @@ impl SledStore {
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         let t = |n: &str| db.open_tree(n).map_err(backend);
-        Ok(SledStore {
+        SledStore {
             meta: t("meta")?,
             authorities: t("authorities")?,
             certs: t("certificates")?,
-            by_instance: t("certificates_by_instance")?,
-            by_app: t("certificates_by_app")?,
+            by_instance: t(BY_INSTANCE)?,
+            by_app: t(BY_APP)?,
             by_time: t("certificates_by_time")?,
+            by_expiry: t(BY_EXPIRY)?,
+            layout: t("layout")?,
             leaf_max: t("authority_last_leaf")?,
             revoked: t("revoked_by_authority")?,
             tokens: t("join_tokens")?,
@@ -137,7 +193,46 @@ impl SledStore {
             generations_lock: Default::default(),
             init_lock: Default::default(),
             db,
-        })
+        }
+        .upgrade()
+    }
+
+    /// Brings a store written by an earlier version up to this one's index layout: the
+    /// instance and app indexes used to hold GUID and serial only (a query read and sorted
+    /// every record of the GUID), and there was no expiry index. Building the new ones is
+    /// idempotent, so a crash halfway only repeats it; the mark is written last, and the old
+    /// trees are dropped after it.
+    fn upgrade(self) -> Result<Self, StoreError> {
+        if self.layout.get(TIME_INDEXES).map_err(backend)?.is_some() {
+            return Ok(self);
+        }
+        for item in self.certs.iter() {
+            let (k, v) = item.map_err(backend)?;
+            let r: CertificateRecord = decode(&k, &v)?;
+            for (tree, key) in [
+                (&self.by_instance, instance_key(&r)),
+                (&self.by_app, app_key(&r)),
+                (&self.by_expiry, Some(expiry_key(&r))),
+            ] {
+                if let Some(key) = key {
+                    tree.insert(key, &[][..]).map_err(backend)?;
+                }
+            }
+        }
+        self.db.flush().map_err(backend)?;
+        self.layout.insert(TIME_INDEXES, &[][..]).map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        for old in ["certificates_by_instance", "certificates_by_app"] {
+            if self
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == old.as_bytes())
+            {
+                self.db.drop_tree(old).map_err(backend)?;
+            }
+        }
+        Ok(self)
     }
 
     /// Makes every write so far durable. Concurrent callers share one fsync (group commit):
@@ -406,38 +501,44 @@ impl Store for SledStore {
         &self,
         q: &CertificateQuery,
     ) -> Result<Vec<CertificateRecord>, StoreError> {
-        let serials: Vec<Serial> = match (&q.instance_guid, &q.app_guid) {
-            (Some(g), _) => scan_index(&self.by_instance, g.as_str())?,
-            (None, Some(g)) => scan_index(&self.by_app, g.as_str())?,
-            (None, None) => {
-                let mut v = Vec::new();
-                for item in self.by_time.iter().rev() {
-                    let (k, _) = item.map_err(backend)?;
-                    if let Some(s) = k.get(8..).and_then(Serial::from_bytes) {
-                        v.push(s);
-                    }
-                    if v.len() >= q.limit {
-                        break;
-                    }
-                }
-                v
-            }
+        if let Some(serial) = &q.serial {
+            return Ok(self
+                .get_certificate(serial)?
+                .filter(|r| q.admits(r))
+                .into_iter()
+                .take(q.limit)
+                .collect());
+        }
+        // Walk one index backwards from the cursor (or its end), reading only the records
+        // answered; with both GUIDs the instance index is walked and the app checked, since
+        // an instance keeps its app.
+        let (tree, prefix) = match (&q.instance_guid, &q.app_guid) {
+            (Some(g), _) => (&self.by_instance, guid_prefix(g)),
+            (None, Some(g)) => (&self.by_app, guid_prefix(g)),
+            (None, None) => (&self.by_time, Vec::new()),
         };
-        let mut out = Vec::with_capacity(serials.len());
-        for s in serials {
-            if let Some(r) = self.get_certificate(&s)? {
-                if q.app_guid.is_some() && r.app_guid != q.app_guid {
-                    continue;
+        let keys = match &q.after {
+            Some(c) => {
+                let end = [prefix.clone(), time_key(c.not_before, &c.serial)].concat();
+                tree.range(prefix..end)
+            }
+            None => tree.scan_prefix(prefix),
+        };
+        let mut out = Vec::new();
+        for item in keys.rev() {
+            if out.len() >= q.limit {
+                break;
+            }
+            let (k, _) = item.map_err(backend)?;
+            let Some(serial) = serial_of_key(&k) else {
+                continue;
+            };
+            if let Some(r) = self.get_certificate(&serial)? {
+                if q.admits(&r) {
+                    out.push(r);
                 }
-                out.push(r);
             }
         }
-        out.sort_by(|a, b| {
-            b.not_before
-                .cmp(&a.not_before)
-                .then(b.serial.cmp(&a.serial))
-        });
-        out.truncate(q.limit);
         Ok(out)
     }
 
@@ -678,6 +779,78 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn expired_certificates(
+        &self,
+        before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Serial>, StoreError> {
+        // Keys start with notAfter: every key below `before`'s nanoseconds expired earlier.
+        let end = nanos(before).to_be_bytes();
+        self.by_expiry
+            .range(..&end[..])
+            .take(limit)
+            .map(|item| {
+                let (k, _) = item.map_err(backend)?;
+                serial_of_key(&k).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{BY_EXPIRY}/{}", hex::encode(&k)),
+                    message: "not an expiry and a serial".into(),
+                })
+            })
+            .collect()
+    }
+
+    fn delete_expired_certificates(
+        &self,
+        serials: &[Serial],
+        before: SystemTime,
+        audit: &[AuditEvent],
+    ) -> Result<u64, StoreError> {
+        let trees = (
+            &self.certs,
+            &self.by_instance,
+            &self.by_app,
+            &self.by_time,
+            &self.by_expiry,
+            &self.revoked,
+            &self.audit,
+            &self.audit_head,
+        );
+        let deleted = finish(trees.transaction(
+            |(certs, by_instance, by_app, by_time, by_expiry, revoked, log, head)| {
+                let abort = ConflictableTransactionError::Abort;
+                let mut deleted = 0u64;
+                for serial in serials {
+                    let Some(v) = certs.get(serial.as_bytes())? else {
+                        continue;
+                    };
+                    let r: CertificateRecord = decode(serial.as_bytes(), &v).map_err(abort)?;
+                    if r.not_after >= before {
+                        continue;
+                    }
+                    certs.remove(&serial.as_bytes()[..])?;
+                    if let Some(k) = instance_key(&r) {
+                        by_instance.remove(k)?;
+                    }
+                    if let Some(k) = app_key(&r) {
+                        by_app.remove(k)?;
+                    }
+                    by_time.remove(time_key(r.not_before, &r.serial))?;
+                    by_expiry.remove(expiry_key(&r))?;
+                    let mut rk = r.authority_id.0.to_be_bytes().to_vec();
+                    rk.extend_from_slice(serial.as_bytes());
+                    revoked.remove(rk)?;
+                    deleted += 1;
+                }
+                if deleted > 0 {
+                    append_in(log, head, audit)?;
+                }
+                Ok(deleted)
+            },
+        ))?;
+        self.durable()?;
+        Ok(deleted)
+    }
+
     fn all_join_tokens(&self) -> Result<Vec<(Vec<u8>, JoinTokenRecord)>, StoreError> {
         self.tokens
             .iter()
@@ -758,13 +931,24 @@ impl SledStore {
             &self.by_instance,
             &self.by_app,
             &self.by_time,
+            &self.by_expiry,
             &self.leaf_max,
             &self.bindings,
             &self.audit,
             &self.audit_head,
         )
             .transaction(
-                |(certs, by_instance, by_app, by_time, leaf_max, bindings, log, head)| {
+                |(
+                    certs,
+                    by_instance,
+                    by_app,
+                    by_time,
+                    by_expiry,
+                    leaf_max,
+                    bindings,
+                    log,
+                    head,
+                )| {
                     let mut refused = Vec::new();
                     for (i, (r, value)) in records.iter().zip(&encoded).enumerate() {
                         if let Some(want) = &wanted[i] {
@@ -790,15 +974,14 @@ impl SledStore {
                             return Err(ConflictableTransactionError::Abort(Ok(r.serial)));
                         }
                         certs.insert(&r.serial.as_bytes()[..], value.as_slice())?;
-                        if let Some(g) = &r.instance_guid {
-                            by_instance.insert(index_key(g.as_str(), &r.serial), &[][..])?;
+                        if let Some(k) = instance_key(r) {
+                            by_instance.insert(k, &[][..])?;
                         }
-                        if let Some(g) = &r.app_guid {
-                            by_app.insert(index_key(g.as_str(), &r.serial), &[][..])?;
+                        if let Some(k) = app_key(r) {
+                            by_app.insert(k, &[][..])?;
                         }
-                        let mut tk = nanos(r.not_before).to_be_bytes().to_vec();
-                        tk.extend_from_slice(r.serial.as_bytes());
-                        by_time.insert(tk, &[][..])?;
+                        by_time.insert(time_key(r.not_before, &r.serial), &[][..])?;
+                        by_expiry.insert(expiry_key(r), &[][..])?;
                         let key = r.authority_id.0.to_be_bytes();
                         let current = leaf_max
                             .get(key)?
@@ -870,19 +1053,6 @@ fn finish<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError
     }
 }
 
-fn scan_index(tree: &sled::Tree, prefix: &str) -> Result<Vec<Serial>, StoreError> {
-    let mut p = prefix.as_bytes().to_vec();
-    p.push(0);
-    let mut out = Vec::new();
-    for item in tree.scan_prefix(&p) {
-        let (k, _) = item.map_err(backend)?;
-        if let Some(s) = k.get(p.len()..).and_then(Serial::from_bytes) {
-            out.push(s);
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -904,6 +1074,55 @@ mod tests {
             revoked_at: None,
             revocation_reason: None,
         }
+    }
+
+    #[test]
+    fn a_store_of_the_earlier_index_layout_is_indexed_by_time_once_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = SystemTime::now();
+        let records: Vec<CertificateRecord> = (0..3u64)
+            .map(|i| {
+                let mut r = record("a1", "b1", base + Duration::from_secs(3600));
+                r.not_before = base - Duration::from_secs(100 - i);
+                r
+            })
+            .collect();
+        {
+            // What an earlier version wrote: the records, and GUID-and-serial indexes.
+            let db = sled::open(dir.path()).unwrap();
+            let certs = db.open_tree("certificates").unwrap();
+            let old = db.open_tree("certificates_by_app").unwrap();
+            for r in &records {
+                certs
+                    .insert(r.serial.as_bytes(), encode(r).unwrap())
+                    .unwrap();
+                let mut k = b"b1\0".to_vec();
+                k.extend_from_slice(r.serial.as_bytes());
+                old.insert(k, &[][..]).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let app = CertificateQuery {
+            app_guid: Some("b1".parse().unwrap()),
+            limit: 1,
+            ..Default::default()
+        };
+        let newest = s.query_certificates(&app).unwrap();
+        assert_eq!(newest.len(), 1);
+        assert_eq!(newest[0].serial, records[2].serial);
+        let expired = s
+            .expired_certificates(base + Duration::from_secs(7200), 10)
+            .unwrap();
+        assert_eq!(expired.len(), 3, "the expiry index was built too");
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.query_certificates(&app).unwrap().len(), 1);
+        assert!(!s
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"certificates_by_app"));
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub(super) async fn instance_batch(
         .requests
         .into_iter()
         .map(|v| {
+            // Only an object: serde would also read the struct from an array of its fields.
+            if !v.is_object() {
+                return Err(CaError::BadRequest(
+                    "the request does not fit the schema: it must be a JSON object".into(),
+                ));
+            }
             serde_json::from_value(v).map_err(|e| {
                 CaError::BadRequest(format!("the request does not fit the schema: {e}"))
             })

@@ -67,6 +67,8 @@ pub(crate) struct AppState {
     pub(in crate::http) lease: ScheduleLease,
     /// The last store check of `/readyz`: when, and the failure if it failed.
     readiness: tokio::sync::Mutex<Option<(Instant, Option<String>)>>,
+    /// The OpenAPI document as served (with this configuration's limits), made once.
+    openapi: String,
 }
 
 impl std::fmt::Debug for AppState {
@@ -116,7 +118,9 @@ impl AppState {
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         ));
         let lease = ScheduleLease::new(replica, ca.config().rotation.lease.0);
+        let openapi = openapi::served_document(&ca.config().issuance, &ca.reserved_names());
         AppState {
+            openapi,
             pool,
             anonymous_polls,
             lease,

@@ -6,8 +6,6 @@
 //! the extension `x-lanyard-role` (`cell`, `operator`, `cell-or-operator`, `component`, `join-token` or
 //! `public`).
 
-use std::sync::LazyLock;
-
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -16,6 +14,7 @@ use super::{
     ownership, trust_bundle,
 };
 use crate::api;
+use crate::config::IssuanceConfig;
 
 /// Security scheme: a client certificate with the cell role.
 pub(super) const CELL: &str = "cell_certificate";
@@ -155,6 +154,7 @@ pub(super) enum ServerFailure {
         api::MinuteActivity,
         api::CellActivityView,
         api::ExpiringCertificate,
+        api::WholeSeconds,
     )),
     modifiers(&SecuritySchemes, &OptionalBodies, &BusyAnswers),
 )]
@@ -290,14 +290,104 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The document as served, serialized once.
-pub(super) static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-    // Serializing a tree of strings, maps and numbers cannot fail; an empty object would
-    // still be valid JSON if it ever did.
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|_| "{}".to_string())
-});
+/// Where the document has a `ttl_seconds` that the CA checks against `issuance.min_ttl` and
+/// `issuance.max_ttl` (the batch's items are a copy of the single request's schema).
+const TTL_FIELDS: &[&str] = &[
+    "/components/schemas/InstanceCertificateRequest/properties/ttl_seconds",
+    "/components/schemas/BatchRequest_InstanceCertificateRequest/properties/requests/items/properties/ttl_seconds",
+    "/components/schemas/ComponentCertificateRequest/properties/ttl_seconds",
+    "/components/schemas/ComponentCredentialRequest/properties/ttl_seconds",
+];
+
+/// The document as this server serves it: the generated one, with the limits that come from
+/// its configuration written in (the range of `ttl_seconds` is the configured minimum and
+/// maximum TTL, in whole seconds, as the CA checks it), so a client generating requests from
+/// the document gets the server's actual rules.
+///
+/// Names the CA keeps for itself (`reserved`, and any ending in `.localhost`) are excluded
+/// from component names and internal routes.
+pub(super) fn served_document(issuance: &IssuanceConfig, reserved: &[String]) -> String {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(v) => v,
+        // Serializing a tree of strings, maps and numbers cannot fail; an empty object is
+        // still valid JSON if it ever did.
+        Err(_) => return "{}".to_string(),
+    };
+    let (min, max) = (issuance.min_ttl.0.as_secs(), issuance.max_ttl.0.as_secs());
+    for field in TTL_FIELDS {
+        if let Some(ttl) = doc.pointer_mut(field).and_then(|v| v.as_object_mut()) {
+            ttl.insert("minimum".into(), min.into());
+            ttl.insert("maximum".into(), max.into());
+        }
+    }
+    if let Some(ip) = doc
+        .pointer_mut("/components/schemas/IpAddress")
+        .and_then(|v| v.as_object_mut())
+    {
+        ip.insert("not".into(), refused_ips(issuance.allow_loopback_ips));
+    }
+    let not_reserved = serde_json::json!({"anyOf": [
+        {"enum": reserved},
+        {"pattern": format!("{}$", regex_escape(crate::ca::RESERVED_SUFFIX))},
+    ]});
+    if let Some(route) = doc
+        .pointer_mut("/components/schemas/RouteName")
+        .and_then(|v| v.as_object_mut())
+    {
+        route.insert("not".into(), not_reserved.clone());
+    }
+    if let Some(name) =
+        doc.pointer_mut("/components/schemas/ComponentCertificateRequest/properties/name")
+    {
+        let description = name.get("description").cloned();
+        *name = serde_json::json!({
+            "allOf": [{"$ref": "#/components/schemas/DnsName"}],
+            "not": not_reserved,
+            "description": description,
+        });
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string())
+}
+
+/// `text` as a regular expression that matches exactly it.
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.^$|?*+()[]{}".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// The addresses a certificate may not name, as patterns over the address text (every
+/// spelling of one address): unspecified and multicast, and loopback unless
+/// `issuance.allow_loopback_ips`. A container never owns these.
+fn refused_ips(allow_loopback: bool) -> serde_json::Value {
+    let mut patterns = vec![
+        // IPv4 0.0.0.0, and 224.0.0.0/4 (multicast).
+        r"^0\.0\.0\.0$",
+        r"^2(2[4-9]|3[0-9])\.",
+        // IPv6 `::` (every group zero, however written, also with an IPv4 tail of zeros).
+        r"^[0:]+$",
+        r"^[0:]*:(0{1,3}\.){3}0{1,3}$",
+        // IPv6 ff00::/8 (multicast).
+        r"^[fF]{2}[0-9a-fA-F]{2}:",
+    ];
+    if !allow_loopback {
+        patterns.extend([
+            // IPv4 127.0.0.0/8; IPv6 `::1`, however written.
+            r"^127\.",
+            r"^[0:]*:0{0,3}1$",
+            r"^[0:]*:(0{1,3}\.){3}0{0,2}1$",
+        ]);
+    }
+    serde_json::json!({
+        "anyOf": patterns
+            .into_iter()
+            .map(|p| serde_json::json!({ "pattern": p }))
+            .collect::<Vec<_>>()
+    })
+}
 
 #[cfg(test)]
 mod tests {
@@ -310,7 +400,11 @@ mod tests {
     use crate::problem::PROBLEM_JSON;
 
     fn document() -> Value {
-        serde_json::from_str(&DOCUMENT).expect("the document is JSON")
+        serde_json::from_str(&served_document(
+            &IssuanceConfig::default(),
+            &["localhost".into(), "lanyard-server".into()],
+        ))
+        .expect("the document is JSON")
     }
 
     fn operations(doc: &Value) -> BTreeSet<(String, String)> {
@@ -447,6 +541,87 @@ mod tests {
         let required = view["required"].as_array().unwrap();
         assert!(required.contains(&"revoked_at".into()));
         assert!(!required.contains(&"revocation_reason".into()));
+    }
+
+    #[test]
+    fn every_ttl_seconds_carries_the_configured_range() {
+        let doc = document();
+        let i = IssuanceConfig::default();
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(
+            text.matches("\"ttl_seconds\"").count(),
+            TTL_FIELDS.len() + 1
+        );
+        for field in TTL_FIELDS {
+            let ttl = doc.pointer(field).unwrap_or_else(|| panic!("{field}"));
+            assert_eq!(ttl["minimum"], i.min_ttl.0.as_secs(), "{field}");
+            assert_eq!(ttl["maximum"], i.max_ttl.0.as_secs(), "{field}");
+        }
+    }
+
+    #[test]
+    fn the_documented_ip_rule_refuses_exactly_what_issuance_refuses() {
+        let samples = [
+            "10.255.4.7",
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "224.0.0.1",
+            "239.255.255.255",
+            "223.255.255.255",
+            "240.0.0.1",
+            "::",
+            "0::0",
+            "0:0:0:0:0:0:0:0",
+            "::0.0.0.0",
+            "::1",
+            "0:0:0:0:0:0:0:1",
+            "::0001",
+            "::0.0.0.1",
+            "::2",
+            "ff02::1",
+            "FF0E::",
+            "ff::1",
+            "ff0::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "2001:db8::1",
+        ];
+        for allow_loopback in [false, true] {
+            let v = jsonschema::validator_for(&serde_json::json!({
+                "not": refused_ips(allow_loopback)
+            }))
+            .unwrap();
+            for text in samples {
+                let ip: std::net::IpAddr = text.parse().unwrap();
+                let refused = (ip.is_loopback() && !allow_loopback)
+                    || ip.is_unspecified()
+                    || ip.is_multicast();
+                assert_eq!(
+                    v.is_valid(&Value::String(text.into())),
+                    !refused,
+                    "{text} (allow_loopback {allow_loopback})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn component_names_and_routes_exclude_the_reserved_names() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for not in [
+            &schemas["ComponentCertificateRequest"]["properties"]["name"]["not"],
+            &schemas["RouteName"]["not"],
+        ] {
+            let v = jsonschema::validator_for(&serde_json::json!({ "not": not })).unwrap();
+            for reserved in ["localhost", "lanyard-server", "a.localhost"] {
+                assert!(!v.is_valid(&Value::String(reserved.into())), "{reserved}");
+            }
+            for free in ["billing.apps.internal", "localhostx", "localhost.example"] {
+                assert!(v.is_valid(&Value::String(free.into())), "{free}");
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,6 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::openapi::DOCUMENT;
 use super::openapi::{CallerProblems, ServerFailure};
 use super::{paths, OperatorCaller, S};
 use crate::api;
@@ -74,8 +73,8 @@ pub(super) async fn activity(
             body = Object, content_type = "application/json"),
     ),
 )]
-pub(super) async fn openapi() -> Response {
-    let mut r = DOCUMENT.as_str().into_response();
+pub(super) async fn openapi(State(st): State<S>) -> Response {
+    let mut r = st.openapi.clone().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

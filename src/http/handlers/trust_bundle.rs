@@ -31,7 +31,7 @@ pub(crate) const MAX_WAIT: u64 = 300;
     summary = "The trust bundle: PEM roots, or a SPIFFE bundle with `Accept: application/json`; a long poll with `If-None-Match` and `wait`",
     extensions(("x-lanyard-role" = json!("public"))),
     params(
-        ("wait" = Option<u64>, Query, minimum = 0, description = "With `If-None-Match`: hold the request up to this many seconds (above 300 counts as 300) until the sequence passes the known one"),
+        ("wait" = Option<api::WholeSeconds>, Query, nullable = false, description = "With `If-None-Match`: hold the request up to this many seconds (above 300 counts as 300) until the sequence passes the known one"),
         ("If-None-Match" = Option<String>, Header, nullable = false, description = "The known sequence, quoted (`\"N\"`)"),
     ),
     responses(

@@ -25,6 +25,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ownership_audit",
         include_str!("migrations/0010_ownership_audit.sql"),
     ),
+    (
+        20,
+        "retention",
+        include_str!("migrations/0020_retention.sql"),
+    ),
 ];
 
 /// Any fixed number shared by every lanyard process: the advisory lock that serializes

@@ -610,6 +610,42 @@ async fn bind_instances(
 }
 
 const SELECT_CERTIFICATES: &str = "SELECT record::text FROM certificates";
+
+/// The statement of a certificate query with the given filters, its parameters in this
+/// order: serial, instance GUID, app GUID, the cursor's notBefore and serial, the limit.
+/// One statement per combination of filters, so each uses its index: by serial (the key),
+/// by instance or app (newest first, starting at the cursor), or by time alone; the cursor
+/// is a row comparison in the order those indexes keep, so a page reads only what it answers.
+fn certificates_statement(serial: bool, instance: bool, app: bool, after: bool) -> String {
+    let mut conditions = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    if serial {
+        conditions.push(format!("serial = ${}", next()));
+    }
+    if instance {
+        conditions.push(format!("instance_guid = ${}", next()));
+    }
+    if app {
+        conditions.push(format!("app_guid = ${}", next()));
+    }
+    if after {
+        let (t, s) = (next(), next());
+        conditions.push(format!("(not_before, serial) < (${t}, ${s})"));
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        "{SELECT_CERTIFICATES} {filter} {NEWEST_FIRST} LIMIT ${}",
+        next()
+    )
+}
 const NEWEST_FIRST: &str = "ORDER BY not_before DESC, serial DESC";
 
 impl Store for PostgresStore {
@@ -995,29 +1031,34 @@ impl Store for PostgresStore {
         let pool = self.pool();
         let instance = q.instance_guid.as_ref().map(|g| g.as_str().to_string());
         let app = q.app_guid.as_ref().map(|g| g.as_str().to_string());
+        let serial = q.serial.map(|s| s.as_bytes().to_vec());
+        let after = q
+            .after
+            .map(|c| (c.not_before, c.serial.as_bytes().to_vec()));
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         self.run(async move {
             let c = pool.get().await.map_err(pool_error)?;
-            // One statement per filter combination, so each uses its own index.
-            let (sql, mut params): (String, Vec<&(dyn ToSql + Sync)>) = match (&instance, &app) {
-                (Some(i), Some(a)) => (
-                    format!("{SELECT_CERTIFICATES} WHERE instance_guid = $1 AND app_guid = $2 {NEWEST_FIRST} LIMIT $3"),
-                    vec![i, a],
-                ),
-                (Some(i), None) => (
-                    format!("{SELECT_CERTIFICATES} WHERE instance_guid = $1 {NEWEST_FIRST} LIMIT $2"),
-                    vec![i],
-                ),
-                (None, Some(a)) => (
-                    format!("{SELECT_CERTIFICATES} WHERE app_guid = $1 {NEWEST_FIRST} LIMIT $2"),
-                    vec![a],
-                ),
-                (None, None) => (
-                    format!("{SELECT_CERTIFICATES} {NEWEST_FIRST} LIMIT $1"),
-                    vec![],
-                ),
-            };
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+            if let Some(s) = &serial {
+                params.push(s);
+            }
+            if let Some(i) = &instance {
+                params.push(i);
+            }
+            if let Some(a) = &app {
+                params.push(a);
+            }
+            if let Some((nb, s)) = &after {
+                params.push(nb);
+                params.push(s);
+            }
             params.push(&limit);
+            let sql = certificates_statement(
+                serial.is_some(),
+                instance.is_some(),
+                app.is_some(),
+                after.is_some(),
+            );
             let st = c.prepare_cached(&sql).await.map_err(db_error)?;
             let rows = c.query(&st, &params).await.map_err(db_error)?;
             rows.iter()
@@ -1060,7 +1101,12 @@ impl Store for PostgresStore {
         self.run(async move {
             let c = pool.get().await.map_err(pool_error)?;
             let st = c
-                .prepare_cached("SELECT max(not_after) FROM certificates WHERE authority_id = $1")
+                // Deleted records (retention) count through what their deletion kept.
+                .prepare_cached(
+                    "SELECT GREATEST(
+                         (SELECT max(not_after) FROM certificates WHERE authority_id = $1),
+                         (SELECT not_after FROM deleted_last_leaf WHERE authority_id = $1))",
+                )
                 .await
                 .map_err(db_error)?;
             c.query_one(&st, &[&i64::from(id.0)])
@@ -1253,6 +1299,75 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db_error)?;
             c.execute(&st, &[&now]).await.map_err(db_error)
+        })
+    }
+
+    fn expired_certificates(
+        &self,
+        before: SystemTime,
+        limit: usize,
+    ) -> Result<Vec<Serial>, StoreError> {
+        let pool = self.pool();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(async move {
+            let c = pool.get().await.map_err(pool_error)?;
+            let st = c
+                .prepare_cached(
+                    "SELECT serial FROM certificates WHERE not_after < $1
+                     ORDER BY not_after, serial LIMIT $2",
+                )
+                .await
+                .map_err(db_error)?;
+            c.query(&st, &[&before, &limit])
+                .await
+                .map_err(db_error)?
+                .iter()
+                .map(|row| serial_of(row.try_get(0).map_err(db_error)?))
+                .collect()
+        })
+    }
+
+    fn delete_expired_certificates(
+        &self,
+        serials: &[Serial],
+        before: SystemTime,
+        audit: &[AuditEvent],
+    ) -> Result<u64, StoreError> {
+        let pool = self.pool();
+        let serials: Vec<Vec<u8>> = serials.iter().map(|s| s.as_bytes().to_vec()).collect();
+        let audit = audit.to_vec();
+        self.run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            // Delete, keep each generation's latest deleted notAfter, and audit, together.
+            let st = tx
+                .prepare_cached(
+                    "WITH gone AS (
+                         DELETE FROM certificates
+                         WHERE serial = ANY($1) AND not_after < $2
+                         RETURNING authority_id, not_after
+                     ), latest AS (
+                         INSERT INTO deleted_last_leaf (authority_id, not_after)
+                         SELECT authority_id, max(not_after) FROM gone GROUP BY authority_id
+                         ON CONFLICT (authority_id) DO UPDATE
+                         SET not_after = GREATEST(deleted_last_leaf.not_after, EXCLUDED.not_after)
+                     )
+                     SELECT count(*) FROM gone",
+                )
+                .await
+                .map_err(db_error)?;
+            let deleted = non_negative(
+                "deleted",
+                tx.query_one(&st, &[&serials, &before])
+                    .await
+                    .map_err(db_error)?
+                    .try_get::<_, i64>(0),
+            )?;
+            if deleted > 0 {
+                audit_log::append_tx(&tx, &audit).await?;
+            }
+            tx.commit().await.map_err(db_error)?;
+            Ok(deleted)
         })
     }
 

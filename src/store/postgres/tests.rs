@@ -283,6 +283,93 @@ fn a_database_newer_than_the_binary_is_refused() {
     );
 }
 
+/// A parameter of a statement whose plan a test reads.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// The plan of `sql` with seq scans ruled out: what an index can do for it.
+fn plan(store: &PostgresStore, sql: String, params: Vec<Param>) -> String {
+    let pool = store.pool();
+    store
+        .run(async move {
+            let mut c = pool.get().await.map_err(pool_error)?;
+            let tx = c.transaction().await.map_err(db_error)?;
+            tx.batch_execute("SET LOCAL enable_seqscan = off")
+                .await
+                .map_err(db_error)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            let rows = tx
+                .query(&format!("EXPLAIN {sql}"), &refs)
+                .await
+                .map_err(db_error)?;
+            Ok(rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_page_of_certificates_and_a_batch_of_expired_ones_are_read_from_an_index_in_order() {
+    let Some(mut h) = PgHarness::from_env() else {
+        return;
+    };
+    let store = h.open_fresh().unwrap();
+    let serial = || -> Param { Box::new(vec![7u8; 16]) };
+    let guid = || -> Param { Box::new("6f1e0c9a".to_string()) };
+    let time = || -> Param { Box::new(SystemTime::now()) };
+    let limit = || -> Param { Box::new(1i64) };
+    let cases: Vec<(&str, String, Vec<Param>)> = vec![
+        (
+            "certificates_by_app",
+            certificates_statement(false, false, true, true),
+            vec![guid(), time(), serial(), limit()],
+        ),
+        (
+            "certificates_by_app",
+            certificates_statement(false, false, true, false),
+            vec![guid(), limit()],
+        ),
+        (
+            "certificates_by_instance",
+            certificates_statement(false, true, false, true),
+            vec![guid(), time(), serial(), limit()],
+        ),
+        (
+            "certificates_by_time",
+            certificates_statement(false, false, false, true),
+            vec![time(), serial(), limit()],
+        ),
+        (
+            "certificates_pkey",
+            certificates_statement(true, false, false, false),
+            vec![serial(), limit()],
+        ),
+        (
+            "certificates_by_expiry",
+            "SELECT serial FROM certificates WHERE not_after < $1 ORDER BY not_after, serial LIMIT $2"
+                .to_string(),
+            vec![time(), limit()],
+        ),
+    ];
+    for (index, sql, params) in cases {
+        let p = plan(&store, sql.clone(), params);
+        assert!(p.contains(index), "{sql}:\n{p}");
+        // By serial there is at most one row to order; otherwise the index gives the order,
+        // so the limit stops the scan.
+        if index != "certificates_pkey" {
+            assert!(
+                !p.contains("Sort"),
+                "the index gives the order: {sql}:\n{p}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn calls_from_inside_an_async_task_neither_panic_nor_deadlock() {
     // A current-thread runtime, the strictest case: `block_on` here would panic, and work
