@@ -153,8 +153,11 @@
   }
 
   async function load() {
-    const [info, authorities, activity, certificates, auditHead] = await Promise.all([
-      getJson("/console.json"),
+    // The console's own facts first: the header names the CA even while it does not answer.
+    const info = await getJson("/console.json");
+    if (info.refresh_seconds > 0) refreshMs = info.refresh_seconds * 1000;
+    renderHeader(info, Date.now());
+    const [authorities, activity, certificates, auditHead] = await Promise.all([
       getJson("/v1/authorities"),
       getJson("/v1/activity"),
       getJson(`/v1/certificates?limit=${RECENT_ROWS}`),
@@ -172,7 +175,6 @@
       lastGood = Date.now();
       failingSince = null;
       lastData = data;
-      if (data.info.refresh_seconds > 0) refreshMs = data.info.refresh_seconds * 1000;
       render(data);
       showLive();
     } catch (e) {
@@ -204,7 +206,8 @@
     $("problem-detail").textContent = f.detail;
     $("problem-since").textContent =
       `Failing since ${clock(failingSince)} UTC` +
-      (lastGood ? `; the last good data (${clock(lastGood)} UTC) is not shown.` : ".");
+      (lastGood ? `; the last good data (${clock(lastGood)} UTC) is not shown` : "") +
+      `. The page tries again every ${Math.round(refreshMs / 1000)} s.`;
     $("problem").hidden = false;
     // No stale picture: the data goes until the CA answers again.
     $("main").hidden = true;
@@ -362,9 +365,14 @@
       root.append(row);
     });
 
+    // The bottom lane: "now", and the next automatic step's label beside it, never on a bar.
+    const charW = 7.2;
     const nx = x(now);
     root.append(svg("line", { x1: nx, x2: nx, y1: TOP - 4, y2: H - 16, class: "now" }));
-    root.append(svg("text", { x: nx, y: H - 3, "text-anchor": "middle", class: "now-label" }, `now ${clock(now).slice(0, 5)} UTC`));
+    const nowText = `now ${clock(now).slice(0, 5)} UTC`;
+    const nowW = nowText.length * charW;
+    const nowStart = Math.min(Math.max(nx - nowW / 2, L - 40), W - R - nowW);
+    root.append(svg("text", { x: nowStart, y: H - 3, class: "now-label" }, nowText));
 
     if (step) {
       const i = gens.findIndex((g) => g.id === step.authority_id);
@@ -372,15 +380,18 @@
         const due = Math.max(ms(step.due_at), now);
         const cx = x(due), cy = TOP + i * ROW + ROW / 2;
         const r = 7;
+        root.append(svg("line", { x1: cx, x2: cx, y1: cy + r, y2: H - 15, class: "step-link" }));
         root.append(svg("path", {
           d: `M ${cx} ${cy - r} L ${cx + r} ${cy} L ${cx} ${cy + r} L ${cx - r} ${cy} Z`,
           class: "step-mark", id: "timeline-next-step",
         }));
-        const label = `${step.action} · ${ms(step.due_at) <= now ? "due now" : rel(ms(step.due_at), now)}`;
-        const right = cx < W - 200;
-        root.append(svg("text", {
-          x: right ? cx + r + 5 : cx - r - 5, y: cy - 9, "text-anchor": right ? "start" : "end", class: "step-label",
-        }, label));
+        const when = ms(step.due_at) <= now ? "due now" : rel(ms(step.due_at), now);
+        const label = `next: ${step.action} generation ${step.authority_id} · ${when}`;
+        const w = label.length * charW;
+        let lx = cx + 4;
+        if (lx < nowStart + nowW + 18 && lx + w > nowStart - 18) lx = nowStart + nowW + 18;
+        lx = Math.min(lx, W - R - w);
+        root.append(svg("text", { x: lx, y: H - 3, class: "step-label" }, label));
       }
     }
 
@@ -501,7 +512,7 @@
   }
 
   function serialCell(serial) {
-    const short = serial.length > 16 ? `${serial.slice(0, 16)}…` : serial;
+    const short = serial.length > 10 ? `${serial.slice(0, 10)}…` : serial;
     return el("td", { class: "mono", title: serial, "data-serial": serial }, short);
   }
 
@@ -545,11 +556,19 @@
     }
   }
 
+  // What an operator looks for first in an entry's details; the other keys follow.
+  const FIRST_KEYS = ["kind", "name", "instance_guid", "reason", "bundle_sequence", "authority_id", "not_after"];
+
   // The details of an audit entry on one line: key=value pairs, long values cut.
   function summarize(details) {
     if (details === null || typeof details !== "object") return details === undefined ? "" : String(details);
     const parts = [];
-    for (const [k, v] of Object.entries(details)) {
+    const keys = Object.keys(details).sort((a, b) => {
+      const ia = FIRST_KEYS.indexOf(a), ib = FIRST_KEYS.indexOf(b);
+      return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || (a < b ? -1 : a > b ? 1 : 0);
+    });
+    for (const k of keys) {
+      const v = details[k];
       let s = typeof v === "string" ? v : JSON.stringify(v);
       if (s.length > 48) s = `${s.slice(0, 46)}…`;
       parts.push(`${k}=${s}`);
