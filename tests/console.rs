@@ -48,8 +48,8 @@ fn start_console(ca: &TestCa) -> Console {
         .args(["--listen", "127.0.0.1:0"])
         .env("LANYARD_LOG", "info,lanyard=debug")
         .stderr(log_file());
-    let (child, at) = spawn_reporting(cmd, log_file(), Duration::from_secs(60))
-        .unwrap_or_else(|e| {
+    let (child, at) =
+        spawn_reporting(cmd, log_file(), Duration::from_secs(60)).unwrap_or_else(|e| {
             panic!(
                 "lanyard console: {e}\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -196,19 +196,30 @@ async fn the_console_forwards_only_its_allow_list_of_reads_and_never_a_key() {
     assert_eq!(auth.trust_bundle_sequence, 3);
     for g in &auth.authorities {
         assert!(g.root_not_before < g.root_not_after, "{g:?}");
-        assert!(g.intermediate_not_before < g.intermediate_not_after, "{g:?}");
+        assert!(
+            g.intermediate_not_before < g.intermediate_not_after,
+            "{g:?}"
+        );
     }
     seen.push(a);
     let a = get(&console, "/v1/activity").await;
     assert_eq!(a.status, 200, "{}", a.body);
     let act: api::ActivityResponse = serde_json::from_str(&a.body).unwrap();
-    assert_eq!(act.issued_last_hour, 4 + 10 + 2, "server and operator at init and activation (4), joins (2), instances (10)");
+    assert_eq!(
+        act.issued_last_hour,
+        4 + 10 + 2,
+        "server and operator at init and activation (4), joins (2), instances (10)"
+    );
     assert_eq!(act.refused_last_hour, 1);
     let mut cells: Vec<&str> = act.cells.iter().map(|c| c.name.as_str()).collect();
     cells.sort();
     assert_eq!(cells, ["cell-a", "cell-b"]);
     assert!(
-        act.expiring_soon.iter().filter(|e| e.kind == "instance").count() == 4,
+        act.expiring_soon
+            .iter()
+            .filter(|e| e.kind == "instance")
+            .count()
+            == 4,
         "{:?}",
         act.expiring_soon
     );
@@ -237,7 +248,9 @@ async fn the_console_forwards_only_its_allow_list_of_reads_and_never_a_key() {
     ] {
         let a = get(&console, path).await;
         assert_eq!(a.status, 404, "GET {path}: {}", a.body);
-        assert!(a.header("content-type").starts_with("application/problem+json"));
+        assert!(a
+            .header("content-type")
+            .starts_with("application/problem+json"));
         seen.push(a);
     }
     for (method, path) in [
@@ -247,10 +260,19 @@ async fn the_console_forwards_only_its_allow_list_of_reads_and_never_a_key() {
         ("POST", "/v1/join-tokens"),
         ("POST", &format!("/v1/certificates/{serial}/revoke")),
         ("PUT", "/v1/audit"),
-        ("DELETE", "/v1/instances/9a1c2f3e-5b6d-4e7f-8a9b-000000000001"),
+        (
+            "DELETE",
+            "/v1/instances/9a1c2f3e-5b6d-4e7f-8a9b-000000000001",
+        ),
         ("PATCH", "/"),
     ] {
-        let a = request(&console, method, path, &[("content-type", "application/json")]).await;
+        let a = request(
+            &console,
+            method,
+            path,
+            &[("content-type", "application/json")],
+        )
+        .await;
         assert!(
             a.status == 405 || a.status == 404,
             "{method} {path}: {} {}",
@@ -262,7 +284,11 @@ async fn the_console_forwards_only_its_allow_list_of_reads_and_never_a_key() {
         }
         seen.push(a);
     }
-    for bad in ["/v1/audit?wait=30", "/v1/audit?limit=1&limit=2", "/v1/authorities?x=1"] {
+    for bad in [
+        "/v1/audit?wait=30",
+        "/v1/audit?limit=1&limit=2",
+        "/v1/authorities?x=1",
+    ] {
         let a = get(&console, bad).await;
         assert_eq!(a.status, 400, "{bad}: {}", a.body);
     }
@@ -337,7 +363,11 @@ async fn the_console_forwards_only_its_allow_list_of_reads_and_never_a_key() {
         assert_eq!(a.header("x-content-type-options"), "nosniff");
         assert!(!a.body.contains("PRIVATE KEY"), "{}", a.body);
         for line in &keys {
-            assert!(!a.body.contains(line.as_str()), "key material in {}", a.body);
+            assert!(
+                !a.body.contains(line.as_str()),
+                "key material in {}",
+                a.body
+            );
         }
     }
     assert!(!console.log_text().contains("PRIVATE KEY"));
@@ -346,10 +376,7 @@ async fn the_console_forwards_only_its_allow_list_of_reads_and_never_a_key() {
 #[test]
 fn a_non_loopback_listen_address_is_refused_without_allow_remote() {
     for (args, needle) in [
-        (
-            &["console", "--listen", "0.0.0.0:0"][..],
-            "--allow-remote",
-        ),
+        (&["console", "--listen", "0.0.0.0:0"][..], "--allow-remote"),
         (&["console", "--listen", "somewhere:80"][..], "IP:PORT"),
         (
             &["console", "--listen", "127.0.0.1:0", "--accept-host", "a b"][..],
@@ -465,7 +492,10 @@ fn browse(chromium: &Path, url: &str, take: Take<'_>) -> String {
 
 /// The element of the dump whose opening tag contains `attrs`, up to its text.
 fn assert_shows(dom: &str, needle: &str, what: &str) {
-    assert!(dom.contains(needle), "the page does not show {what} ({needle}):\n{dom}");
+    assert!(
+        dom.contains(needle),
+        "the page does not show {what} ({needle}):\n{dom}"
+    );
 }
 
 /// Where the screenshots go: `target/console/`.
@@ -486,7 +516,12 @@ fn assert_real_png(path: &Path) {
     let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
     assert_eq!((width, height), (1280, 1600));
-    assert!(png.len() > 40_000, "{} is only {} bytes", path.display(), png.len());
+    assert!(
+        png.len() > 40_000,
+        "{} is only {} bytes",
+        path.display(),
+        png.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -512,22 +547,42 @@ async fn the_page_shows_generations_bundle_issuance_and_audit_and_follows_a_rota
         r#"<tr data-generation="2" data-state="active">"#,
         "generation 2 active",
     );
-    assert_shows(&dom, r#"<g class="gen active" data-generation="2""#, "the timeline");
+    assert_shows(
+        &dom,
+        r#"<g class="gen active" data-generation="2""#,
+        "the timeline",
+    );
     assert_shows(&dom, r#"id="bundle-sequence">3<"#, "bundle sequence 3");
-    assert_shows(&dom, r#"id="active-generation">2<"#, "the active generation");
+    assert_shows(
+        &dom,
+        r#"id="active-generation">2<"#,
+        "the active generation",
+    );
     assert_shows(
         &dom,
         &format!(r#"data-serial="{serial}""#),
         "the new instance certificate among those expiring soon",
     );
     assert_shows(&dom, &format!("certificate/{serial}"), "its audit entry");
-    assert_shows(&dom, r#"data-action="certificate.issued""#, "issuance in the audit log");
+    assert_shows(
+        &dom,
+        r#"data-action="certificate.issued""#,
+        "issuance in the audit log",
+    );
     assert_shows(&dom, r#"data-cell="cell-a""#, "cell-a");
     assert_shows(&dom, r#"data-cell="cell-b""#, "cell-b");
-    assert_shows(&dom, r#"id="issued-hour">16<"#, "16 certificates issued in the hour");
+    assert_shows(
+        &dom,
+        r#"id="issued-hour">16<"#,
+        "16 certificates issued in the hour",
+    );
     assert_shows(&dom, "1 refused or failed", "the refused request");
     assert_shows(&dom, r#"class="bar-issued""#, "the issuance chart");
-    assert_shows(&dom, "9a1c2f3e-5b6d-4e7f-8a9b-000000000014", "a certificate expiring soon");
+    assert_shows(
+        &dom,
+        "9a1c2f3e-5b6d-4e7f-8a9b-000000000014",
+        "a certificate expiring soon",
+    );
     assert!(!dom.contains("PRIVATE KEY"));
 
     // A rotation step: the next load shows it, with the step the schedule takes next.
@@ -545,8 +600,16 @@ async fn the_page_shows_generations_bundle_issuance_and_audit_and_follows_a_rota
         r#"data-action="activate">activate generation 3 · in "#,
         "the automatic activation ahead",
     );
-    assert_shows(&dom, r#"id="timeline-next-step""#, "the step on the timeline");
-    assert_shows(&dom, r#"data-action="authority.prepared""#, "the audit entry of the step");
+    assert_shows(
+        &dom,
+        r#"id="timeline-next-step""#,
+        "the step on the timeline",
+    );
+    assert_shows(
+        &dom,
+        r#"data-action="authority.prepared""#,
+        "the audit entry of the step",
+    );
     let shot = artifact_dir().join("console.png");
     let _ = std::fs::remove_file(&shot);
     browse(&chromium, &url, Take::Screenshot(&shot));
@@ -566,7 +629,9 @@ async fn the_page_shows_generations_bundle_issuance_and_audit_and_follows_a_rota
     );
     assert_shows(&dom, r#"id="bundle-sequence">5<"#, "bundle sequence 5");
     assert!(
-        console.log_text().contains("credential files changed; reloaded them"),
+        console
+            .log_text()
+            .contains("credential files changed; reloaded them"),
         "{}",
         console.log_text()
     );
@@ -579,18 +644,29 @@ async fn an_unreachable_ca_is_shown_as_such_not_as_stale_data() {
     let console = start_console(&ca);
     let url = format!("{}/", console.base);
     let dom = browse(&chromium, &url, Take::Dom);
-    assert_shows(&dom, r#"<tr data-generation="1" data-state="active">"#, "generation 1");
+    assert_shows(
+        &dom,
+        r#"<tr data-generation="1" data-state="active">"#,
+        "generation 1",
+    );
 
     ca.stop();
     let a = get(&console, "/v1/authorities").await;
     assert_eq!(a.status, 502, "{}", a.body);
     assert!(a.body.contains("cannot reach"), "{}", a.body);
     let dom = browse(&chromium, &url, Take::Dom);
-    assert_shows(&dom, r#"data-state="unreachable">unreachable<"#, "the CA as unreachable");
+    assert_shows(
+        &dom,
+        r#"data-state="unreachable">unreachable<"#,
+        "the CA as unreachable",
+    );
     assert_shows(&dom, "The CA is unreachable", "the banner");
     assert_shows(&dom, "cannot reach", "why");
     assert_shows(&dom, r#"<main id="main" hidden="">"#, "no data");
-    assert!(!dom.contains("data-generation="), "stale data shown:\n{dom}");
+    assert!(
+        !dom.contains("data-generation="),
+        "stale data shown:\n{dom}"
+    );
     let shot = artifact_dir().join("console-unreachable.png");
     browse(&chromium, &url, Take::Screenshot(&shot));
 

@@ -46,7 +46,10 @@ mod tests {
         for asset in &ASSETS[1..] {
             assert!(html.contains(asset.path), "{} is linked", asset.path);
         }
-        assert!(!html.contains("http://") && !html.contains("https://"), "{html}");
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "{html}"
+        );
         // Every <script> has a src and no body; no inline handlers or styles.
         for part in html.split("<script").skip(1) {
             assert!(

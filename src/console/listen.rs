@@ -152,7 +152,10 @@ mod tests {
     fn a_non_loopback_address_needs_allow_remote() {
         let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         let err = check_exposure(any, false).unwrap_err().to_string();
-        assert!(err.contains("--allow-remote") && err.contains("no login"), "{err}");
+        assert!(
+            err.contains("--allow-remote") && err.contains("no login"),
+            "{err}"
+        );
         assert!(check_exposure(any, true).is_ok());
         assert!(check_exposure("127.0.0.2:1".parse().unwrap(), false).is_ok());
         assert!(check_exposure("[::1]:1".parse().unwrap(), false).is_ok());

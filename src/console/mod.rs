@@ -73,14 +73,13 @@ pub(crate) fn check_flags(
 pub(crate) async fn run(o: ConsoleOptions) -> Result<(), ConsoleError> {
     check_flags(&o.listen, o.allow_remote, &o.accept_hosts)?;
     let addr = listen::parse_listen(&o.listen)?;
-    let upstream =
-        upstream::Upstream::new(&o.servers, &o.credential_dir).map_err(|e| match e {
-            ClientError::Setup(m) => ConsoleError::Usage(format!(
-                "the credential in {}: {m}",
-                o.credential_dir.display()
-            )),
-            other => ConsoleError::Usage(other.to_string()),
-        })?;
+    let upstream = upstream::Upstream::new(&o.servers, &o.credential_dir).map_err(|e| match e {
+        ClientError::Setup(m) => ConsoleError::Usage(format!(
+            "the credential in {}: {m}",
+            o.credential_dir.display()
+        )),
+        other => ConsoleError::Usage(other.to_string()),
+    })?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ConsoleError::Runtime(format!("cannot listen on {addr}: {e}")))?;
@@ -95,7 +94,9 @@ pub(crate) async fn run(o: ConsoleOptions) -> Result<(), ConsoleError> {
         .await
     {
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "the CA does not answer the console yet; the page shows it as unreachable until it does"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the CA does not answer the console yet; the page shows it as unreachable until it does")
+        }
     }
     let url = match bound.ip() {
         std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{}", bound.port()),

@@ -51,7 +51,9 @@ fn identity(files: &CredentialFiles) -> Identity {
         .and_then(|ders| ders.into_iter().next())
         .and_then(|der| CertInfo::from_der(&der).ok());
     Identity {
-        spiffe_id: info.as_ref().and_then(|i| i.spiffe_id().map(str::to_string)),
+        spiffe_id: info
+            .as_ref()
+            .and_then(|i| i.spiffe_id().map(str::to_string)),
         not_after: info.map(|i| rfc3339(i.not_after)),
     }
 }
