@@ -614,6 +614,21 @@ async fn the_page_shows_generations_bundle_issuance_and_audit_and_follows_a_rota
     let _ = std::fs::remove_file(&shot);
     browse(&chromium, &url, Take::Screenshot(&shot));
     assert_real_png(&shot);
+    // The timeline's 48-hour window, opened from the address.
+    let dom = browse(&chromium, &format!("{url}#48h"), Take::Dom);
+    assert_shows(
+        &dom,
+        r#"data-zoom="48h" aria-pressed="true""#,
+        "the 48-hour window selected",
+    );
+    assert_shows(
+        &dom,
+        "next: activate generation 3 · in ",
+        "the step's label on the timeline",
+    );
+    let shot = artifact_dir().join("console-48h.png");
+    browse(&chromium, &format!("{url}#48h"), Take::Screenshot(&shot));
+    assert_real_png(&shot);
 
     // Activation moves the server's certificate to generation 3, whose root the console
     // did not trust when it started: it follows the rewritten credential files.

@@ -15,6 +15,15 @@
   const CELL_ROWS = 12;
   const RECENT_ROWS = 8;
 
+  // The timeline's windows besides the whole lifetimes: [before now, after now].
+  const HOUR = 3600000, DAY = 24 * HOUR;
+  const ZOOMS = {
+    lifetimes: null,
+    "30d": { before: 3 * DAY, after: 27 * DAY },
+    "48h": { before: 6 * HOUR, after: 42 * HOUR },
+  };
+  let zoom = "lifetimes";
+
   let refreshMs = 5000;
   let timer = null;
   let lastGood = null;
@@ -304,7 +313,10 @@
       const hours = spanMs / 3600000;
       const every = [1, 2, 3, 6, 12].find((k) => hours / k <= 10) || 12;
       const step = 3600000 * every;
-      for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) out.push([t, `${clock(t).slice(0, 5)}`]);
+      for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+        const d = new Date(t);
+        out.push([t, t % day === 0 ? `${MONTHS[d.getUTCMonth()]} ${pad(d.getUTCDate())}` : clock(t).slice(0, 5)]);
+      }
     }
     return out;
   }
@@ -327,14 +339,21 @@
       return;
     }
     const step = a.next_automatic_step;
-    let t0 = Math.min(...gens.map((g) => ms(g.root_not_before || g.created_at)));
-    let t1 = Math.max(...gens.map((g) => ms(g.root_not_after)));
-    t0 = Math.min(t0, now);
-    t1 = Math.max(t1, now);
-    const margin = (t1 - t0) * 0.015;
-    t0 -= margin;
-    t1 += margin;
-    const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+    let t0, t1;
+    const win = ZOOMS[zoom];
+    if (win) {
+      // A window around now: what happens in the coming days or hours.
+      t0 = now - win.before;
+      t1 = now + win.after;
+    } else {
+      t0 = Math.min(now, ...gens.map((g) => ms(g.root_not_before || g.created_at)));
+      t1 = Math.max(now, ...gens.map((g) => ms(g.root_not_after)));
+      const margin = (t1 - t0) * 0.015;
+      t0 -= margin;
+      t1 += margin;
+    }
+    // Times outside the window are drawn at its edge.
+    const x = (t) => L + ((Math.min(Math.max(t, t0), t1) - t0) / (t1 - t0)) * (W - L - R);
 
     for (const [t, label] of ticks(t0, t1)) {
       root.append(svg("line", { x1: x(t), x2: x(t), y1: TOP - 6, y2: H - 4, class: "grid" }));
@@ -349,6 +368,12 @@
       row.append(svg("text", { x: 4, y: y + 10, class: "row-label" }, `Gen ${g.id}`));
       row.append(svg("text", { x: 4, y: y + 23, class: "row-state" }, state));
       const rs = ms(g.root_not_before || g.created_at), re = ms(g.root_not_after);
+      if (re < t0 || rs > t1) {
+        row.append(svg("text", { x: L + 6, y: y + 15, class: "row-state" },
+          re < t0 ? `expired ${rel(re, now)}` : `starts ${rel(rs, now)}`));
+        root.append(row);
+        return;
+      }
       const rootBar = svg("rect", {
         x: x(rs), y, width: Math.max(2, x(re) - x(rs)), height: BAR, rx: 4, class: `root ${state}`,
       });
@@ -596,6 +621,21 @@
 
   // ---- Start -------------------------------------------------------------------------------
 
+  // The window is kept in the address (#30d, #48h), so a bookmark opens it.
+  function setZoom(name) {
+    zoom = Object.prototype.hasOwnProperty.call(ZOOMS, name) ? name : "lifetimes";
+    for (const b of document.querySelectorAll("button[data-zoom]")) {
+      b.setAttribute("aria-pressed", String(b.dataset.zoom === zoom));
+    }
+    if (lastData) renderTimeline(lastData.authorities, Date.now());
+  }
+  for (const button of document.querySelectorAll("button[data-zoom]")) {
+    button.addEventListener("click", () => {
+      setZoom(button.dataset.zoom);
+      history.replaceState(null, "", zoom === "lifetimes" ? location.pathname : `#${zoom}`);
+    });
+  }
+  setZoom(location.hash.slice(1));
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) refresh();
   });
