@@ -689,4 +689,16 @@ async fn an_unreachable_ca_is_shown_as_such_not_as_stale_data() {
     ca.spawn();
     let dom = browse(&chromium, &url, Take::Dom);
     assert_shows(&dom, r#"data-state="live">live<"#, "that it is live again");
+    // The console's log says when the CA went away and came back, once each.
+    let log = console.log_text();
+    assert_eq!(
+        log.matches("the CA does not answer the console").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("the CA answers the console again").count(),
+        1,
+        "{log}"
+    );
 }

@@ -89,15 +89,20 @@ pub(crate) async fn run(o: ConsoleOptions) -> Result<(), ConsoleError> {
     let hosts = listen::HostCheck::new(bound, &o.accept_hosts)?;
     // Say at once if the CA does not answer or refuses the credential; the console serves
     // all the same and shows it, as it does when the CA goes away later.
-    match upstream
+    let reachable = match upstream
         .get::<crate::api::AuthoritiesResponse>(routes::ALLOWED[0].0)
         .await
     {
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "the CA does not answer the console yet; the page shows it as unreachable until it does")
+        Ok(_) => true,
+        Err(ClientError::Api(p)) => {
+            tracing::warn!(status = p.status, detail = %p.detail, "the CA refuses the console's request (is the credential an operator's?)");
+            true
         }
-    }
+        Err(e) => {
+            tracing::warn!(error = %e, "the CA cannot be reached yet; the page shows it as unreachable until it answers");
+            false
+        }
+    };
     let url = match bound.ip() {
         std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{}", bound.port()),
         std::net::IpAddr::V4(ip) => format!("http://{ip}:{}", bound.port()),
@@ -109,7 +114,11 @@ pub(crate) async fn run(o: ConsoleOptions) -> Result<(), ConsoleError> {
         "operator console serving (read-only)"
     );
     crate::runtime::announce_listening(&url);
-    let app = routes::router(Arc::new(routes::Console { upstream, hosts }));
+    let app = routes::router(Arc::new(routes::Console {
+        upstream,
+        hosts,
+        reachable: std::sync::atomic::AtomicBool::new(reachable),
+    }));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut rx = stop_rx;

@@ -2,6 +2,7 @@
 //! of CA reads it forwards. Every answer carries the security headers; every request must
 //! name the console in its `Host` header; only GET (and HEAD) exist.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, Request, State};
@@ -27,6 +28,9 @@ pub(crate) struct Console {
     pub upstream: Upstream,
     /// The `Host` values answered.
     pub hosts: HostCheck,
+    /// Whether the CA answered the last forwarded request, so that the log says when it
+    /// goes away and comes back, once each, not at every refresh of every open page.
+    pub reachable: AtomicBool,
 }
 
 type S = Arc<Console>;
@@ -227,7 +231,21 @@ async fn forward<R: DeserializeOwned + Serialize>(
     } else {
         format!("{path}?{query}")
     };
-    match st.upstream.get::<R>(&target).await {
+    let answer = st.upstream.get::<R>(&target).await;
+    let reached = !matches!(
+        answer,
+        Err(ClientError::Transport { .. } | ClientError::Decode(_) | ClientError::Setup(_))
+    );
+    match (
+        st.reachable.swap(reached, Ordering::Relaxed),
+        reached,
+        &answer,
+    ) {
+        (true, false, Err(e)) => tracing::warn!(error = %e, "the CA does not answer the console"),
+        (false, true, _) => tracing::info!("the CA answers the console again"),
+        _ => {}
+    }
+    match answer {
         Ok(doc) => Json(doc).into_response(),
         Err(ClientError::Api(p)) => problem_response(&p),
         Err(e) => {
