@@ -490,7 +490,7 @@ fn browse(chromium: &Path, url: &str, take: Take<'_>) -> String {
     out
 }
 
-/// The element of the dump whose opening tag contains `attrs`, up to its text.
+/// Asserts that the DOM the browser printed contains `needle`, which shows `what`.
 fn assert_shows(dom: &str, needle: &str, what: &str) {
     assert!(
         dom.contains(needle),
