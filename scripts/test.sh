@@ -102,6 +102,20 @@ if [ -z "${LANYARD_TEST_POSTGRES_URL:-}" ]; then
 fi
 export LANYARD_REQUIRE_POSTGRES=1
 
+# Headless Chromium for the operator console's browser test (tests/console.rs), which may not
+# skip it here. The test keeps Chromium's traffic on 127.0.0.1.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "scripts/test.sh: installing chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "scripts/test.sh: chromium is missing; install it (as root: apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
+export LANYARD_REQUIRE_CHROMIUM=1
+
 # py-spiffe (PyPI `spiffe`), the SPIFFE Workload API client of tests/workload_api.rs, in a
 # virtual environment under target/ (the test makes it too when it is missing).
 py_venv=target/py-spiffe

@@ -474,9 +474,17 @@ pub struct AuthorityView {
     /// RFC 3339 or null.
     #[schema(format = DateTime, required = true)]
     pub retired_at: Option<String>,
+    /// RFC 3339: the root certificate's notBefore (backdated like every certificate).
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub root_not_before: String,
     /// RFC 3339.
     #[schema(format = DateTime)]
     pub root_not_after: String,
+    /// RFC 3339: the newest intermediate's notBefore.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub intermediate_not_before: String,
     /// RFC 3339 (the newest intermediate).
     #[schema(format = DateTime)]
     pub intermediate_not_after: String,

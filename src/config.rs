@@ -607,6 +607,7 @@ pub(crate) fn unknown_env_overrides(key_sets: &[&[(&str, &str)]]) -> Vec<String>
         // servers that tests start included.
         "LANYARD_TEST_POSTGRES_URL",
         "LANYARD_REQUIRE_POSTGRES",
+        "LANYARD_REQUIRE_CHROMIUM",
         // scripts/test.sh's thread count, inherited the same way when set.
         "LANYARD_TEST_THREADS",
     ];

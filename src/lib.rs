@@ -40,6 +40,8 @@ pub mod client;
 #[cfg(feature = "full")]
 pub(crate) mod config;
 #[cfg(feature = "full")]
+pub(crate) mod console;
+#[cfg(feature = "full")]
 pub(crate) mod credential_dir;
 #[cfg(feature = "full")]
 pub(crate) mod duration;

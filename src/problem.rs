@@ -71,11 +71,13 @@ pub(crate) fn kind(status: StatusCode) -> (&'static str, &'static str) {
         StatusCode::FORBIDDEN => ("forbidden", "Not allowed for this role"),
         StatusCode::NOT_FOUND => ("not-found", "Not found"),
         StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed"),
+        StatusCode::MISDIRECTED_REQUEST => ("misdirected-request", "Not this server's address"),
         StatusCode::CONFLICT => ("conflict", "State conflict"),
         StatusCode::PAYLOAD_TOO_LARGE => ("too-large", "Request too large"),
         StatusCode::UNPROCESSABLE_ENTITY => ("invalid-value", "Invalid value"),
         StatusCode::TOO_MANY_REQUESTS => ("rate-limited", "Too many requests"),
         StatusCode::SERVICE_UNAVAILABLE => ("not-ready", "Not ready"),
+        StatusCode::BAD_GATEWAY => ("bad-gateway", "The CA could not be asked"),
         _ => ("internal", "Internal error"),
     }
 }

@@ -283,6 +283,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the read-only operator console: a local web page that shows the generations,
+    /// the bundle, issuance, cells, expiring certificates and the audit log, refreshing live.
+    ///
+    /// The console talks to the CA with the operator credential, as `kubectl proxy` does: the
+    /// browser needs no client certificate, and whoever can reach the listen address sees
+    /// what the operator may read. Hence loopback only, unless `--allow-remote`.
+    Console {
+        /// Where the console listens (`IP:PORT`, or `localhost:PORT`); port 0 picks a free one.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Listen on a non-loopback address. The console has no login and no TLS of its own:
+        /// anyone who reaches the address reads what the operator credential may read.
+        #[arg(long)]
+        allow_remote: bool,
+        /// Also accept this Host header (`name:port`, as the browser sends it), e.g. the local
+        /// end of an SSH tunnel (`localhost:9000`). Repeatable. Any other Host is refused
+        /// (a DNS rebinding defence).
+        #[arg(long, value_name = "HOST:PORT", action = clap::ArgAction::Append)]
+        accept_host: Vec<String>,
+    },
     /// The CA's storage.
     #[command(subcommand)]
     Store(StoreCommand),

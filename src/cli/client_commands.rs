@@ -115,6 +115,32 @@ fn connect(servers: &[String], cred_dir: &Path) -> Result<ApiClient, Failure> {
     Ok(ApiClient::failover_from_credential_dir(servers, cred_dir)?)
 }
 
+/// `lanyard console`: serves the operator console with the client defaults of every client
+/// command (the CA URLs and the operator credential), until SIGINT or SIGTERM.
+pub(super) async fn console(cli: &Cli) -> Result<(), Failure> {
+    let Command::Console {
+        listen,
+        allow_remote,
+        accept_host,
+    } = &cli.command
+    else {
+        return Err(Failure::usage("not the console command"));
+    };
+    crate::console::check_flags(listen, *allow_remote, accept_host)?;
+    let (servers, credential_dir) = client_defaults(cli)?;
+    // The same checks and messages as any client command (no credential yet, a bad URL).
+    connect(&servers, &credential_dir)?;
+    crate::console::run(crate::console::ConsoleOptions {
+        servers,
+        credential_dir,
+        listen: listen.clone(),
+        allow_remote: *allow_remote,
+        accept_hosts: accept_host.clone(),
+    })
+    .await?;
+    Ok(())
+}
+
 /// Runs a command that calls the CA.
 pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
     if let Command::Cert(CertCommand::Component {

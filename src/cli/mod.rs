@@ -1,7 +1,8 @@
 //! The `lanyard` command line: parses arguments, runs one command, maps failures to exit
 //! codes (0 success, 1 runtime failure, 2 usage or configuration error).
 //!
-//! `args` holds the clap types, `client_commands` the commands that call a running CA,
+//! `args` holds the clap types, `client_commands` the commands that call a running CA (and
+//! start `console`, which serves `crate::console`),
 //! `server_commands` `init` and `serve`, `output` what commands print, `watch` the commands
 //! that keep a proxy's files fresh (`cert component --watch`, `bundle --watch --out`). The
 //! agent runs from here but knows nothing of the command line.
@@ -56,6 +57,15 @@ impl From<ConfigError> for Failure {
 
 impl From<StartError> for Failure {
     fn from(e: StartError) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::console::ConsoleError> for Failure {
+    fn from(e: crate::console::ConsoleError) -> Self {
         Failure {
             code: e.exit_code(),
             message: e.to_string(),
@@ -213,6 +223,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             })
         }
         Command::Inspect { file, json } => output::inspect(file, *json),
+        Command::Console { .. } => client_commands::console(&cli).await,
         Command::Bench { mode, .. } if !matches!(mode, BenchMode::Issue | BenchMode::Watchers) => {
             client_commands::local_bench(&cli).await
         }

@@ -57,7 +57,13 @@ pub(crate) fn authority_view(
         activated_at: opt(g.activated_at),
         retiring_at: opt(g.retiring_at),
         retired_at: opt(g.retired_at),
+        root_not_before: rfc3339(not_before(&g.root)),
         root_not_after: rfc3339(g.root.not_after),
+        intermediate_not_before: g
+            .intermediates
+            .last()
+            .map(|i| rfc3339(not_before(i)))
+            .unwrap_or_default(),
         intermediate_not_after: g
             .intermediates
             .last()
@@ -67,6 +73,14 @@ pub(crate) fn authority_view(
         root_certificate: crate::x509::build::pem_chain([g.root.certificate.as_slice()]),
         activatable_at: opt(activatable_at),
     }
+}
+
+/// A CA certificate's notBefore, read from the certificate itself (the record keeps only its
+/// notAfter); the issue time stands in should the stored DER not parse.
+fn not_before(c: &crate::store::CaKeyRecord) -> SystemTime {
+    crate::x509::inspect::CertInfo::from_der(&c.certificate)
+        .map(|i| i.not_before)
+        .unwrap_or_else(|_| c.issued_at.unwrap_or(c.not_after))
 }
 
 /// The answer of every endpoint that issues a certificate.
