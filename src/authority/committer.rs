@@ -170,8 +170,7 @@ fn run(authority: &Weak<Authority>, queue: &Receiver<Job>) {
         }
         let Some(a) = authority.upgrade() else {
             for j in jobs {
-                j.reply
-                    .send(Err(Arc::new(AuthorityError::NoActive)));
+                j.reply.send(Err(Arc::new(AuthorityError::NoActive)));
             }
             return;
         };
@@ -255,7 +254,10 @@ mod tests {
             assert_eq!(outcomes.len(), n);
             for o in outcomes {
                 let issued = o.unwrap();
-                assert!(store.get_certificate(&issued.record.serial).unwrap().is_some());
+                assert!(store
+                    .get_certificate(&issued.record.serial)
+                    .unwrap()
+                    .is_some());
             }
         }
     }
@@ -311,7 +313,10 @@ mod tests {
         let (_store, a) = setup();
         let a = Arc::new(a);
         let c = GroupCommitter::start(&a, 8).unwrap();
-        let out = c.issue(vec![request(Duration::from_secs(600))]).await.unwrap();
+        let out = c
+            .issue(vec![request(Duration::from_secs(600))])
+            .await
+            .unwrap();
         assert!(out[0].is_ok());
         drop(c);
         assert_eq!(Arc::strong_count(&a), 1);

@@ -23,8 +23,8 @@ mod keys;
 mod leaf;
 mod revocations;
 
-pub(crate) use crl::Intermediate;
 pub(crate) use committer::{CommitError, GroupCommitter};
+pub(crate) use crl::Intermediate;
 pub(crate) use leaf::{InstanceIds, Issued, LeafOutcome, LeafRefused, LeafRequest, SubjectAttr};
 
 use std::sync::{Arc, RwLock};

@@ -9,9 +9,7 @@ use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use super::{Ca, CaError};
 use crate::api;
 use crate::api::SERVER_NAME;
-use crate::authority::{
-    InstanceIds, Issued, LeafOutcome, LeafRefused, LeafRequest, SubjectAttr,
-};
+use crate::authority::{InstanceIds, Issued, LeafOutcome, LeafRefused, LeafRequest, SubjectAttr};
 use crate::ids::{Guid, Name, Role};
 use crate::metrics::CsrReject;
 use crate::store::CertificateKind;

@@ -860,7 +860,9 @@ pub(crate) fn a_group_write_records_every_callers_items_but_the_refused_one<H: H
         credential("cell-9", 1, 10, FAR)?,
         owned("c4", "b1", 1, FAR)?,
     ];
-    let events: Vec<AuditEvent> = (0..group.len()).map(|i| event(&format!("item-{i}"))).collect();
+    let events: Vec<AuditEvent> = (0..group.len())
+        .map(|i| event(&format!("item-{i}")))
+        .collect();
     let refused = s.insert_signed(AuthorityId(1), &group, &events)?;
     promise!(
         refused == vec![2],
@@ -902,11 +904,21 @@ pub(crate) fn a_failed_group_write_records_nothing_of_any_item<H: Harness>(
     let s = h.open_fresh()?;
     s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
     let taken = credential("cell-1", 1, 10, FAR)?;
-    s.insert_signed(AuthorityId(1), std::slice::from_ref(&taken), &[event("taken")])?;
+    s.insert_signed(
+        AuthorityId(1),
+        std::slice::from_ref(&taken),
+        &[event("taken")],
+    )?;
     let mut clash = credential("cell-2", 1, 10, FAR)?;
     clash.serial = taken.serial;
-    let group = [owned("d1", "b1", 1, FAR)?, clash, owned("d2", "b1", 2, FAR)?];
-    let events: Vec<AuditEvent> = (0..group.len()).map(|i| event(&format!("item-{i}"))).collect();
+    let group = [
+        owned("d1", "b1", 1, FAR)?,
+        clash,
+        owned("d2", "b1", 2, FAR)?,
+    ];
+    let events: Vec<AuditEvent> = (0..group.len())
+        .map(|i| event(&format!("item-{i}")))
+        .collect();
     let r = s.insert_signed(AuthorityId(1), &group, &events);
     promise!(
         matches!(r, Err(StoreError::SerialExists(_))),
@@ -923,7 +935,10 @@ pub(crate) fn a_failed_group_write_records_nothing_of_any_item<H: Harness>(
         );
     }
     let got = whole_chain(&s)?;
-    promise!(got == ["taken"], "no entry of the failed group, got {got:?}");
+    promise!(
+        got == ["taken"],
+        "no entry of the failed group, got {got:?}"
+    );
     Ok(())
 }
 
