@@ -9,14 +9,14 @@
 #
 # The URL names a role that may create databases (LANYARD_TEST_POSTGRES_URL is used when
 # BENCH_POSTGRES_URL is unset); the database is dropped at the end. Knobs: BENCH_REQUESTS
-# (certificates per bench process, default 4000), BENCH_CLIENTS (workers per bench process,
+# (certificates per bench process, default 8000), BENCH_CLIENTS (workers per bench process,
 # default 16), BENCH_OUT (raw JSON), BENCH_BIN (a lanyard binary instead of building one).
 # The three replicas and their three load generators share this machine's cores, as do the
 # single node and its load generator: compare the rates measured here with each other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REQUESTS=${BENCH_REQUESTS:-4000}
+REQUESTS=${BENCH_REQUESTS:-8000}
 CLIENTS=${BENCH_CLIENTS:-16}
 OUT=${BENCH_OUT:-target/bench/replicas.json}
 PG=${BENCH_POSTGRES_URL:-${LANYARD_TEST_POSTGRES_URL:-}}
