@@ -31,14 +31,9 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
 fi
 ulimit -n "$need"
 
-if ! command -v cfssl >/dev/null || ! command -v cfssljson >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -q golang-cfssl >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q golang-cfssl >/dev/null; }
-  else
-    echo "bench: cfssl is missing; install Debian's golang-cfssl" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
+need_cfssl
 
 if [ -n "${BENCH_BIN:-}" ]; then
   BIN=$BENCH_BIN   # a build to compare, e.g. a copy of an earlier target/release/lanyard
@@ -56,25 +51,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# Waits for a process's "listening on URL" line in FILE; prints the URL.
-listening() {
-  local file=$1 pid=$2
-  for _ in $(seq 600); do
-    if grep -q '^listening on ' "$file" 2>/dev/null; then
-      grep -m1 '^listening on ' "$file" | cut -d' ' -f3
-      return
-    fi
-    kill -0 "$pid" 2>/dev/null || { echo "bench: process $pid exited; see $file" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "bench: nothing listening after 60 s ($file)" >&2
-  exit 1
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
-# utime and stime (clock ticks) of a process, to split its CPU into user and kernel time.
-ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12, $13}'; }
 
 echo "bench: crypto floor" >&2
 "$BIN" bench --mode floor --requests "$FLOOR_N" --json > "$WORK/floor1.json"
@@ -117,30 +93,8 @@ PACED=$(python3 -c "print(max(1000, int($HALF * 8)))")
 echo "bench: Lanyard, paced at half the peak ($HALF/s)" >&2
 ca_bench --requests "$PACED" --concurrency "$CLIENTS" --rate "$HALF" > "$WORK/paced.json"
 
-# cfssl: a P-256 CA, a server certificate for 127.0.0.1, and a client certificate so that it
-# is called over mutual TLS with keep-alive connections, as Lanyard is.
 echo "bench: cfssl, $CLIENTS clients" >&2
-C="$WORK/cfssl"
-mkdir -p "$C"
-(
-  cd "$C"
-  echo '{"CN":"cfssl bench CA","key":{"algo":"ecdsa","size":256}}' > ca-csr.json
-  cfssl gencert -initca ca-csr.json 2>/dev/null | cfssljson -bare ca
-  echo '{"CN":"127.0.0.1","key":{"algo":"ecdsa","size":256}}' > server-csr.json
-  cfssl gencert -ca ca.pem -ca-key ca-key.pem -hostname 127.0.0.1,localhost server-csr.json 2>/dev/null | cfssljson -bare server
-  echo '{"CN":"bench client","key":{"algo":"ecdsa","size":256}}' > client-csr.json
-  cfssl gencert -ca ca.pem -ca-key ca-key.pem -hostname bench-client client-csr.json 2>/dev/null | cfssljson -bare client
-)
-CPORT=$(free_port)
-cfssl serve -address 127.0.0.1 -port "$CPORT" -ca "$C/ca.pem" -ca-key "$C/ca-key.pem" \
-  -tls-cert "$C/server.pem" -tls-key "$C/server-key.pem" -mutual-tls-ca "$C/ca.pem" \
-  -loglevel 2 > "$WORK/cfssl.out" 2> "$WORK/cfssl.err" &
-CFSSL_PID=$!
-PIDS+=("$CFSSL_PID")
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$CPORT") 2>/dev/null && break; sleep 0.1; done
-"$BIN" bench --mode cfssl --target "https://127.0.0.1:$CPORT" --target-dir "$C" \
-  --requests "$REQUESTS" --concurrency "$CLIENTS" --server-pid "$CFSSL_PID" --json > "$WORK/cfssl.json"
-kill "$CFSSL_PID"
+run_cfssl "$WORK/cfssl" "$REQUESTS" "$CLIENTS" "$WORK/cfssl.json"
 
 # A cell restart: the agent gets every PUT at once.
 echo "bench: agent, $PUTS PUTs at once" >&2

@@ -78,20 +78,27 @@ pub(crate) struct Issued {
     pub trust_bundle_sequence: u64,
 }
 
-/// A leaf refused because its instance is bound elsewhere: to another cell, or to the same
-/// cell with another app, space or organization. Nothing was recorded for it.
-#[derive(Debug, Clone)]
-pub(crate) struct InstanceBound(pub Guid);
+/// Why one leaf of an [`Authority::issue`] call was refused on its own (the others of the
+/// call are issued). Nothing was recorded for it.
+#[derive(Debug)]
+pub(crate) enum LeafRefused {
+    /// Its instance is bound elsewhere: to another cell, or to the same cell with another
+    /// app, space or organization.
+    Bound(Guid),
+    /// Its certificate could not be built from what was asked.
+    Unbuildable(crate::x509::X509Error),
+}
 
 /// One request's outcome in [`Authority::issue`].
-pub(crate) type LeafOutcome = Result<Issued, InstanceBound>;
+pub(crate) type LeafOutcome = Result<Issued, LeafRefused>;
 
 impl Authority {
     /// Signs every request with the active intermediate and records them all durably, in one
     /// store write, before returning. Validity: notBefore = now - backdate, notAfter = now +
     /// ttl but never after the intermediate's notAfter. An instance leaf whose instance is
-    /// bound elsewhere is refused ([`InstanceBound`]) in that same write; the others are
-    /// issued. Answers one outcome per request, in order.
+    /// bound elsewhere ([`LeafRefused::Bound`]), or whose certificate cannot be built
+    /// ([`LeafRefused::Unbuildable`]), is refused alone; the others are issued. Answers one
+    /// outcome per request, in order. A failure of the write itself fails them all.
     ///
     /// The store records them only while the signing generation is still stored as active;
     /// if another process deactivated it meanwhile, this reloads the generations and signs
@@ -132,43 +139,54 @@ impl Authority {
             ));
         }
         for _attempt in 0..3 {
-            let mut out = Vec::with_capacity(requests.len());
+            // Each leaf signed alone: one that cannot be built is refused by itself.
+            let mut signed: Vec<Result<Issued, LeafRefused>> = Vec::with_capacity(requests.len());
             for r in requests {
-                out.push(sign_leaf(
-                    *id,
-                    ca,
-                    r,
-                    now,
-                    self.opts.backdate,
-                    inner.sequence,
-                )?);
+                signed.push(
+                    match sign_leaf(*id, ca, r, now, self.opts.backdate, inner.sequence) {
+                        Ok(i) => Ok(i),
+                        Err(AuthorityError::X509(e)) => Err(LeafRefused::Unbuildable(e)),
+                        Err(e) => return Err(e),
+                    },
+                );
             }
-            let records: Vec<CertificateRecord> = out.iter().map(|i| i.record.clone()).collect();
-            let audit: Vec<AuditEvent> = out
-                .iter()
-                .zip(requests)
-                .map(|(i, r)| issued_event(&i.record, &i.spiffe_id, r.action))
-                .collect();
-            match self.store.insert_signed(*id, &records, &audit) {
-                Ok(refused) => {
-                    // A refused leaf was signed but never recorded nor handed out.
-                    let mut outcomes = Vec::with_capacity(out.len());
-                    for (i, issued) in out.into_iter().enumerate() {
-                        if refused.binary_search(&i).is_err() {
-                            outcomes.push(Ok(issued));
-                            continue;
-                        }
-                        let guid = issued.record.instance_guid.ok_or_else(|| {
-                            StoreError::Backend("the store refused a record of no instance".into())
-                        })?;
-                        outcomes.push(Err(InstanceBound(guid)));
-                    }
-                    return Ok(outcomes);
+            // What goes to the store: the signed leaves, with their index among `requests`.
+            let mut at = Vec::with_capacity(signed.len());
+            let mut records = Vec::with_capacity(signed.len());
+            let mut audit: Vec<AuditEvent> = Vec::with_capacity(signed.len());
+            for (i, (s, r)) in signed.iter().zip(requests).enumerate() {
+                if let Ok(issued) = s {
+                    at.push(i);
+                    records.push(issued.record.clone());
+                    audit.push(issued_event(&issued.record, &issued.spiffe_id, r.action));
                 }
-                // 126 random bits make this all but impossible; draw new serials and re-sign.
-                Err(StoreError::SerialExists(_)) => continue,
-                Err(e) => return Err(e.into()),
             }
+            let refused = if records.is_empty() {
+                Vec::new()
+            } else {
+                match self.store.insert_signed(*id, &records, &audit) {
+                    Ok(refused) => refused,
+                    // 126 random bits make this all but impossible; draw new serials and
+                    // re-sign.
+                    Err(StoreError::SerialExists(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            // A refused leaf was signed but never recorded nor handed out.
+            for k in refused {
+                let i = at.get(k).copied().ok_or_else(|| {
+                    StoreError::Backend("the store refused a record it was not given".into())
+                })?;
+                let guid = match &signed[i] {
+                    Ok(issued) => issued.record.instance_guid.clone(),
+                    Err(_) => None,
+                }
+                .ok_or_else(|| {
+                    StoreError::Backend("the store refused a record of no instance".into())
+                })?;
+                signed[i] = Err(LeafRefused::Bound(guid));
+            }
+            return Ok(signed);
         }
         Err(StoreError::Backend("could not find a free serial number".into()).into())
     }

@@ -16,14 +16,16 @@
 //! `leaf.rs` signs leaves, `crl.rs` signs CRLs, `revocations.rs` keeps the revoked set in
 //! memory; this file holds the state and rotation steps.
 
+mod committer;
 mod crl;
 mod generation;
 mod keys;
 mod leaf;
 mod revocations;
 
+pub(crate) use committer::{CommitError, GroupCommitter};
 pub(crate) use crl::Intermediate;
-pub(crate) use leaf::{InstanceBound, InstanceIds, Issued, LeafRequest, SubjectAttr};
+pub(crate) use leaf::{InstanceIds, Issued, LeafOutcome, LeafRefused, LeafRequest, SubjectAttr};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -140,12 +142,25 @@ pub(crate) struct TrustBundle {
     pub sequence: u64,
     /// DER roots, the active one first.
     pub roots: Vec<Vec<u8>>,
+    /// The roots as PEM, encoded once per bundle: every long poll released by a change
+    /// answers it.
+    pem: String,
 }
 
 impl TrustBundle {
+    /// A bundle of `roots` (DER, the active one first) at `sequence`.
+    pub(crate) fn new(sequence: u64, roots: Vec<Vec<u8>>) -> TrustBundle {
+        let pem = build::pem_chain(roots.iter().map(Vec::as_slice));
+        TrustBundle {
+            sequence,
+            roots,
+            pem,
+        }
+    }
+
     /// PEM, roots concatenated.
     pub(crate) fn pem(&self) -> String {
-        build::pem_chain(self.roots.iter().map(Vec::as_slice))
+        self.pem.clone()
     }
 }
 
@@ -571,10 +586,7 @@ fn bundle_of(inner: &Inner) -> TrustBundle {
             roots.push(g.root.certificate.clone());
         }
     }
-    TrustBundle {
-        sequence: inner.sequence,
-        roots,
-    }
+    TrustBundle::new(inner.sequence, roots)
 }
 
 #[cfg(test)]

@@ -79,6 +79,13 @@ impl Authority {
         Ok(self.revoked_snapshot()?.serials.contains(serial))
     }
 
+    /// [`Authority::is_revoked`] from memory only: `None` when the snapshot is stale.
+    pub(crate) fn is_revoked_in_memory(&self, serial: &Serial) -> Option<bool> {
+        self.revocations
+            .current()
+            .map(|s| s.serials.contains(serial))
+    }
+
     /// The current snapshot, read from the store when the counter moved since the last one.
     pub(super) fn revoked_snapshot(&self) -> Result<Arc<Snapshot>, AuthorityError> {
         let r = &self.revocations;

@@ -45,6 +45,12 @@ impl Ca {
         Ok(self.authority.is_revoked(serial)?)
     }
 
+    /// Whether a serial is revoked, from memory; `None` when the revoked set must be read
+    /// from the store first (a revocation happened since the last read).
+    pub(crate) fn is_revoked_in_memory(&self, serial: &Serial) -> Option<bool> {
+        self.authority.is_revoked_in_memory(serial)
+    }
+
     /// `POST /v1/certificates/{serial}/revoke`. Retrying is harmless: a certificate already
     /// revoked is answered as it is (its first revocation time and reason stay).
     ///

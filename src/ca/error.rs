@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::authority::AuthorityError;
+use crate::authority::{AuthorityError, CommitError};
 use crate::keys::KeyError;
 use crate::store::StoreError;
 use crate::x509::X509Error;
@@ -68,9 +68,16 @@ impl CaError {
 
 impl From<AuthorityError> for CaError {
     fn from(e: AuthorityError) -> Self {
+        CaError::from(&e)
+    }
+}
+
+/// By reference too: a failed group write hands the same error to every caller in it.
+impl From<&AuthorityError> for CaError {
+    fn from(e: &AuthorityError) -> Self {
         use crate::rotation::RotationError;
         match e {
-            AuthorityError::Rotation(RotationError::Conflict(m)) => CaError::Conflict(m),
+            AuthorityError::Rotation(RotationError::Conflict(m)) => CaError::Conflict(m.clone()),
             AuthorityError::Rotation(RotationError::NotFound(id)) => {
                 CaError::NotFound(format!("authority {id} does not exist"))
             }
@@ -79,6 +86,16 @@ impl From<AuthorityError> for CaError {
             | AuthorityError::IntermediateExpiring(..)
             | AuthorityError::Store(StoreError::Unavailable(_)) => CaError::NotReady(e.to_string()),
             other => CaError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CommitError> for CaError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Busy => CaError::Busy(e.to_string()),
+            CommitError::Stopped => CaError::Internal(e.to_string()),
+            CommitError::Failed(e) => CaError::from(e.as_ref()),
         }
     }
 }

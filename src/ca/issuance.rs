@@ -9,12 +9,19 @@ use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use super::{Ca, CaError};
 use crate::api;
 use crate::api::SERVER_NAME;
-use crate::authority::{InstanceBound, InstanceIds, Issued, LeafRequest, SubjectAttr};
+use crate::authority::{InstanceIds, Issued, LeafOutcome, LeafRefused, LeafRequest, SubjectAttr};
 use crate::ids::{Guid, Name, Role};
 use crate::metrics::CsrReject;
 use crate::store::CertificateKind;
 use crate::x509::csr::verify_csr;
 use crate::x509::X509Error;
+
+/// A batch's items after validation: per item, its leaf's index in `leaves` or its error.
+#[derive(Debug)]
+pub(crate) struct BatchLeaves {
+    slots: Vec<Result<usize, CaError>>,
+    leaves: Vec<LeafRequest>,
+}
 
 /// A credential named after its holder (cell, operator, component, server): CN = name.
 #[derive(Debug, Clone)]
@@ -93,27 +100,54 @@ impl Ca {
         }
     }
 
-    /// Issues every request in one durable write: one outcome per request, in order (an
-    /// instance bound elsewhere is a 409 for its own request only).
+    /// Issues every request in one durable write (a group write shared with concurrent
+    /// callers), blocking this thread until it is durable: one outcome per request, in order
+    /// (an instance bound elsewhere is a 409 for its own request only).
     pub(super) fn issue_many(
         &self,
-        reqs: &[LeafRequest],
+        reqs: Vec<LeafRequest>,
     ) -> Result<Vec<Result<Issued, CaError>>, CaError> {
-        let outcomes = self.authority.issue(reqs)?;
+        let outcomes = self.issuer.issue_blocking(reqs)?;
+        Ok(self.outcomes(outcomes))
+    }
+
+    /// [`Ca::issue_many`] waiting without a thread (for async callers).
+    pub(crate) async fn issue_many_async(
+        &self,
+        reqs: Vec<LeafRequest>,
+    ) -> Result<Vec<Result<Issued, CaError>>, CaError> {
+        let outcomes = self.issuer.issue(reqs).await?;
+        Ok(self.outcomes(outcomes))
+    }
+
+    /// Counts the issued leaves and turns refusals into their API errors.
+    fn outcomes(&self, outcomes: Vec<LeafOutcome>) -> Vec<Result<Issued, CaError>> {
         let records: Vec<_> = outcomes
             .iter()
             .filter_map(|o| o.as_ref().ok())
             .map(|i| &i.record)
             .collect();
         self.metrics.issued(&records);
-        Ok(outcomes
+        outcomes
             .into_iter()
-            .map(|o| o.map_err(|InstanceBound(guid)| bound_elsewhere(&guid)))
-            .collect())
+            .map(|o| {
+                o.map_err(|r| match r {
+                    LeafRefused::Bound(guid) => bound_elsewhere(&guid),
+                    LeafRefused::Unbuildable(e) => CaError::from(e),
+                })
+            })
+            .collect()
     }
 
     pub(super) fn issue_one(&self, req: LeafRequest) -> Result<Issued, CaError> {
-        let mut v = self.issue_many(std::slice::from_ref(&req))?;
+        let mut v = self.issue_many(vec![req])?;
+        v.pop()
+            .ok_or_else(|| CaError::Internal("issuance returned nothing".into()))?
+    }
+
+    /// [`Ca::issue_one`] waiting without a thread (for async callers).
+    pub(crate) async fn issue_one_async(&self, req: LeafRequest) -> Result<Issued, CaError> {
+        let mut v = self.issue_many_async(vec![req]).await?;
         v.pop()
             .ok_or_else(|| CaError::Internal("issuance returned nothing".into()))?
     }
@@ -225,23 +259,24 @@ impl Ca {
         names
     }
 
-    /// `POST /v1/instance-certificates`.
-    pub(crate) fn issue_instance(
+    /// `POST /v1/instance-certificates`: validated (and its CSR verified) on the caller's
+    /// thread, then signed and recorded in the issuing thread's next group write.
+    pub(crate) async fn issue_instance_async(
         &self,
         caller: &Role,
         r: &api::InstanceCertificateRequest,
     ) -> Result<Issued, CaError> {
         let leaf = self.instance_leaf(caller, r)?;
-        self.issue_one(leaf)
+        self.issue_one_async(leaf).await
     }
 
-    /// `POST /v1/instance-certificates/batch`: each item validated alone, the valid ones
-    /// signed and recorded together (one durable write).
-    pub(crate) fn issue_instance_batch(
+    /// The first half of `POST /v1/instance-certificates/batch`: each item validated alone
+    /// (CPU work: every CSR is verified), for [`Ca::issue_instance_batch_async`].
+    pub(crate) fn instance_batch_leaves(
         &self,
         caller: &Role,
         items: Vec<Result<api::InstanceCertificateRequest, CaError>>,
-    ) -> Result<Vec<Result<Issued, CaError>>, CaError> {
+    ) -> BatchLeaves {
         let mut leaves = Vec::new();
         let mut slots: Vec<Result<usize, CaError>> = Vec::with_capacity(items.len());
         for item in items {
@@ -253,10 +288,24 @@ impl Ca {
                 Err(e) => slots.push(Err(e)),
             }
         }
+        BatchLeaves { slots, leaves }
+    }
+
+    /// The second half of `POST /v1/instance-certificates/batch`: the valid items signed and
+    /// recorded together (one durable write), answered in the order of the items.
+    pub(crate) async fn issue_instance_batch_async(
+        &self,
+        batch: BatchLeaves,
+    ) -> Result<Vec<Result<Issued, CaError>>, CaError> {
+        let BatchLeaves { slots, leaves } = batch;
         let mut issued: Vec<Option<Result<Issued, CaError>>> = if leaves.is_empty() {
             vec![]
         } else {
-            self.issue_many(&leaves)?.into_iter().map(Some).collect()
+            self.issue_many_async(leaves)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
         };
         Ok(slots
             .into_iter()

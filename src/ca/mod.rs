@@ -2,7 +2,9 @@
 //!
 //! [`Ca`] is the one door to the authority (keys, generations) and the store (records): its
 //! fields are private and callers use its methods. Everything here is synchronous (signing
-//! and fsync are blocking work) and returns [`CaError`], which the HTTP layer maps to a status
+//! and fsync are blocking work) except the `_async` issuance methods, which hand the signing
+//! and the durable write to the issuing thread and wait for it without blocking; all return
+//! [`CaError`], which the HTTP layer maps to a status
 //! in one place. API views are not built here: the types below are handed out as they are and
 //! the caller decides what the wire shows.
 //!
@@ -46,7 +48,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::authority::{follow_store, Authority, AuthorityOptions};
+use crate::authority::{follow_store, Authority, AuthorityOptions, GroupCommitter};
 use crate::config::Config;
 use crate::ids::IdError;
 use crate::keys::Kek;
@@ -63,7 +65,11 @@ pub(crate) struct Ca {
     config: Config,
     /// Durable state.
     store: Arc<dyn Store>,
-    /// Signing keys and generations (shared with the thread that follows other replicas).
+    /// Signs and records leaves in group writes (see `authority/committer.rs`); before
+    /// `authority`, so its thread stops first.
+    issuer: GroupCommitter,
+    /// Signing keys and generations (shared with the thread that follows other replicas and
+    /// the issuing thread).
     authority: Arc<Authority>,
     /// Counters for `/metrics`.
     metrics: Metrics,
@@ -118,6 +124,12 @@ fn open_authority(
     follow_store(&authority)
         .map_err(|e| StartError::Runtime(format!("starting the store follower: {e}")))?;
     Ok(authority)
+}
+
+/// Starts the issuing thread, its queue as deep as the blocking pool's.
+fn start_issuer(authority: &Arc<Authority>, config: &Config) -> Result<GroupCommitter, StartError> {
+    GroupCommitter::start(authority, config.listen.blocking_queue_depth)
+        .map_err(|e| StartError::Runtime(format!("starting the issuing thread: {e}")))
 }
 
 /// What `init` did, for its report.
@@ -185,6 +197,7 @@ impl Ca {
         let ca = Ca {
             config: config.clone(),
             store,
+            issuer: start_issuer(&authority, config)?,
             authority,
             metrics: Default::default(),
         };
@@ -255,6 +268,7 @@ impl Ca {
             Ca {
                 config: config.clone(),
                 store,
+                issuer: start_issuer(&authority, config)?,
                 authority,
                 metrics: Default::default(),
             },

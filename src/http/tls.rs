@@ -196,6 +196,9 @@ impl Caller {
     /// retirement) or its revocation, so every request re-checks expiry and revocation, and
     /// re-verifies the chain when the bundle changed since the handshake.
     pub(crate) fn current_identity(&self, ca: &Ca) -> PeerIdentity {
+        if let Some(known) = self.identity_in_memory(ca) {
+            return known;
+        }
         match &self.identity {
             PeerIdentity::Verified {
                 serial,
@@ -227,6 +230,42 @@ impl Caller {
                 identify(ca, &self.certs)
             }
             other => other.clone(),
+        }
+    }
+}
+
+impl Caller {
+    /// [`Caller::current_identity`] when memory alone answers it (the usual case: the bundle
+    /// did not change since the handshake and the revoked set in memory is current), so a
+    /// request needs no hand-off to a blocking thread; `None` when the answer needs a store
+    /// read or a chain verification.
+    pub(crate) fn identity_in_memory(&self, ca: &Ca) -> Option<PeerIdentity> {
+        match &self.identity {
+            PeerIdentity::Verified {
+                serial,
+                not_after,
+                bundle_sequence,
+                ..
+            } => {
+                if std::time::SystemTime::now() >= *not_after {
+                    return Some(PeerIdentity::Untrusted(
+                        "client certificate has expired".into(),
+                    ));
+                }
+                if *bundle_sequence != ca.bundle().sequence {
+                    return None;
+                }
+                if let Some(s) = serial {
+                    if ca.is_revoked_in_memory(s)? {
+                        return Some(PeerIdentity::Untrusted(format!(
+                            "client certificate {s} is revoked"
+                        )));
+                    }
+                }
+                Some(self.identity.clone())
+            }
+            PeerIdentity::Unavailable(..) => None,
+            other => Some(other.clone()),
         }
     }
 }

@@ -82,6 +82,8 @@ macro_rules! store_conformance_tests {
             the_first_cell_to_get_an_instance_owns_it,
             a_binding_is_released_by_its_owner_or_by_an_operator,
             of_concurrent_first_issuances_for_one_instance_exactly_one_owner_wins,
+            a_group_write_records_every_callers_items_but_the_refused_one,
+            a_failed_group_write_records_nothing_of_any_item,
             audit_entries_are_written_with_their_change_and_chain,
             of_concurrent_appends_the_audit_chain_stays_gapless,
             the_init_lock_has_one_holder_at_a_time,
@@ -840,6 +842,109 @@ pub(crate) fn of_concurrent_first_issuances_for_one_instance_exactly_one_owner_w
             absent(&s, &r.serial, "a refused concurrent issuance")?;
         }
     }
+    Ok(())
+}
+
+/// A group write (the issuing thread's: the items of several callers in one
+/// `insert_signed`) writes every item with its audit entry and its binding, except the one
+/// refused for an instance bound elsewhere, whose refusal does not fail the others; the audit
+/// entries of the written items are appended in item order; all of it is there after a
+/// reopen.
+pub(crate) fn a_group_write_records_every_callers_items_but_the_refused_one<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
+    let earlier = owned("c1", "b1", 1, FAR)?;
+    s.insert_signed(AuthorityId(1), std::slice::from_ref(&earlier), &[])?;
+    // Cell 1's two instances, cell 2's instance, a credential, and cell 3 asking for cell 1's
+    // instance (refused), from five callers.
+    let group = [
+        owned("c2", "b1", 1, FAR)?,
+        owned("c3", "b2", 2, FAR)?,
+        owned("c1", "b1", 3, FAR)?,
+        credential("cell-9", 1, 10, FAR)?,
+        owned("c4", "b1", 1, FAR)?,
+    ];
+    let events: Vec<AuditEvent> = (0..group.len())
+        .map(|i| event(&format!("item-{i}")))
+        .collect();
+    let refused = s.insert_signed(AuthorityId(1), &group, &events)?;
+    promise!(
+        refused == vec![2],
+        "only the item for an instance bound elsewhere is refused, got {refused:?}"
+    );
+    let check = |s: &H::Store| -> Result<(), Violation> {
+        for (i, r) in group.iter().enumerate() {
+            if i == 2 {
+                absent(s, &r.serial, "the refused item")?;
+            } else {
+                stored_as(s, r)?;
+            }
+        }
+        let now = SystemTime::now();
+        for (inst, cell) in [("c1", 1), ("c2", 1), ("c3", 2), ("c4", 1)] {
+            let b = s.get_binding(&guid(inst)?, now)?;
+            promise!(
+                b.as_ref().map(|b| b.owner.clone()) == Some(cell_id(cell)),
+                "instance {inst} is bound to cell {cell}, got {b:?}"
+            );
+        }
+        let got = whole_chain(s)?;
+        promise!(
+            got == ["item-0", "item-1", "item-3", "item-4"],
+            "the written items' entries, in item order, got {got:?}"
+        );
+        Ok(())
+    };
+    check(&s)?;
+    let s = h.reopen(s)?;
+    check(&s)
+}
+
+/// A group write that fails (one item's serial is already recorded) writes nothing of any
+/// item: no record, no binding, no audit entry; so no caller of the group may be answered.
+pub(crate) fn a_failed_group_write_records_nothing_of_any_item<H: Harness>(
+    h: &mut H,
+) -> Result<(), Violation> {
+    let s = h.open_fresh()?;
+    s.save_authorities(&[authority(1, GenerationState::Active)], 1, &[])?;
+    let taken = credential("cell-1", 1, 10, FAR)?;
+    s.insert_signed(
+        AuthorityId(1),
+        std::slice::from_ref(&taken),
+        &[event("taken")],
+    )?;
+    let mut clash = credential("cell-2", 1, 10, FAR)?;
+    clash.serial = taken.serial;
+    let group = [
+        owned("d1", "b1", 1, FAR)?,
+        clash,
+        owned("d2", "b1", 2, FAR)?,
+    ];
+    let events: Vec<AuditEvent> = (0..group.len())
+        .map(|i| event(&format!("item-{i}")))
+        .collect();
+    let r = s.insert_signed(AuthorityId(1), &group, &events);
+    promise!(
+        matches!(r, Err(StoreError::SerialExists(_))),
+        "a taken serial fails the group write, got {r:?}"
+    );
+    for r in [&group[0], &group[2]] {
+        absent(&s, &r.serial, "an item of the failed group")?;
+    }
+    let now = SystemTime::now();
+    for inst in ["d1", "d2"] {
+        promise!(
+            s.get_binding(&guid(inst)?, now)?.is_none(),
+            "no instance of the failed group is bound ({inst})"
+        );
+    }
+    let got = whole_chain(&s)?;
+    promise!(
+        got == ["taken"],
+        "no entry of the failed group, got {got:?}"
+    );
     Ok(())
 }
 

@@ -24,11 +24,17 @@ impl FromRequestParts<S> for Authenticated {
             )
             .into());
         };
-        // Off the async runtime, on the bounded pool: the revocation lookup is a store call,
-        // which may wait up to the store's call limit while the database is unreachable, and a
-        // changed bundle re-verifies the chain.
-        let ca = st.ca.clone();
-        let identity = st.pool.run(move || caller.current_identity(&ca)).await?;
+        // From memory when it can be (no hand-off to another thread); otherwise off the
+        // async runtime, on the bounded pool: the revocation lookup is a store call, which may
+        // wait up to the store's call limit while the database is unreachable, and a changed
+        // bundle re-verifies the chain.
+        let identity = match caller.identity_in_memory(&st.ca) {
+            Some(known) => known,
+            None => {
+                let ca = st.ca.clone();
+                st.pool.run(move || caller.current_identity(&ca)).await?
+            }
+        };
         match identity {
             PeerIdentity::Verified { role, .. } => Ok(Authenticated(role)),
             PeerIdentity::Untrusted(why) => Err(CaError::Unauthenticated(why).into()),

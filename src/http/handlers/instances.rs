@@ -39,8 +39,9 @@ pub(super) async fn instance_certificate(
     CellCaller(role): CellCaller,
     ApiJson(req): ApiJson<api::InstanceCertificateRequest>,
 ) -> Result<Response, ApiError> {
-    let ca = st.ca.clone();
-    let issued = blocking(&st, move || ca.issue_instance(&role, &req)).await?;
+    // Validation and the CSR check are short CPU work, done here; the signing and the
+    // durable write go to the issuing thread, waited for without holding a thread.
+    let issued = st.ca.issue_instance_async(&role, &req).await?;
     Ok(created(&issued))
 }
 
@@ -94,8 +95,11 @@ pub(super) async fn instance_batch(
             })
         })
         .collect();
+    // Up to 1000 CSR checks: on the bounded pool; then one group write, waited for without
+    // holding a thread.
     let ca = st.ca.clone();
-    let results = blocking(&st, move || ca.issue_instance_batch(&role, items)).await?;
+    let leaves = blocking(&st, move || Ok(ca.instance_batch_leaves(&role, items))).await?;
+    let results = st.ca.issue_instance_batch_async(leaves).await?;
     let metrics = st.ca.metrics();
     Ok(Json(api::BatchResponse {
         results: results

@@ -89,6 +89,10 @@ pub(super) async fn trust_bundle(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
+    // The header values share the connection's read buffer: dropped before a poll is held,
+    // so the buffer is reused for the connection's next read instead of a new one being
+    // allocated beside it (8 KB per held poll).
+    drop(headers);
     let mut rx = st.ca.subscribe_bundle();
     let mut bundle = rx.borrow_and_update().clone();
     if let Some(n) = known {
