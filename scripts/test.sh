@@ -141,3 +141,7 @@ fi
 cargo build --all-targets
 cargo test --all-targets -- --test-threads="${LANYARD_TEST_THREADS:-4}"
 cargo test --doc
+
+# The cargo-fuzz targets (fuzz/), briefly: a quick build (no optimizations, no sanitizer) and a
+# few seconds each; scripts/fuzz.sh with no FUZZ_QUICK runs longer. A crash fails the suite.
+FUZZ_QUICK=1 bash scripts/fuzz.sh "${LANYARD_FUZZ_SECONDS:-5}"
