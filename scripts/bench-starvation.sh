@@ -5,14 +5,14 @@
 # the authorities. Prints one line per step and the largest flood under which both were
 # served.
 #
-#   scripts/bench-starvation.sh            (BENCH_STEPS=1000,4000,8300,12000 by default)
+#   scripts/bench-starvation.sh            (BENCH_STEPS=1000,4000,8300,9400 by default)
 #
 # Needs curl, openssl and python3. Not a test: scripts/test.sh does not run it
 # (tests/starvation.rs asserts the same property with a small budget).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STEPS=${BENCH_STEPS:-1000,4000,8300,12000}
+STEPS=${BENCH_STEPS:-1000,4000,8300,9400}
 last=${STEPS##*,}
 need=$((last * 2 + 1024))
 hard=$(ulimit -Hn)

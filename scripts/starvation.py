@@ -78,7 +78,7 @@ async def main():
     ap.add_argument("--cell-key", required=True)
     ap.add_argument("--csr", required=True, help="a CSR (PEM) for the cell's issuance")
     ap.add_argument("--operator-dir", required=True)
-    ap.add_argument("--steps", default="1000,4000,8300,12000")
+    ap.add_argument("--steps", default="1000,4000,8300,9400")
     ap.add_argument("--per-address", type=int, default=200)
     a = ap.parse_args()
 
