@@ -1,4 +1,4 @@
-# Helpers shared by scripts/bench.sh and scripts/bench-replicas.sh (sourced, not run).
+# Helpers shared by scripts/bench.sh, bench-replicas.sh and bench-starvation.sh (sourced, not run).
 
 # Waits for a process's "listening on URL" line in FILE; prints the URL.
 listening() {

@@ -11,6 +11,7 @@
 # (tests/starvation.rs asserts the same property with a small budget).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 STEPS=${BENCH_STEPS:-1000,4000,8300,9400}
 last=${STEPS##*,}
@@ -54,14 +55,7 @@ backend = "sled"
 CONF
 "$BIN" serve --config "$WORK/lanyard.toml" > "$WORK/serve.out" 2> "$WORK/serve.err" &
 SERVER_PID=$!
-URL=""
-for _ in $(seq 600); do
-  URL=$(grep -m1 '^listening on ' "$WORK/serve.out" 2>/dev/null | cut -d' ' -f3 || true)
-  [ -n "$URL" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.err" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$URL" ] || { echo "bench-starvation: the server did not start" >&2; exit 1; }
+URL=$(listening "$WORK/serve.out" "$SERVER_PID")
 OP="$WORK/ca/credentials/operator"
 for _ in $(seq 100); do [ -s "$OP/cert.pem" ] && break; sleep 0.1; done
 
