@@ -192,6 +192,16 @@ impl CredentialFiles {
             bundle_pem,
         })
     }
+
+    /// A TLS configuration trusting the bundle and presenting the certificate and key when
+    /// both are there.
+    pub fn tls_config(&self) -> Result<rustls::ClientConfig, ClientError> {
+        let identity = match (&self.chain_pem, &self.key_pem) {
+            (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
+            _ => None,
+        };
+        tls_config(self.bundle_pem.as_bytes(), identity)
+    }
 }
 
 /// The ordered CA URLs a client tries, and which one answered last. Shared by the clones of
@@ -385,12 +395,7 @@ impl ApiClient {
         servers: &[S],
         dir: &Path,
     ) -> Result<Self, ClientError> {
-        let f = CredentialFiles::read(dir)?;
-        let identity = match (&f.chain_pem, &f.key_pem) {
-            (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
-            _ => None,
-        };
-        Self::new_failover(servers, tls_config(f.bundle_pem.as_bytes(), identity)?)
+        Self::new_failover(servers, CredentialFiles::read(dir)?.tls_config()?)
     }
 
     /// Every CA URL, in order.

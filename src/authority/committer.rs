@@ -303,9 +303,21 @@ mod tests {
         store
             .save_authorities(&gens.records, gens.bundle_sequence, &[])
             .unwrap();
-        let c = GroupCommitter::start(&a, 8).unwrap();
-        let out = c.issue_blocking(vec![request(Duration::from_secs(600)); 3]);
-        assert!(matches!(out, Err(CommitError::Failed(_))), "{out:?}");
+        let c = Arc::new(GroupCommitter::start(&a, 8).unwrap());
+        // Several callers at once (whichever groups they land in), one of them with several
+        // requests: each is told the write failed, none is answered a certificate.
+        let callers: Vec<_> = (1..=3)
+            .map(|n| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    c.issue_blocking(vec![request(Duration::from_secs(600)); n])
+                })
+            })
+            .collect();
+        for caller in callers {
+            let out = caller.join().unwrap();
+            assert!(matches!(out, Err(CommitError::Failed(_))), "{out:?}");
+        }
     }
 
     #[tokio::test]

@@ -243,12 +243,18 @@ impl Ca {
     /// Names only the CA itself may carry: `localhost`, its `listen.server_names`, the trust
     /// domain, and the server's component name.
     pub(super) fn is_reserved_name(&self, n: &str) -> bool {
-        n.ends_with(RESERVED_SUFFIX) || self.reserved_names().iter().any(|r| r == n)
+        // Compared in place (no list built): this runs for every route of every request.
+        n.ends_with(RESERVED_SUFFIX)
+            || n == "localhost"
+            || n == self.config.trust_domain
+            || n == SERVER_NAME
+            || self.config.listen.server_names.iter().any(|r| r == n)
     }
 
     /// The names no component or app route may take, besides those ending in
     /// [`RESERVED_SUFFIX`]: `localhost`, the trust domain, the server certificate's name and
-    /// every `listen.server_names` entry (the CA's own).
+    /// every `listen.server_names` entry (the CA's own). The same set as
+    /// [`Ca::is_reserved_name`] checks, listed for the OpenAPI document.
     pub(crate) fn reserved_names(&self) -> Vec<String> {
         let mut names = vec![
             "localhost".to_string(),

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 
-use crate::client::{tls_config, ApiClient, ClientError, CredentialFiles};
+use crate::client::{ApiClient, ClientError, CredentialFiles};
 use crate::credential_dir::{BUNDLE_FILE, CERT_FILE, KEY_FILE};
 use crate::timefmt::rfc3339;
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
@@ -83,8 +83,9 @@ impl Upstream {
     /// credential in `dir`.
     pub(crate) fn new(servers: &[String], dir: &Path) -> Result<Self, ClientError> {
         let stamp = stamp(dir);
+        // One read of the files for both, so the identity shown is the one the client presents.
         let files = CredentialFiles::read(dir)?;
-        let client = ApiClient::failover_from_credential_dir(servers, dir)?;
+        let client = ApiClient::new_failover(servers, files.tls_config()?)?;
         Ok(Upstream {
             dir: dir.to_path_buf(),
             loaded: Mutex::new(Loaded {
@@ -109,14 +110,10 @@ impl Upstream {
         if now != loaded.stamp {
             loaded.stamp = now;
             let rebuilt = CredentialFiles::read(&self.dir).and_then(|files| {
-                let tls = tls_config(
-                    files.bundle_pem.as_bytes(),
-                    match (&files.chain_pem, &files.key_pem) {
-                        (Some(c), Some(k)) => Some((c.as_str(), k.as_str())),
-                        _ => None,
-                    },
-                )?;
-                Ok((loaded.client.with_tls(tls)?, identity(&files)))
+                Ok((
+                    loaded.client.with_tls(files.tls_config()?)?,
+                    identity(&files),
+                ))
             });
             match rebuilt {
                 Ok((client, identity)) => {

@@ -3,10 +3,7 @@
 //! This is the only module that touches sled.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-#[cfg(test)]
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -126,6 +123,22 @@ fn app_key(r: &CertificateRecord) -> Option<Vec<u8>> {
         .map(|g| [guid_prefix(g), time_key(r.not_before, &r.serial)].concat())
 }
 
+/// How long [`SledStore::open`] waits for a file lock that is being released.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether sled failed to open because another handle still holds the state's file lock.
+/// sled reports it only as an `Other` I/O error with this text.
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// A record's key in the revocation index: its generation, then its serial.
+fn revoked_key(r: &CertificateRecord) -> Vec<u8> {
+    let mut k = r.authority_id.0.to_be_bytes().to_vec();
+    k.extend_from_slice(r.serial.as_bytes());
+    k
+}
+
 /// A record's key in the expiry index.
 fn expiry_key(r: &CertificateRecord) -> Vec<u8> {
     time_key(r.not_after, &r.serial)
@@ -142,21 +155,33 @@ impl SledStore {
     /// Opens (or creates) the store under `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
-                let text = e.to_string();
-                if text.contains("could not acquire lock") {
-                    StoreError::Backend(format!(
+            .mode(sled::Mode::HighThroughput);
+        // sled releases its file lock from a background thread after the last handle is
+        // dropped, and the kernel after a process exits: a lock still held is waited for a
+        // moment before it is reported as another process using the state.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) if is_lock_held(&e) => {
+                    return Err(StoreError::Backend(format!(
                         "the state in {} is in use by another lanyard process (is `lanyard serve` running?)",
                         dir.display()
-                    ))
-                } else {
-                    StoreError::Backend(format!("cannot open {}: {text}", dir.display()))
+                    )))
                 }
-            })?;
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot open {}: {e}",
+                        dir.display()
+                    )))
+                }
+            }
+        };
         Self::from_db(db)
     }
 
@@ -430,8 +455,7 @@ impl Store for SledStore {
 
     fn update_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError> {
         let value = encode(record)?;
-        let mut revoked_key = record.authority_id.0.to_be_bytes().to_vec();
-        revoked_key.extend_from_slice(record.serial.as_bytes());
+        let revoked_key = revoked_key(record);
         // The record and the revocation index change together, and only for a recorded
         // serial: an update must never create a record that the indexes do not know.
         let result = (&self.certs, &self.revoked).transaction(|(certs, revoked)| {
@@ -481,8 +505,7 @@ impl Store for SledStore {
             record.revoked_at = Some(at);
             record.revocation_reason = reason.map(str::to_string);
             let value = encode(&record).map_err(ConflictableTransactionError::Abort)?;
-            let mut revoked_key = record.authority_id.0.to_be_bytes().to_vec();
-            revoked_key.extend_from_slice(record.serial.as_bytes());
+            let revoked_key = revoked_key(&record);
             certs.insert(&serial.as_bytes()[..], value.as_slice())?;
             revoked.insert(revoked_key.as_slice(), &nanos(at).to_be_bytes()[..])?;
             append_in(log, head, audit)?;
@@ -836,9 +859,7 @@ impl Store for SledStore {
                     }
                     by_time.remove(time_key(r.not_before, &r.serial))?;
                     by_expiry.remove(expiry_key(&r))?;
-                    let mut rk = r.authority_id.0.to_be_bytes().to_vec();
-                    rk.extend_from_slice(serial.as_bytes());
-                    revoked.remove(rk)?;
+                    revoked.remove(revoked_key(&r))?;
                     deleted += 1;
                 }
                 if deleted > 0 {
