@@ -37,18 +37,32 @@ fn version_name() -> String {
 /// Writes a new version of the set and switches to it atomically. Returns the previous
 /// version directory; the caller removes it once readers are done with it.
 pub(crate) fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Option<PathBuf>> {
+    let new_dir = !dir.exists();
     std::fs::create_dir_all(dir)?;
     let version = version_name();
     let vdir = dir.join(&version);
     std::fs::create_dir(&vdir)?;
+    // Every directory holding a new file is synced, not only the version directory: a file in
+    // a subdirectory (`system-certs/`) is durable only once that subdirectory's entry is.
+    let mut dirs = vec![vdir.clone()];
     for (name, data, mode) in files {
         let path = vdir.join(name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
+            // The parent and every directory between it and the version directory.
+            for d in parent.ancestors().take_while(|d| *d != vdir) {
+                if !dirs.iter().any(|known| known == d) {
+                    dirs.push(d.to_path_buf());
+                }
+            }
         }
         crate::fsutil::write_new_file(&path, data, *mode)?;
     }
-    std::fs::File::open(&vdir)?.sync_all()?;
+    // Deepest first, so each directory is synced after the entries inside it.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in &dirs {
+        std::fs::File::open(d)?.sync_all()?;
+    }
 
     let data = dir.join(DATA_LINK);
     let old = std::fs::read_link(&data).ok().map(|t| dir.join(t));
@@ -73,6 +87,10 @@ pub(crate) fn write_set(dir: &Path, files: &[SetFile<'_>]) -> std::io::Result<Op
         }
     }
     std::fs::File::open(dir)?.sync_all()?;
+    if new_dir {
+        // A first set: the set's directory itself must be in its parent durably too.
+        crate::fsutil::sync_parent(dir)?;
+    }
     Ok(old.filter(|o| o != &vdir))
 }
 

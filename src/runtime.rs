@@ -1,7 +1,30 @@
-//! What every long-running command (`serve`, `agent`) shares: the stop signals and the line
-//! that tells a supervisor (or a test) where the server listens.
+//! What every long-running command (`serve`, `agent`, `console`) shares: the listening
+//! socket, the stop signals and the line that tells a supervisor (or a test) where the server
+//! listens.
 
 use std::io::Write;
+
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`).
+///
+/// Not the standard library's 128: when a cell restarts, its executor PUTs every instance
+/// to the agent at once, and after a CA restart every agent reconnects at once. Past a full
+/// queue the kernel drops the handshakes, and each dropped client waits a whole second
+/// before it tries again (measured: 250 PUTs at once to an agent took over a second where
+/// they take about 400 ms).
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as the
+/// standard library's bind sets it, so a restarted server can bind at once).
+pub(crate) fn listen_tcp(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Completes on SIGINT or SIGTERM.
 pub(crate) async fn shutdown_signal() {

@@ -108,6 +108,22 @@ fn version_names_the_git_revision_and_completions_come_for_three_shells() {
 }
 
 #[test]
+fn a_reader_that_stops_reading_ends_the_command_quietly_not_with_a_panic() {
+    // `lanyard ... | head`: the pipe's reader is gone before the command writes.
+    let mut child = Command::new(BIN)
+        .args(["bench", "--mode", "floor", "--requests", "200"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
 fn the_systemd_units_pass_systemd_analyze_verify_when_systemd_is_there() {
     let units = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/systemd");
     let dir = tempfile::tempdir().unwrap();

@@ -213,8 +213,7 @@ pub(crate) async fn serve(
     let app = router(agent);
     match listen {
         Listen::Tcp(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
+            let l = crate::runtime::listen_tcp(addr)
                 .map_err(|e| AgentError::Runtime(format!("cannot listen on {addr}: {e}")))?;
             let local = l
                 .local_addr()

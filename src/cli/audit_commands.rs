@@ -1,5 +1,6 @@
 //! `lanyard audit tail` and `lanyard audit verify`: reading the CA's audit log over the API.
 
+use super::output::outln;
 use std::time::Duration;
 
 use super::args::AuditCommand;
@@ -38,12 +39,12 @@ async fn tail(client: &ApiClient, lines: u64, json: bool, follow: bool) -> Resul
         let p = page(client, after, MAX_AUDIT_PAGE).await?;
         for e in &p.entries {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string(e).map_err(|e| Failure::runtime(e.to_string()))?
                 );
             } else {
-                println!("{}", readable(e));
+                outln!("{}", readable(e));
             }
         }
         let more = p.entries.len() == MAX_AUDIT_PAGE;

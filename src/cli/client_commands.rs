@@ -1,6 +1,7 @@
 //! Commands that talk to a running CA: tokens, authorities, component certificates,
 //! operator credentials, the trust bundle, revocation and the load generator.
 
+use super::output::{out, outln};
 use std::path::{Path, PathBuf};
 
 use super::args::{
@@ -184,7 +185,7 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                     None,
                 )
                 .await?;
-            println!("{}", r.token);
+            outln!("{}", r.token);
             eprintln!(
                 "lanyard: join token for cell {name} expires at {}",
                 r.expires_at
@@ -211,7 +212,7 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
             let bundle = fetch_bundle_pem(&client).await?;
             write_credential_dir(out, &r.certificate_chain, &key_pem, &bundle)
                 .map_err(|e| Failure::runtime(format!("writing {}: {e}", out.display())))?;
-            println!("{}", out.display());
+            outln!("{}", out.display());
             eprintln!(
                 "lanyard: component {name}: serial {} valid until {}",
                 r.serial, r.not_after
@@ -274,14 +275,12 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
                     Ok(Some((seq, body))) => {
                         if *watch && !json {
                             // PEM ignores text between blocks; this tells versions apart.
-                            println!("# trust bundle sequence {seq}");
+                            outln!("# trust bundle sequence {seq}");
                         }
-                        print!("{body}");
+                        out!("{body}");
                         if json {
-                            println!();
+                            outln!();
                         }
-                        use std::io::Write;
-                        let _ = std::io::stdout().flush();
                         known = Some(seq);
                         if *watch {
                             // Follow the CA through rotations: trust what it just published.
@@ -336,7 +335,7 @@ pub(super) async fn client_command(cli: &Cli) -> Result<(), Failure> {
             if *json {
                 print_json(&r)?;
             } else {
-                println!("{}", revoked_line(&r));
+                outln!("{}", revoked_line(&r));
             }
         }
         Command::Audit(cmd) => super::audit_commands::audit(&client, cmd).await?,
@@ -426,7 +425,7 @@ async fn authority(client: &ApiClient, cmd: &AuthorityCommand) -> Result<(), Fai
             if *json {
                 return print_json(&r);
             }
-            print!("{}", authority_table(&r));
+            out!("{}", authority_table(&r));
         }
         AuthorityCommand::Prepare { json } => {
             let r: api::AuthorityView = client
@@ -497,9 +496,9 @@ pub(super) fn print_bench(
     cli: &Cli,
 ) -> Result<(), Failure> {
     if matches!(cli.command, Command::Bench { json: true, .. }) {
-        println!("{v}");
+        outln!("{v}");
     } else {
-        print!("{}", crate::bench::render(o, v));
+        out!("{}", crate::bench::render(o, v));
     }
     Ok(())
 }

@@ -7,9 +7,53 @@ use crate::api;
 use crate::timefmt::rfc3339;
 use crate::x509::inspect::{parse_pem_certs, CertInfo};
 
+/// Writes command output to stdout. When its reader is gone (`lanyard ... | head`), the
+/// command ends quietly with status 0, as other Unix tools do, instead of `println!`'s panic:
+/// nobody is left to read the rest.
+pub(super) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("lanyard: error: cannot write the output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// `println!` for command output, through [`write_stdout`].
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` for command output, through [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!($($arg)*), false)
+    };
+}
+pub(super) use {out, outln};
+
 /// Prints `v` as pretty JSON on stdout.
 pub(super) fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).map_err(Failure::runtime)?
     );
@@ -25,7 +69,7 @@ pub(super) fn show_authority(
     if json {
         return print_json(a);
     }
-    println!("authority {} {what}: state {}", a.id, a.state);
+    outln!("authority {} {what}: state {}", a.id, a.state);
     Ok(())
 }
 
@@ -134,24 +178,24 @@ pub(super) fn inspect(file: &Path, json: bool) -> Result<(), Failure> {
     }
     let dash = |o: Option<&str>| o.unwrap_or("-").to_string();
     let instance = info.ou_value("app").and(info.common_name.as_deref());
-    println!("instance:   {}", dash(instance));
-    println!("app:        {}", dash(info.ou_value("app")));
-    println!("space:      {}", dash(info.ou_value("space")));
-    println!("org:        {}", dash(info.ou_value("organization")));
-    println!("spiffe id:  {}", dash(info.spiffe_id()));
-    println!("subject:    {}", info.subject);
-    println!("issuer:     {}", info.issuer);
-    println!("serial:     {}", info.serial);
-    println!("not before: {}", rfc3339(info.not_before));
-    println!("not after:  {}", rfc3339(info.not_after));
+    outln!("instance:   {}", dash(instance));
+    outln!("app:        {}", dash(info.ou_value("app")));
+    outln!("space:      {}", dash(info.ou_value("space")));
+    outln!("org:        {}", dash(info.ou_value("organization")));
+    outln!("spiffe id:  {}", dash(info.spiffe_id()));
+    outln!("subject:    {}", info.subject);
+    outln!("issuer:     {}", info.issuer);
+    outln!("serial:     {}", info.serial);
+    outln!("not before: {}", rfc3339(info.not_before));
+    outln!("not after:  {}", rfc3339(info.not_after));
     if !info.dns_names.is_empty() {
-        println!("dns:        {}", info.dns_names.join(", "));
+        outln!("dns:        {}", info.dns_names.join(", "));
     }
     if !info.ip_addresses.is_empty() {
         let ips: Vec<String> = info.ip_addresses.iter().map(|i| i.to_string()).collect();
-        println!("ip:         {}", ips.join(", "));
+        outln!("ip:         {}", ips.join(", "));
     }
-    println!("ca:         {}", info.is_ca);
+    outln!("ca:         {}", info.is_ca);
     Ok(())
 }
 

@@ -57,8 +57,7 @@ pub(super) async fn serve(cli: &Cli) -> Result<(), Failure> {
         }
         tracing::info!(operator_credential = %r.operator_credential.display(), "initialized");
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = crate::runtime::listen_tcp(addr)
         .map_err(|e| Failure::runtime(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(Failure::runtime)?;
     tracing::info!(address = %local, trust_domain = %ca.config().trust_domain, "lanyard serving on https://{local}");

@@ -80,8 +80,7 @@ pub(crate) async fn run(o: ConsoleOptions) -> Result<(), ConsoleError> {
         )),
         other => ConsoleError::Usage(other.to_string()),
     })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = crate::runtime::listen_tcp(addr)
         .map_err(|e| ConsoleError::Runtime(format!("cannot listen on {addr}: {e}")))?;
     let bound = listener
         .local_addr()
