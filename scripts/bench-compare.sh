@@ -41,33 +41,14 @@ printf '%-6s %-28s | %-40s | %-40s | %s\n' round build "single requests" "batche
 for round in $(seq "$ROUNDS"); do
   for BIN in "$@"; do
     WORK=$(mktemp -d /tmp/lanyard-compare.XXXXXX)
-    cat > "$WORK/lanyard.toml" <<CONF
-trust_domain = "lanyard.internal"
-state_dir = "$WORK/ca"
-auto_init = true
-[listen]
-address = "127.0.0.1:0"
-[keys]
-kek_file = "$WORK/ca/kek"
-[rotation]
-automatic = false
-propagation_delay = "10m"
-[storage]
-backend = "sled"
-CONF
-    "$BIN" serve --config "$WORK/lanyard.toml" > "$WORK/serve.out" 2> "$WORK/serve.err" &
-    PID=$!
-    PIDS=("$PID")
-    URL=$(listening "$WORK/serve.out" "$PID")
-    OP="$WORK/ca/credentials/operator"
-    for _ in $(seq 100); do [ -s "$OP/cert.pem" ] && break; sleep 0.1; done
-    run() { "$BIN" bench --server "$URL" --credential "$OP" --concurrency 16 --server-pid "$PID" --json "$@"; }
+    start_sled_ca "$WORK"
+    run() { "$BIN" bench --server "$URL" --credential "$OP" --concurrency 16 --server-pid "$SERVER_PID" --json "$@"; }
     run --requests 1000 > /dev/null
     single=$(run --requests "$SINGLE" | summary)
     batch=$(run --requests "$BATCH" --batch-size 50 | summary)
-    printf '%-6s %-28s | %-40s | %-40s | %s MB\n' "$round" "$(basename "$BIN")" "$single" "$batch" $(($(rss "$PID") / 1048576))
-    kill "$PID"
-    wait "$PID" 2>/dev/null || true
+    printf '%-6s %-28s | %-40s | %-40s | %s MB\n' "$round" "$(basename "$BIN")" "$single" "$batch" $(($(rss "$SERVER_PID") / 1048576))
+    kill "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
     PIDS=()
     rm -rf "$WORK"
     WORK=

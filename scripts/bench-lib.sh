@@ -14,6 +14,33 @@ listening() {
   echo "bench: nothing listening after 60 s ($file)" >&2
   exit 1
 }
+# Starts `$BIN serve` on sled with throwaway state in DIR (a free port, no rotation schedule:
+# the benches step it) and waits for its operator credential. Sets SERVER_PID, URL and OP
+# (the operator credential directory), and adds the server to PIDS (the processes the caller
+# stops on exit).
+start_sled_ca() {
+  local dir=$1
+  cat > "$dir/lanyard.toml" <<CONF
+trust_domain = "lanyard.internal"
+state_dir = "$dir/ca"
+auto_init = true
+[listen]
+address = "127.0.0.1:0"
+[keys]
+kek_file = "$dir/ca/kek"
+[rotation]
+automatic = false
+propagation_delay = "10m"
+[storage]
+backend = "sled"
+CONF
+  "$BIN" serve --config "$dir/lanyard.toml" > "$dir/serve.out" 2> "$dir/serve.err" &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  URL=$(listening "$dir/serve.out" "$SERVER_PID")
+  OP="$dir/ca/credentials/operator"
+  for _ in $(seq 100); do [ -s "$OP/cert.pem" ] && break; sleep 0.1; done
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
 # utime and stime (clock ticks) of a process, to split its CPU into user and kernel time.

@@ -39,25 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$WORK/lanyard.toml" <<CONF
-trust_domain = "lanyard.internal"
-state_dir = "$WORK/ca"
-auto_init = true
-[listen]
-address = "127.0.0.1:0"
-[keys]
-kek_file = "$WORK/ca/kek"
-[rotation]
-automatic = false
-propagation_delay = "10m"
-[storage]
-backend = "sled"
-CONF
-"$BIN" serve --config "$WORK/lanyard.toml" > "$WORK/serve.out" 2> "$WORK/serve.err" &
-SERVER_PID=$!
-URL=$(listening "$WORK/serve.out" "$SERVER_PID")
-OP="$WORK/ca/credentials/operator"
-for _ in $(seq 100); do [ -s "$OP/cert.pem" ] && break; sleep 0.1; done
+start_sled_ca "$WORK"
 
 # A cell: a join token, a key made here, the join.
 TOKEN=$("$BIN" token create --server "$URL" --credential "$OP" --role cell --name starve-cell --ttl 10m 2>/dev/null)

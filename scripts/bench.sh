@@ -56,26 +56,7 @@ echo "bench: crypto floor" >&2
 "$BIN" bench --mode floor --requests "$FLOOR_N" --json > "$WORK/floor1.json"
 
 # Lanyard: sled, throwaway state, a free port, no rotation schedule (the bench steps it).
-cat > "$WORK/lanyard.toml" <<CONF
-trust_domain = "lanyard.internal"
-state_dir = "$WORK/ca"
-auto_init = true
-[listen]
-address = "127.0.0.1:0"
-[keys]
-kek_file = "$WORK/ca/kek"
-[rotation]
-automatic = false
-propagation_delay = "10m"
-[storage]
-backend = "sled"
-CONF
-"$BIN" serve --config "$WORK/lanyard.toml" > "$WORK/serve.out" 2> "$WORK/serve.err" &
-SERVER_PID=$!
-PIDS+=("$SERVER_PID")
-URL=$(listening "$WORK/serve.out" "$SERVER_PID")
-OP="$WORK/ca/credentials/operator"
-for _ in $(seq 100); do [ -s "$OP/cert.pem" ] && break; sleep 0.1; done
+start_sled_ca "$WORK"
 sleep 3
 echo "$(rss "$SERVER_PID")" > "$WORK/idle_rss"
 ca_bench() { "$BIN" bench --server "$URL" --credential "$OP" --server-pid "$SERVER_PID" --json "$@"; }
