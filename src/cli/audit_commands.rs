@@ -1,10 +1,9 @@
 //! `lanyard audit tail` and `lanyard audit verify`: reading the CA's audit log over the API.
 
-use super::output::outln;
 use std::time::Duration;
 
 use super::args::AuditCommand;
-use super::output::print_json;
+use super::output::{outln, print_json};
 use super::Failure;
 use crate::api::{AuditEntry, AuditResponse};
 use crate::audit::Verifier;

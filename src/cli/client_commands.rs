@@ -1,13 +1,12 @@
 //! Commands that talk to a running CA: tokens, authorities, component certificates,
 //! operator credentials, the trust bundle, revocation and the load generator.
 
-use super::output::{out, outln};
 use std::path::{Path, PathBuf};
 
 use super::args::{
     AuthorityCommand, CertCommand, Cli, Command, CredentialCommand, InstanceCommand, TokenCommand,
 };
-use super::output::{authority_table, print_json, show_authority};
+use super::output::{authority_table, out, outln, print_json, show_authority};
 use super::{load_config, Failure};
 use crate::api;
 use crate::client::{new_key_and_csr, ApiClient, ClientError};

